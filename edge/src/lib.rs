@@ -1,1 +1,133 @@
+//! `burrow-edge`: terminates public HTTP and forwards each request over a live tunnel connection.
+//!
+//! # Layout — in the order a request meets it
+//!
+//! - [`listener`]: public HTTP/1.1 + HTTP/2 listener (cleartext and TLS), one task per connection.
+//! - [`proxy`]: per request: route lookup → pick a connection → open a QUIC stream → relay.
+//! - [`route_table`]: the immutable hostname → tunnel snapshot behind one `ArcSwap`.
+//! - [`registry`]: live tunnel connections per tunnel (least in-flight streams wins).
+//! - [`tunnel_server`]: the QUIC listener where connectors register.
+//! - [`respond`]: the one place errors become HTTP answers.
+//! - [`admin`], [`metrics`]: `/metrics` and `/ready` for operators.
+//! - [`tls`], [`tunnels_file`]: the edge's certificate and the file provider of tunnel records.
 
+pub mod admin;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod registry;
+pub mod respond;
+pub mod route_table;
+pub mod tls;
+pub mod tunnel_server;
+pub mod tunnels_file;
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use burrow_protocol::Limits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::route_table::RouteTable;
+use crate::tls::TlsIdentity;
+
+/// Validated settings of one edge node.
+#[derive(Clone)]
+pub struct EdgeConfig {
+    /// Name of this node, reported to connectors and in `tunnel info`.
+    pub node_name: String,
+    /// Operator-chosen location label (e.g. `fra1`).
+    pub location: String,
+    pub tls: TlsIdentity,
+    /// Tunnel addresses handed to connectors in `Registered.edges`.
+    pub advertised_edges: Vec<String>,
+    /// How long to wait for the origin's response head (then 504).
+    pub origin_timeout: Duration,
+    /// A new tunnel connection must register within this time.
+    pub registration_timeout: Duration,
+    /// A tunnel connection with no packets for this long is dead.
+    pub tunnel_idle_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub grace_period: Duration,
+    pub limits: Limits,
+}
+
+impl EdgeConfig {
+    /// Defaults for everything but the identity.
+    pub fn new(node_name: impl Into<String>, tls: TlsIdentity) -> Self {
+        Self {
+            node_name: node_name.into(),
+            location: "local".into(),
+            tls,
+            advertised_edges: Vec::new(),
+            origin_timeout: Duration::from_secs(100),
+            registration_timeout: Duration::from_secs(5),
+            tunnel_idle_timeout: Duration::from_secs(10),
+            grace_period: Duration::from_secs(30),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Sockets the edge serves on; bound by the caller (port 0 in tests).
+pub struct Listeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+    pub tunnel: UdpSocket,
+    pub admin: Option<TcpListener>,
+}
+
+/// State shared by every task of one edge.
+pub struct EdgeState {
+    pub config: EdgeConfig,
+    /// The current routing snapshot. Swapped whole; never mutated.
+    pub routes: ArcSwap<RouteTable>,
+    pub registry: Registry,
+    pub metrics: Metrics,
+}
+
+impl EdgeState {
+    pub fn new(config: EdgeConfig, table: RouteTable) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            routes: ArcSwap::from_pointee(table),
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Replace the routing snapshot. Requests in flight finish on the table they loaded.
+    pub fn swap_routes(&self, table: RouteTable) {
+        tracing::info!(routes = table.route_count(), tunnels = table.tunnel_count(), "route table swapped");
+        self.routes.store(Arc::new(table));
+    }
+}
+
+/// Serve until `shutdown` fires, then drain: connectors are told to move, in-flight requests
+/// get `grace_period` to finish.
+pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+    let endpoint = tunnel_server::endpoint(&state.config, listeners.tunnel).context("starting tunnel listener")?;
+    let public_tls = match listeners.https {
+        Some(_) => Some(tokio_rustls::TlsAcceptor::from(state.config.tls.public_server_config()?)),
+        None => None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(tunnel_server::serve(endpoint, state.clone(), shutdown.clone()));
+    if let Some(http) = listeners.http {
+        tasks.spawn(listener::serve(http, None, state.clone(), shutdown.clone()));
+    }
+    if let (Some(https), Some(tls)) = (listeners.https, public_tls) {
+        tasks.spawn(listener::serve(https, Some(tls), state.clone(), shutdown.clone()));
+    }
+    if let Some(admin) = listeners.admin {
+        tasks.spawn(admin::serve(admin, state.clone(), shutdown.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

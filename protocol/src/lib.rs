@@ -6,6 +6,7 @@
 //! - [`control`]: the control stream — `Register` → `Registered` | `Rejected`, `Unregister`, `Drain`.
 //! - [`head`]: request and response heads carried at the start of every request stream.
 //! - [`frame`]: framing and the codec (limits built in, never panics on any input).
+//! - [`body`]: HTTP bodies over tunnel streams (both directions, trailers included).
 //! - [`headers`]: HTTP header rules both ends apply (hop-by-hop stripping, Burrow's own headers).
 //!
 //! # Streams
@@ -21,9 +22,10 @@
 //! For `websocket` and `tcp` requests, once a `101`/`200` response head has crossed, the stream
 //! carries raw bytes both ways (no frames).
 //!
-//! Nothing in this crate does IO; [`frame::read_frame`] only adds a deadline around a framed
-//! reader the caller owns.
+//! The codec does no IO. [`body`] adapts it to any `AsyncRead`/`AsyncWrite` so both ends share
+//! one body relay, and [`frame::read_frame`] adds a deadline around a framed reader.
 
+pub mod body;
 pub mod control;
 pub mod frame;
 pub mod head;

@@ -1,0 +1,118 @@
+//! Public listener: HTTP/1.1 and HTTP/2 (prior knowledge in cleartext, ALPN over TLS).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_protocol::Scheme;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::EdgeState;
+use crate::proxy::{self, ClientInfo};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header timeout only works with a timer set (hyper is silent otherwise).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(250);
+    let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, scheme = scheme.as_str(), "public listener ready");
+    }
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let client = ClientInfo { addr, scheme };
+        tracker.spawn(serve_connection(stream, tls.clone(), builder.clone(), client, state.clone(), shutdown.clone()));
+    }
+    tracker.close();
+    if tokio::time::timeout(state.config.grace_period, tracker.wait()).await.is_err() {
+        tracing::warn!("public connections still open after the grace period");
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    client: ClientInfo,
+    state: Arc<EdgeState>,
+    shutdown: CancellationToken,
+) {
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(state, req, client).await) }
+    });
+    let result = match tls {
+        Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(tls_stream)) => drive(builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service), &shutdown).await,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %client.addr, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %client.addr, "TLS handshake timed out");
+                return;
+            }
+        },
+        None => drive(builder.serve_connection_with_upgrades(TokioIo::new(stream), service), &shutdown).await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %client.addr, "connection ended: {e}");
+    }
+}
+
+/// Run a connection; on shutdown, finish in-flight requests and close (GOAWAY / Connection: close).
+async fn drive<C>(conn: C, shutdown: &CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// hyper-util's connection types share `graceful_shutdown` but no trait for it.
+pub trait GracefulConnection {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}

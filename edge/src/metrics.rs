@@ -1,0 +1,70 @@
+//! Prometheus metrics of the edge, served on the admin listener at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+    pub request_duration: Histogram,
+    pub tunnel_connections: Gauge,
+    pub registrations: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("burrow");
+        let requests = Family::<StatusLabels, Counter>::default();
+        registry.register("requests", "Public requests by response status class", requests.clone());
+        // 100 µs … ~50 s
+        let request_duration = Histogram::new(exponential_buckets(0.0001, 2.5, 15));
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let tunnel_connections = Gauge::default();
+        registry.register("tunnel_connections", "Registered tunnel connections", tunnel_connections.clone());
+        let registrations = Family::<ResultLabels, Counter>::default();
+        registry.register("tunnel_registrations", "Connector registrations by result", registrations.clone());
+        Self { registry, requests, request_duration, tunnel_connections, registrations }
+    }
+}
+
+impl Metrics {
+    pub fn count_response(&self, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&StatusLabels { class }).inc();
+    }
+
+    pub fn count_registration(&self, result: &'static str) {
+        self.registrations.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,277 @@
+//! One public request: route lookup → pick a tunnel connection → QUIC stream → relay both ways.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use burrow_protocol::body::{BodyError, FramedBody, send_body};
+use burrow_protocol::headers::{self, is_websocket_upgrade, strip_hop_by_hop};
+use burrow_protocol::{
+    Frame, RequestHead, RequestKind, ResponseHead, Scheme, StreamErrorCode, TunnelCodec, TunnelId, error_code,
+};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body::Body;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::{Encoder, FramedRead};
+
+use crate::EdgeState;
+use crate::registry::InFlight;
+use crate::respond::{ProxyError, error_response};
+
+/// Body of every response the edge sends: relayed from the tunnel, or generated here.
+pub type ResponseBody = Either<TunnelBody, Full<Bytes>>;
+
+/// Who is asking, as the public listener saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    pub scheme: Scheme,
+}
+
+/// Handle one public request. Never fails: errors become responses in [`crate::respond`].
+pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: ClientInfo) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let request_id = format!("{:032x}", rand::random::<u128>());
+    let mut response = match forward(&state, req, client, &request_id).await {
+        Ok(response) => response,
+        Err(err) => error_response(&err, &request_id).map(Either::Right),
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(headers::REQUEST_ID, value);
+    }
+    state.metrics.count_response(response.status().as_u16());
+    state.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn forward(
+    state: &EdgeState,
+    mut req: Request<Incoming>,
+    client: ClientInfo,
+    request_id: &str,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let host = request_host(&req).ok_or(ProxyError::MissingHost)?;
+    let (tunnel_id, tunnel_name) = {
+        // One atomic load; copy out what we need so no guard is held across awaits.
+        let table = state.routes.load();
+        let route = table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+        let name = table.tunnel(&route.tunnel).map(|t| t.name.clone()).unwrap_or_default();
+        (route.tunnel, name)
+    };
+
+    let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
+    let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let head = RequestHead {
+        kind: if websocket { RequestKind::WebSocket } else { RequestKind::Http },
+        flags: 0,
+        method: parts.method,
+        scheme: client.scheme,
+        path: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        headers: forwarded_headers(parts.headers, &client, &host, request_id, websocket),
+        authority: host,
+        client_addr: client.addr,
+        request_id: request_id.to_owned(),
+    };
+    let mut head_bytes = BytesMut::with_capacity(512);
+    TunnelCodec::new(state.config.limits)
+        .encode(Frame::RequestHead(Box::new(head)), &mut head_bytes)
+        .map_err(|e| ProxyError::TunnelStream { name: tunnel_name.clone(), reason: e.to_string() })?;
+
+    let (in_flight, mut send, recv) = open_stream(state, tunnel_id, &tunnel_name, &head_bytes).await?;
+
+    // A WebSocket keeps its send half for the raw bytes after the 101.
+    let mut upgrade_send = None;
+    if websocket {
+        upgrade_send = Some(send);
+    } else {
+        if body.is_end_stream() {
+            let _ = send.finish();
+        } else {
+            let limits = state.config.limits;
+            tokio::spawn(async move {
+                match send_body(body, &mut send, &limits).await {
+                    Ok(()) => {
+                        let _ = send.finish();
+                    }
+                    Err(e) => {
+                        // Reset, not finish: the origin must not take a cut upload as complete.
+                        tracing::debug!("request body relay stopped: {e}");
+                        let _ = send.reset(error_code::REQUEST_CANCELLED.into());
+                    }
+                }
+            });
+        }
+    }
+
+    let mut frames = FramedRead::new(recv, TunnelCodec::new(state.config.limits));
+    let stream_failed = |reason: String| ProxyError::TunnelStream { name: tunnel_name.clone(), reason };
+    let first = tokio::time::timeout(state.config.origin_timeout, frames.next())
+        .await
+        .map_err(|_| ProxyError::OriginTimeout { name: tunnel_name.clone(), timeout: state.config.origin_timeout })?;
+    let ResponseHead { status, headers: mut response_headers } = match first {
+        Some(Ok(Frame::ResponseHead(head))) => *head,
+        Some(Ok(Frame::Error(err))) => {
+            let name = tunnel_name.clone();
+            return Err(match err.code {
+                StreamErrorCode::OriginUnreachable => ProxyError::OriginUnreachable { name, message: err.message },
+                StreamErrorCode::OriginTimeout => {
+                    ProxyError::OriginTimeout { name, timeout: state.config.origin_timeout }
+                }
+                _ => ProxyError::ConnectorRefused { name, message: err.message },
+            });
+        }
+        Some(Ok(_)) => return Err(stream_failed("connector sent an unexpected frame".into())),
+        Some(Err(e)) => return Err(stream_failed(e.to_string())),
+        None => return Err(stream_failed("connector closed the stream without answering".into())),
+    };
+
+    if let (Some(on_upgrade), Some(send), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, upgrade_send, status) {
+        // Tunnel the upgraded connection only once the origin agreed (101).
+        strip_hop_by_hop(&mut response_headers, true);
+        tokio::spawn(bridge_upgrade(on_upgrade, send, frames, in_flight));
+        let mut response = Response::new(Either::Right(Full::default()));
+        *response.status_mut() = status;
+        *response.headers_mut() = response_headers;
+        return Ok(response);
+    }
+
+    strip_hop_by_hop(&mut response_headers, false);
+    let mut response = Response::new(Either::Left(TunnelBody { inner: FramedBody::new(frames), _in_flight: in_flight }));
+    *response.status_mut() = status;
+    *response.headers_mut() = response_headers;
+    Ok(response)
+}
+
+/// Open a stream on the tunnel's least busy connection and write the head. A connection that
+/// fails here has seen nothing of the request, so one other connection is tried.
+async fn open_stream(
+    state: &EdgeState,
+    tunnel: TunnelId,
+    tunnel_name: &str,
+    head: &[u8],
+) -> Result<(InFlight, quinn::SendStream, quinn::RecvStream), ProxyError> {
+    let mut skip = None;
+    let mut last_error = String::new();
+    for _ in 0..2 {
+        let Some(in_flight) = state.registry.pick(&tunnel, skip) else { break };
+        let conn = in_flight.connection().clone();
+        match conn.quic.open_bi().await {
+            Ok((mut send, recv)) => match send.write_all(head).await {
+                Ok(()) => return Ok((in_flight, send, recv)),
+                Err(e) => last_error = e.to_string(),
+            },
+            Err(e) => last_error = e.to_string(),
+        }
+        skip = Some(conn.info.connection_id);
+    }
+    if last_error.is_empty() {
+        Err(ProxyError::TunnelUnavailable { name: tunnel_name.to_owned(), id: tunnel.to_string() })
+    } else {
+        Err(ProxyError::TunnelStream { name: tunnel_name.to_owned(), reason: last_error })
+    }
+}
+
+/// The Host the client asked for: `:authority` (HTTP/2) or the `Host` header (HTTP/1.1).
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.as_str().to_owned());
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// Headers sent to the origin: hop-by-hop and spoofable `burrow-*` headers removed, forwarding
+/// headers added.
+fn forwarded_headers(
+    mut h: HeaderMap,
+    client: &ClientInfo,
+    host: &str,
+    request_id: &str,
+    websocket: bool,
+) -> HeaderMap {
+    strip_hop_by_hop(&mut h, websocket);
+    let spoofed: Vec<_> = h.keys().filter(|k| k.as_str().starts_with("burrow-")).cloned().collect();
+    for name in spoofed {
+        h.remove(name);
+    }
+    let ip = client.addr.ip().to_string();
+    let xff = match h.get(&headers::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip.clone(),
+    };
+    for (name, value) in [
+        (headers::X_FORWARDED_FOR, xff.as_str()),
+        (headers::X_FORWARDED_PROTO, client.scheme.as_str()),
+        (headers::X_FORWARDED_HOST, host),
+        (headers::CONNECTING_IP, ip.as_str()),
+        (headers::REQUEST_ID, request_id),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            h.insert(name, value);
+        }
+    }
+    h
+}
+
+/// After a 101: raw bytes between the client's upgraded connection and the tunnel stream.
+async fn bridge_upgrade(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut send: quinn::SendStream,
+    frames: FramedRead<quinn::RecvStream, TunnelCodec>,
+    in_flight: InFlight,
+) {
+    let _in_flight = in_flight;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!("client upgrade failed: {e}");
+            let _ = send.reset(error_code::REQUEST_CANCELLED.into());
+            return;
+        }
+    };
+    let parts = frames.into_parts();
+    let (mut recv, leftover) = (parts.io, parts.read_buf);
+    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(upgraded));
+    let upstream = async {
+        let _ = tokio::io::copy(&mut client_read, &mut send).await;
+        let _ = send.finish();
+    };
+    let downstream = async {
+        if !leftover.is_empty() && client_write.write_all(&leftover).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy(&mut recv, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
+
+/// A response body relayed from the tunnel; keeps its connection counted as busy until done.
+pub struct TunnelBody {
+    inner: FramedBody<quinn::RecvStream>,
+    _in_flight: InFlight,
+}
+
+impl Body for TunnelBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

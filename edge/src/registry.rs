@@ -1,0 +1,102 @@
+//! Live tunnel connections, per tunnel. Ephemeral: rebuilt from registrations, never stored.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use burrow_protocol::{ConnIndex, ConnectorId, TunnelId};
+use dashmap::DashMap;
+use uuid::Uuid;
+
+/// What the edge knows about one registered connection (`burrow tunnel info` shows this).
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub connection_id: Uuid,
+    pub tunnel: TunnelId,
+    pub connector: ConnectorId,
+    pub conn_index: ConnIndex,
+    pub origin_addr: SocketAddr,
+    pub version: String,
+    pub since: SystemTime,
+}
+
+/// A registered QUIC connection that can carry requests for its tunnel.
+pub struct TunnelConnection {
+    pub info: ConnectionInfo,
+    pub quic: quinn::Connection,
+    in_flight: AtomicUsize,
+}
+
+impl TunnelConnection {
+    pub fn new(info: ConnectionInfo, quic: quinn::Connection) -> Self {
+        Self { info, quic, in_flight: AtomicUsize::new(0) }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a stream as in flight on its connection until dropped.
+pub struct InFlight(Arc<TunnelConnection>);
+
+impl InFlight {
+    pub fn connection(&self) -> &Arc<TunnelConnection> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    tunnels: DashMap<TunnelId, Vec<Arc<TunnelConnection>>>,
+}
+
+impl Registry {
+    pub fn add(&self, conn: Arc<TunnelConnection>) {
+        self.tunnels.entry(conn.info.tunnel).or_default().push(conn);
+    }
+
+    /// Remove one connection; returns whether it was present (unregister and close both call this).
+    pub fn remove(&self, tunnel: TunnelId, connection_id: Uuid) -> bool {
+        let mut removed = false;
+        self.tunnels.remove_if_mut(&tunnel, |_, conns| {
+            let before = conns.len();
+            conns.retain(|c| c.info.connection_id != connection_id);
+            removed = conns.len() != before;
+            conns.is_empty()
+        });
+        removed
+    }
+
+    /// The tunnel's connection with the fewest streams in flight, counted as one more in flight.
+    /// `skip` excludes a connection that just failed, for a retry.
+    pub fn pick(&self, tunnel: &TunnelId, skip: Option<Uuid>) -> Option<InFlight> {
+        let conns = self.tunnels.get(tunnel)?;
+        let best = conns
+            .iter()
+            .filter(|c| Some(c.info.connection_id) != skip)
+            .min_by_key(|c| c.in_flight())?
+            .clone();
+        best.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(best))
+    }
+
+    pub fn connections(&self, tunnel: &TunnelId) -> Vec<Arc<TunnelConnection>> {
+        self.tunnels.get(tunnel).map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn all(&self) -> Vec<Arc<TunnelConnection>> {
+        self.tunnels.iter().flat_map(|e| e.value().clone()).collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.tunnels.iter().map(|e| e.value().len()).sum()
+    }
+}

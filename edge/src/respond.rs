@@ -1,0 +1,122 @@
+//! The one place where a failed request becomes an HTTP answer, and is logged once.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use burrow_protocol::headers;
+
+/// Why the edge could not proxy a request. Each kind says whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client sent no usable Host / :authority.
+    #[error("request has no Host header")]
+    MissingHost,
+    /// No route for this hostname (the user's DNS points here, but nothing is routed).
+    #[error("no route for host {0:?}")]
+    UnknownHost(String),
+    /// The route's tunnel exists but no connector is connected.
+    #[error("tunnel {name:?} ({id}) has no live connections")]
+    TunnelUnavailable { name: String, id: String },
+    /// The tunnel connection failed while the request was being sent.
+    #[error("tunnel {name:?}: stream failed: {reason}")]
+    TunnelStream { name: String, reason: String },
+    /// The connector reached no origin.
+    #[error("tunnel {name:?}: origin unreachable: {message}")]
+    OriginUnreachable { name: String, message: String },
+    /// No response head within the origin timeout.
+    #[error("tunnel {name:?}: origin did not answer within {timeout:?}")]
+    OriginTimeout { name: String, timeout: std::time::Duration },
+    /// The connector refused the request (unsupported service, draining).
+    #[error("tunnel {name:?}: connector refused the request: {message}")]
+    ConnectorRefused { name: String, message: String },
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
+            ProxyError::TunnelUnavailable { .. }
+            | ProxyError::TunnelStream { .. }
+            | ProxyError::OriginUnreachable { .. }
+            | ProxyError::ConnectorRefused { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Machine-readable code, sent as `Burrow-Error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::UnknownHost(_) => "unknown_host",
+            ProxyError::TunnelUnavailable { .. } => "tunnel_unavailable",
+            ProxyError::TunnelStream { .. } => "tunnel_stream_failed",
+            ProxyError::OriginUnreachable { .. } => "origin_unreachable",
+            ProxyError::OriginTimeout { .. } => "origin_timeout",
+            ProxyError::ConnectorRefused { .. } => "connector_refused",
+        }
+    }
+
+    /// What the person reading the error page should check next.
+    fn advice(&self) -> String {
+        match self {
+            ProxyError::MissingHost => "Send a Host header naming the site.".into(),
+            ProxyError::UnknownHost(host) => {
+                format!("No tunnel is routed for {host}. Route it with \"burrow tunnel route dns TUNNEL {host}\".")
+            }
+            ProxyError::TunnelUnavailable { name, .. } => {
+                format!("Is \"burrow tunnel run {name}\" running, and can it reach this edge on its tunnel port?")
+            }
+            ProxyError::TunnelStream { name, .. } => {
+                format!("The connection to tunnel {name} broke; retry. If it persists, check the connector's logs.")
+            }
+            ProxyError::OriginUnreachable { .. } => {
+                "The connector is running but could not reach the origin service named in its ingress rules. \
+                 Is the origin up?"
+                    .into()
+            }
+            ProxyError::OriginTimeout { .. } => "The origin is too slow to answer; check its load and logs.".into(),
+            ProxyError::ConnectorRefused { .. } => "Check the connector's ingress rules for this hostname.".into(),
+        }
+    }
+}
+
+/// Turn an error into the response the client sees. Logs it (once) here.
+pub fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes>> {
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::warn!(request_id, code = err.code(), "{err}");
+    } else {
+        tracing::debug!(request_id, code = err.code(), "{err}");
+    }
+    let body = format!(
+        "{} {}\n\n{err}.\n{}\n\nBurrow-Error: {}\nRequest id: {request_id}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        err.advice(),
+        err.code(),
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(headers::ERROR, HeaderValue::from_static(err.code()));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_tunnel_page_names_the_tunnel_and_the_fix() {
+        let err = ProxyError::TunnelUnavailable { name: "web".into(), id: "6ff4".into() };
+        let resp = error_response(&err, "r1");
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(resp.headers()[headers::ERROR], "tunnel_unavailable");
+        let body = format!("{:?}", resp.body());
+        assert!(body.contains("burrow tunnel run web"), "{body}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The routing snapshot: hostname → tunnel, plus the tunnel records used to check credentials.
+//!
+//! A table is immutable once built. A change builds a whole new table off the hot path and
+//! swaps it in with one `ArcSwap::store`; requests in flight keep the table they loaded. Routes
+//! and tunnel records live in the *same* snapshot so they can never disagree.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A tunnel as the edge knows it: enough to route to it and to check a connector's secret.
+#[derive(Clone)]
+pub struct TunnelRecord {
+    pub id: TunnelId,
+    pub account: AccountId,
+    pub name: String,
+    /// SHA-256 of the 32-byte secret. The secret is random, so a fast hash is enough.
+    pub secret_sha256: [u8; 32],
+}
+
+impl fmt::Debug for TunnelRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelRecord")
+            .field("id", &self.id)
+            .field("account", &self.account)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TunnelRecord {
+    /// Constant-time check of a presented secret (and its account) against this record.
+    pub fn verify(&self, account: AccountId, secret: &TunnelSecret) -> bool {
+        let presented: [u8; 32] = Sha256::digest(secret.0).into();
+        let secret_ok = presented.ct_eq(&self.secret_sha256);
+        let account_ok = account.0.as_bytes().ct_eq(self.account.0.as_bytes());
+        (secret_ok & account_ok).into()
+    }
+}
+
+/// SHA-256 of a tunnel secret, as stored in records.
+pub fn hash_secret(secret: &TunnelSecret) -> [u8; 32] {
+    Sha256::digest(secret.0).into()
+}
+
+/// Where a hostname goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The pattern as configured: `app.example.com` or `*.example.com`.
+    pub hostname: String,
+    pub tunnel: TunnelId,
+}
+
+/// One immutable snapshot of routes and tunnel records.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Route>,
+    /// Keyed by the suffix after `*`, e.g. `.example.com`.
+    wildcard: HashMap<String, Route>,
+    tunnels: HashMap<TunnelId, TunnelRecord>,
+}
+
+/// A problem that stops a table from being built; the old table keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("route {hostname:?}: {reason}")]
+    BadHostname { hostname: String, reason: String },
+    #[error("route {hostname:?} is defined twice")]
+    DuplicateRoute { hostname: String },
+    #[error("route {hostname:?} points to tunnel {tunnel}, which does not exist")]
+    UnknownTunnel { hostname: String, tunnel: TunnelId },
+    #[error("tunnel {0} is defined twice")]
+    DuplicateTunnel(TunnelId),
+}
+
+impl RouteTable {
+    /// Build a table, reporting every problem at once.
+    pub fn build(tunnels: Vec<TunnelRecord>, routes: Vec<Route>) -> Result<RouteTable, Vec<BuildError>> {
+        let mut errors = Vec::new();
+        let mut table = RouteTable::default();
+        for record in tunnels {
+            let id = record.id;
+            if table.tunnels.insert(id, record).is_some() {
+                errors.push(BuildError::DuplicateTunnel(id));
+            }
+        }
+        for mut route in routes {
+            route.hostname = route.hostname.to_ascii_lowercase();
+            if let Err(reason) = validate_hostname(&route.hostname) {
+                errors.push(BuildError::BadHostname { hostname: route.hostname, reason });
+                continue;
+            }
+            if !table.tunnels.contains_key(&route.tunnel) {
+                errors.push(BuildError::UnknownTunnel { hostname: route.hostname, tunnel: route.tunnel });
+                continue;
+            }
+            let (map, key) = match route.hostname.strip_prefix('*') {
+                Some(suffix) => (&mut table.wildcard, suffix.to_owned()),
+                None => (&mut table.exact, route.hostname.clone()),
+            };
+            let hostname = route.hostname.clone();
+            if map.insert(key, route).is_some() {
+                errors.push(BuildError::DuplicateRoute { hostname });
+            }
+        }
+        if errors.is_empty() { Ok(table) } else { Err(errors) }
+    }
+
+    /// Find the route for a request's host (port allowed, any case): exact match first, then the
+    /// most specific `*.` wildcard (`*.b.example.com` before `*.example.com`).
+    pub fn lookup(&self, host: &str) -> Option<&Route> {
+        let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        // Lowercase only when needed: most clients already send lowercase hosts.
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        if let Some(route) = self.exact.get(host) {
+            return Some(route);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            let suffix = &rest[dot..];
+            if let Some(route) = self.wildcard.get(suffix) {
+                return Some(route);
+            }
+            rest = &rest[dot + 1..];
+        }
+        None
+    }
+
+    pub fn tunnel(&self, id: &TunnelId) -> Option<&TunnelRecord> {
+        self.tunnels.get(id)
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    pub fn tunnel_count(&self) -> usize {
+        self.tunnels.len()
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port` → host.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// A route hostname: lowercase DNS labels, optionally starting with `*.`.
+pub fn validate_hostname(hostname: &str) -> Result<(), String> {
+    if hostname.is_empty() || hostname.len() > 253 {
+        return Err("must be 1 to 253 characters".into());
+    }
+    let name = hostname.strip_prefix("*.").unwrap_or(hostname);
+    if name.contains('*') {
+        return Err("only a leading \"*.\" wildcard is allowed".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("labels must be 1 to 63 characters".into());
+        }
+        if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!("label {label:?} may only hold a-z, 0-9 and '-'"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn tunnel(n: u128) -> TunnelRecord {
+        TunnelRecord {
+            id: TunnelId(Uuid::from_u128(n)),
+            account: AccountId(Uuid::from_u128(100)),
+            name: format!("t{n}"),
+            secret_sha256: hash_secret(&TunnelSecret([n as u8; 32])),
+        }
+    }
+
+    fn route(host: &str, n: u128) -> Route {
+        Route { hostname: host.into(), tunnel: TunnelId(Uuid::from_u128(n)) }
+    }
+
+    #[test]
+    fn exact_then_most_specific_wildcard() {
+        let table = RouteTable::build(
+            vec![tunnel(1), tunnel(2), tunnel(3)],
+            vec![route("app.example.com", 1), route("*.example.com", 2), route("*.b.example.com", 3)],
+        )
+        .unwrap();
+        let cases = [
+            ("app.example.com", Some(1)),
+            ("APP.Example.com:8443", Some(1)),
+            ("app.example.com.", Some(1)),
+            ("x.example.com", Some(2)),
+            ("x.y.example.com", Some(2)),
+            ("x.b.example.com", Some(3)),
+            ("b.example.com", Some(2)),
+            ("example.com", None),
+            ("other.org", None),
+            ("[::1]:80", None),
+            ("", None),
+        ];
+        for (host, want) in cases {
+            let got = table.lookup(host).map(|r| r.tunnel.0.as_u128());
+            assert_eq!(got, want, "host {host:?}");
+        }
+    }
+
+    #[test]
+    fn build_reports_every_problem() {
+        let errors = RouteTable::build(
+            vec![tunnel(1)],
+            vec![route("a.*.com", 1), route("ok.com", 9), route("dup.com", 1), route("dup.com", 1), route("Bad_Host", 1)],
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(matches!(errors[1], BuildError::UnknownTunnel { .. }));
+        assert!(matches!(errors[2], BuildError::DuplicateRoute { .. }));
+    }
+
+    #[test]
+    fn verify_checks_secret_and_account() {
+        let record = tunnel(7);
+        assert!(record.verify(record.account, &TunnelSecret([7; 32])));
+        assert!(!record.verify(record.account, &TunnelSecret([8; 32])));
+        assert!(!record.verify(AccountId(Uuid::from_u128(5)), &TunnelSecret([7; 32])));
+        assert!(!format!("{record:?}").contains("secret"));
+    }
+}

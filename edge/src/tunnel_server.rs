@@ -1,0 +1,215 @@
+//! The QUIC listener where connectors register their tunnel connections.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use burrow_protocol::body::write_frame;
+use burrow_protocol::frame::read_frame;
+use burrow_protocol::{
+    ControlMessage, Frame, PROTOCOL_VERSION, Register, Registered, RejectCode, Rejected, TunnelCodec, error_code,
+};
+use futures_util::StreamExt;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::registry::{ConnectionInfo, TunnelConnection};
+use crate::{EdgeConfig, EdgeState};
+
+/// Build the QUIC endpoint on a socket the caller bound.
+pub fn endpoint(config: &EdgeConfig, socket: UdpSocket) -> Result<quinn::Endpoint> {
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.tunnel_idle_timeout).context("tunnel idle timeout too large")?;
+    transport.max_idle_timeout(Some(idle));
+    // Connectors open exactly one stream (control); requests are streams the edge opens.
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    // Bounded receive windows: quinn's connection window is unlimited by default.
+    transport.stream_receive_window((4u32 * 1024 * 1024).into());
+    transport.receive_window((16u32 * 1024 * 1024).into());
+    transport.send_window(16 * 1024 * 1024);
+    let server_config = config.tls.tunnel_server_config(transport)?;
+    socket.set_nonblocking(true)?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+        .context("creating QUIC endpoint")
+}
+
+pub async fn serve(endpoint: quinn::Endpoint, state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    if let Ok(addr) = endpoint.local_addr() {
+        tracing::info!(%addr, node = %state.config.node_name, "tunnel listener ready");
+    }
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(i) => i,
+                None => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        tracker.spawn(handle_connection(incoming, state.clone(), shutdown.clone()));
+    }
+    tracker.close();
+    // Each connection task tells its connector to drain; give them the grace period.
+    if tokio::time::timeout(state.config.grace_period, tracker.wait()).await.is_err() {
+        tracing::warn!("tunnel connections still busy after the grace period; closing them");
+    }
+    endpoint.close(error_code::EDGE_SHUTDOWN.into(), b"edge shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+async fn handle_connection(incoming: quinn::Incoming, state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let remote = incoming.remote_address();
+    let deadline = state.config.registration_timeout;
+    let registered = tokio::time::timeout(deadline, async {
+        let conn = incoming.await.map_err(|e| format!("handshake: {e}"))?;
+        register(conn, &state).await
+    })
+    .await;
+    let (conn, mut control_send, mut control_recv) = match registered {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(reason)) => {
+            state.metrics.count_registration("rejected");
+            tracing::warn!(%remote, "tunnel registration failed: {reason}");
+            return;
+        }
+        Err(_) => {
+            state.metrics.count_registration("timeout");
+            tracing::warn!(%remote, "tunnel connection did not register within {deadline:?}; closed");
+            return;
+        }
+    };
+    state.metrics.count_registration("ok");
+    state.metrics.tunnel_connections.inc();
+    state.registry.add(conn.clone());
+    let info = &conn.info;
+    tracing::info!(
+        tunnel = %info.tunnel, connector = %info.connector, conn_index = info.conn_index,
+        origin = %info.origin_addr, version = %info.version, "tunnel connection registered"
+    );
+
+    // Serve the control stream until the connection ends.
+    let mut listed = true;
+    loop {
+        tokio::select! {
+            frame = control_recv.next(), if listed => match frame {
+                Some(Ok(Frame::Control(ControlMessage::Unregister))) => {
+                    // Graceful drain: no new streams; in-flight ones finish, the connector closes.
+                    state.registry.remove(info.tunnel, info.connection_id);
+                    listed = false;
+                    tracing::info!(tunnel = %info.tunnel, conn_index = info.conn_index, "tunnel connection unregistered");
+                }
+                Some(Ok(other)) => {
+                    tracing::warn!(tunnel = %info.tunnel, "unexpected control frame {other:?}; closing");
+                    conn.quic.close(error_code::PROTOCOL_ERROR.into(), b"unexpected control frame");
+                    break;
+                }
+                Some(Err(e)) => {
+                    conn.quic.close(error_code::PROTOCOL_ERROR.into(), b"malformed control frame");
+                    tracing::warn!(tunnel = %info.tunnel, "malformed control frame: {e}");
+                    break;
+                }
+                None => listed = false,
+            },
+            reason = conn.quic.closed() => {
+                tracing::info!(tunnel = %info.tunnel, conn_index = info.conn_index, "tunnel connection closed: {reason}");
+                break;
+            }
+            () = shutdown.cancelled() => {
+                state.registry.remove(info.tunnel, info.connection_id);
+                let _ = write_frame(&mut control_send, Frame::Control(ControlMessage::Drain), &state.config.limits).await;
+                // Let in-flight requests finish; the connector closes once they have.
+                let _ = tokio::time::timeout(state.config.grace_period, conn.quic.closed()).await;
+                break;
+            }
+        }
+    }
+    state.registry.remove(info.tunnel, info.connection_id);
+    state.metrics.tunnel_connections.dec();
+}
+
+type ControlRecv = FramedRead<quinn::RecvStream, TunnelCodec>;
+
+/// Read the `Register` message, check it against the current snapshot, answer it.
+async fn register(
+    conn: quinn::Connection,
+    state: &EdgeState,
+) -> Result<(Arc<TunnelConnection>, quinn::SendStream, ControlRecv), String> {
+    let limits = state.config.limits;
+    let (mut send, recv) = conn.accept_bi().await.map_err(|e| format!("no control stream: {e}"))?;
+    let mut frames = FramedRead::new(recv, TunnelCodec::new(limits));
+    let request = match read_frame(&mut frames, &limits).await {
+        Ok(Some(Frame::Control(ControlMessage::Register(r)))) => r,
+        Ok(other) => {
+            let shown = other.as_ref().map(frame_kind).unwrap_or("end of stream");
+            reject(&conn, &mut send, RejectCode::Malformed, format!("expected register, got {shown}"), &limits).await;
+            return Err(format!("expected register, got {shown}"));
+        }
+        Err(e) => {
+            reject(&conn, &mut send, RejectCode::Malformed, format!("bad register message: {e}"), &limits).await;
+            return Err(format!("bad register message: {e}"));
+        }
+    };
+    let Register { protocol, account, tunnel_id, secret, conn_index, connector_id, version, .. } = request;
+    if protocol != PROTOCOL_VERSION {
+        let msg = format!("protocol version {protocol} is not supported (this edge speaks {PROTOCOL_VERSION})");
+        reject(&conn, &mut send, RejectCode::UnsupportedVersion, msg.clone(), &limits).await;
+        return Err(msg);
+    }
+    // Checked against the current snapshot, so reconnects work while the control plane is down.
+    let authorized = state.routes.load().tunnel(&tunnel_id).is_some_and(|t| t.verify(account, &secret));
+    if !authorized {
+        // One message for both cases: do not tell a guesser which tunnels exist.
+        let msg = format!("tunnel {tunnel_id} is unknown or its credentials are wrong");
+        reject(&conn, &mut send, RejectCode::Unauthorized, msg.clone(), &limits).await;
+        return Err(msg);
+    }
+    let info = ConnectionInfo {
+        connection_id: Uuid::new_v4(),
+        tunnel: tunnel_id,
+        connector: connector_id,
+        conn_index,
+        origin_addr: conn.remote_address(),
+        version,
+        since: SystemTime::now(),
+    };
+    let reply = Registered {
+        connection_id: info.connection_id,
+        edge_node: state.config.node_name.clone(),
+        location: state.config.location.clone(),
+        edges: state.config.advertised_edges.clone(),
+    };
+    write_frame(&mut send, Frame::Control(ControlMessage::Registered(reply)), &limits)
+        .await
+        .map_err(|e| format!("sending registered: {e}"))?;
+    Ok((Arc::new(TunnelConnection::new(info, conn)), send, frames))
+}
+
+async fn reject(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    code: RejectCode,
+    message: String,
+    limits: &burrow_protocol::Limits,
+) {
+    let retry_after_ms = (code == RejectCode::Unauthorized).then_some(5_000);
+    let frame = Frame::Control(ControlMessage::Rejected(Rejected { code, message, retry_after_ms }));
+    if write_frame(send, frame, limits).await.is_ok() {
+        let _ = send.finish();
+        // Give the connector a moment to read the reason before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    }
+    conn.close(error_code::REGISTRATION_FAILED.into(), b"registration rejected");
+}
+
+fn frame_kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Control(_) => "another control message",
+        Frame::RequestHead(_) | Frame::ResponseHead(_) => "a head",
+        Frame::Data(_) | Frame::Trailers(_) | Frame::Error(_) => "a body frame",
+    }
+}

@@ -1,0 +1,155 @@
+//! The file provider of tunnel records and routes, for operators who keep config in git.
+//!
+//! ```yaml
+//! tunnels:
+//!   - id: 6ff42ae2-765d-4adf-8112-31c55c1551ef
+//!     name: web
+//!     account: 0b6b7f9e-3a53-4a5e-9d47-1d0c2b0d6a11
+//!     secret-sha256: 5d41402abc4b2a76b9719d911017c592...   # never the secret itself
+//! routes:
+//!   - hostname: app.example.com
+//!     tunnel: web            # name or id
+//! ```
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burrow_protocol::{AccountId, TunnelId};
+use serde::{Deserialize, Serialize};
+
+use crate::route_table::{Route, RouteTable, TunnelRecord};
+
+/// Bigger files are refused: this is config, not data.
+const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelsFile {
+    #[serde(default)]
+    pub tunnels: Vec<TunnelEntry>,
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TunnelEntry {
+    pub id: TunnelId,
+    pub name: String,
+    pub account: AccountId,
+    /// Hex SHA-256 of the tunnel secret.
+    pub secret_sha256: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub hostname: String,
+    /// Tunnel name or UUID.
+    pub tunnel: String,
+}
+
+impl TunnelsFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("reading tunnels file {}", path.display()))?;
+        anyhow::ensure!(
+            meta.len() <= MAX_FILE_SIZE,
+            "tunnels file {} is {} bytes; the limit is {MAX_FILE_SIZE}",
+            path.display(),
+            meta.len()
+        );
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading tunnels file {}", path.display()))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing tunnels file {}", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_yaml_ng::to_string(self)?;
+        let tmp = path.with_extension("yml.tmp");
+        crate::tls::write_private(&tmp, text.as_bytes())?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Build the routing snapshot, reporting every problem with its position.
+    pub fn to_table(&self) -> Result<RouteTable> {
+        let mut problems = Vec::new();
+        let mut records = Vec::with_capacity(self.tunnels.len());
+        for (i, t) in self.tunnels.iter().enumerate() {
+            match decode_hex32(&t.secret_sha256) {
+                Some(hash) => records.push(TunnelRecord {
+                    id: t.id,
+                    account: t.account,
+                    name: t.name.clone(),
+                    secret_sha256: hash,
+                }),
+                None => problems.push(format!("tunnels[{i}].secret-sha256: must be 64 hex characters")),
+            }
+        }
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.iter().enumerate() {
+            let by_id = r.tunnel.parse::<TunnelId>().ok();
+            let found = self.tunnels.iter().find(|t| Some(t.id) == by_id || t.name == r.tunnel);
+            match found {
+                Some(t) => routes.push(Route { hostname: r.hostname.clone(), tunnel: t.id }),
+                None => problems.push(format!("routes[{i}].tunnel: no tunnel named {:?}", r.tunnel)),
+            }
+        }
+        match RouteTable::build(records, routes) {
+            Ok(table) if problems.is_empty() => Ok(table),
+            Ok(_) => anyhow::bail!("{}", problems.join("\n")),
+            Err(errors) => {
+                problems.extend(errors.iter().map(|e| e.to_string()));
+                anyhow::bail!("{}", problems.join("\n"))
+            }
+        }
+    }
+}
+
+fn decode_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_builds_a_table_and_reports_bad_entries() {
+        let good = r#"
+tunnels:
+  - id: 6ff42ae2-765d-4adf-8112-31c55c1551ef
+    name: web
+    account: 0b6b7f9e-3a53-4a5e-9d47-1d0c2b0d6a11
+    secret-sha256: "0000000000000000000000000000000000000000000000000000000000000001"
+routes:
+  - hostname: app.example.com
+    tunnel: web
+  - hostname: "*.example.com"
+    tunnel: 6ff42ae2-765d-4adf-8112-31c55c1551ef
+"#;
+        let file: TunnelsFile = serde_yaml_ng::from_str(good).unwrap();
+        let table = file.to_table().unwrap();
+        assert_eq!(table.route_count(), 2);
+        assert!(table.lookup("x.example.com").is_some());
+
+        let bad = good.replace("0000000000000000000000000000000000000000000000000000000000000001", "zz").replace("tunnel: web", "tunnel: nope");
+        let file: TunnelsFile = serde_yaml_ng::from_str(&bad).unwrap();
+        let err = file.to_table().unwrap_err().to_string();
+        assert!(err.contains("tunnels[0].secret-sha256"), "{err}");
+        assert!(err.contains("routes[0].tunnel: no tunnel named \"nope\""), "{err}");
+    }
+}
