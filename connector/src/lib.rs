@@ -1,1 +1,21 @@
+//! `burrow`, the connector: runs next to an origin with no public IP, dials out to the edges over
+//! QUIC and serves the requests they send back down the tunnel.
+//!
+//! # Layout — in the order a request meets it
+//!
+//! - [`tunnel_client`]: HA connections to the edges: register, accept request streams, reconnect.
+//! - [`origin`]: one request stream: match an ingress rule, call the origin, relay the answer.
+//! - [`ingress`]: cloudflared-compatible ingress rules (hostname/path → service).
+//! - [`config_file`], [`credentials`]: what `burrow tunnel run` reads.
+//! - [`tls`]: TLS towards the edge and towards origins.
+//! - [`status`]: `/ready` and `/metrics`.
+//! - [`cli`]: the command line.
 
+pub mod cli;
+pub mod config_file;
+pub mod credentials;
+pub mod ingress;
+pub mod origin;
+pub mod status;
+pub mod tls;
+pub mod tunnel_client;

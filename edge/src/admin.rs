@@ -44,7 +44,11 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
 
 fn answer(state: &EdgeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode()),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode(),
+        ),
         "/ready" => {
             let body = serde_json::json!({
                 "status": "ready",
@@ -54,7 +58,11 @@ fn answer(state: &EdgeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             });
             (StatusCode::OK, "application/json", body.to_string())
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /ready\n".into()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /ready\n".into(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;

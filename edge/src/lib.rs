@@ -10,8 +10,10 @@
 //! - [`respond`]: the one place errors become HTTP answers.
 //! - [`admin`], [`metrics`]: `/metrics` and `/ready` for operators.
 //! - [`tls`], [`tunnels_file`]: the edge's certificate and the file provider of tunnel records.
+//! - [`cli`]: the `burrow-edge` command line.
 
 pub mod admin;
+pub mod cli;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -104,7 +106,11 @@ impl EdgeState {
 
     /// Replace the routing snapshot. Requests in flight finish on the table they loaded.
     pub fn swap_routes(&self, table: RouteTable) {
-        tracing::info!(routes = table.route_count(), tunnels = table.tunnel_count(), "route table swapped");
+        tracing::info!(
+            routes = table.route_count(),
+            tunnels = table.tunnel_count(),
+            "route table swapped"
+        );
         self.routes.store(Arc::new(table));
     }
 }
@@ -114,7 +120,9 @@ impl EdgeState {
 pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
     let endpoint = tunnel_server::endpoint(&state.config, listeners.tunnel).context("starting tunnel listener")?;
     let public_tls = match listeners.https {
-        Some(_) => Some(tokio_rustls::TlsAcceptor::from(state.config.tls.public_server_config()?)),
+        Some(_) => Some(tokio_rustls::TlsAcceptor::from(
+            state.config.tls.public_server_config()?,
+        )),
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();

@@ -19,10 +19,18 @@ use crate::proxy::{self, ClientInfo};
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<EdgeState>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<EdgeState>,
+    shutdown: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The header timeout only works with a timer set (hyper is silent otherwise).
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(250);
     let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
     if let Ok(addr) = listener.local_addr() {
@@ -44,10 +52,20 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<E
         };
         let _ = stream.set_nodelay(true);
         let client = ClientInfo { addr, scheme };
-        tracker.spawn(serve_connection(stream, tls.clone(), builder.clone(), client, state.clone(), shutdown.clone()));
+        tracker.spawn(serve_connection(
+            stream,
+            tls.clone(),
+            builder.clone(),
+            client,
+            state.clone(),
+            shutdown.clone(),
+        ));
     }
     tracker.close();
-    if tokio::time::timeout(state.config.grace_period, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(state.config.grace_period, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("public connections still open after the grace period");
     }
 }
@@ -66,7 +84,13 @@ async fn serve_connection(
     });
     let result = match tls {
         Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-            Ok(Ok(tls_stream)) => drive(builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service), &shutdown).await,
+            Ok(Ok(tls_stream)) => {
+                drive(
+                    builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service),
+                    &shutdown,
+                )
+                .await
+            }
             Ok(Err(e)) => {
                 tracing::debug!(client = %client.addr, "TLS handshake failed: {e}");
                 return;
@@ -76,7 +100,13 @@ async fn serve_connection(
                 return;
             }
         },
-        None => drive(builder.serve_connection_with_upgrades(TokioIo::new(stream), service), &shutdown).await,
+        None => {
+            drive(
+                builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
+                &shutdown,
+            )
+            .await
+        }
     };
     if let Err(e) = result {
         tracing::debug!(client = %client.addr, "connection ended: {e}");

@@ -38,10 +38,24 @@ impl Default for Metrics {
             request_duration.clone(),
         );
         let tunnel_connections = Gauge::default();
-        registry.register("tunnel_connections", "Registered tunnel connections", tunnel_connections.clone());
+        registry.register(
+            "tunnel_connections",
+            "Registered tunnel connections",
+            tunnel_connections.clone(),
+        );
         let registrations = Family::<ResultLabels, Counter>::default();
-        registry.register("tunnel_registrations", "Connector registrations by result", registrations.clone());
-        Self { registry, requests, request_duration, tunnel_connections, registrations }
+        registry.register(
+            "tunnel_registrations",
+            "Connector registrations by result",
+            registrations.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            tunnel_connections,
+            registrations,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use burrow_protocol::body::{BodyError, FramedBody, send_body};
+use burrow_protocol::body::{BodyError, FramedBody, send_body, splice};
 use burrow_protocol::headers::{self, is_websocket_upgrade, strip_hop_by_hop};
 use burrow_protocol::{
     Frame, RequestHead, RequestKind, ResponseHead, Scheme, StreamErrorCode, TunnelCodec, TunnelId, error_code,
@@ -18,7 +18,6 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::EdgeState;
@@ -61,7 +60,9 @@ async fn forward(
     let (tunnel_id, tunnel_name) = {
         // One atomic load; copy out what we need so no guard is held across awaits.
         let table = state.routes.load();
-        let route = table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+        let route = table
+            .lookup(&host)
+            .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
         let name = table.tunnel(&route.tunnel).map(|t| t.name.clone()).unwrap_or_default();
         (route.tunnel, name)
     };
@@ -70,11 +71,18 @@ async fn forward(
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let head = RequestHead {
-        kind: if websocket { RequestKind::WebSocket } else { RequestKind::Http },
+        kind: if websocket {
+            RequestKind::WebSocket
+        } else {
+            RequestKind::Http
+        },
         flags: 0,
         method: parts.method,
         scheme: client.scheme,
-        path: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
         headers: forwarded_headers(parts.headers, &client, &host, request_id, websocket),
         authority: host,
         client_addr: client.addr,
@@ -83,7 +91,10 @@ async fn forward(
     let mut head_bytes = BytesMut::with_capacity(512);
     TunnelCodec::new(state.config.limits)
         .encode(Frame::RequestHead(Box::new(head)), &mut head_bytes)
-        .map_err(|e| ProxyError::TunnelStream { name: tunnel_name.clone(), reason: e.to_string() })?;
+        .map_err(|e| ProxyError::TunnelStream {
+            name: tunnel_name.clone(),
+            reason: e.to_string(),
+        })?;
 
     let (in_flight, mut send, recv) = open_stream(state, tunnel_id, &tunnel_name, &head_bytes).await?;
 
@@ -91,41 +102,55 @@ async fn forward(
     let mut upgrade_send = None;
     if websocket {
         upgrade_send = Some(send);
+    } else if body.is_end_stream() {
+        let _ = send.finish();
     } else {
-        if body.is_end_stream() {
-            let _ = send.finish();
-        } else {
-            let limits = state.config.limits;
-            tokio::spawn(async move {
-                match send_body(body, &mut send, &limits).await {
-                    Ok(()) => {
-                        let _ = send.finish();
-                    }
-                    Err(e) => {
-                        // Reset, not finish: the origin must not take a cut upload as complete.
-                        tracing::debug!("request body relay stopped: {e}");
-                        let _ = send.reset(error_code::REQUEST_CANCELLED.into());
-                    }
+        let limits = state.config.limits;
+        tokio::spawn(async move {
+            match send_body(body, &mut send, &limits).await {
+                Ok(()) => {
+                    let _ = send.finish();
                 }
-            });
-        }
+                Err(e) => {
+                    // Reset, not finish: the origin must not take a cut upload as complete.
+                    tracing::debug!("request body relay stopped: {e}");
+                    let _ = send.reset(error_code::REQUEST_CANCELLED.into());
+                }
+            }
+        });
     }
 
     let mut frames = FramedRead::new(recv, TunnelCodec::new(state.config.limits));
-    let stream_failed = |reason: String| ProxyError::TunnelStream { name: tunnel_name.clone(), reason };
+    let stream_failed = |reason: String| ProxyError::TunnelStream {
+        name: tunnel_name.clone(),
+        reason,
+    };
     let first = tokio::time::timeout(state.config.origin_timeout, frames.next())
         .await
-        .map_err(|_| ProxyError::OriginTimeout { name: tunnel_name.clone(), timeout: state.config.origin_timeout })?;
-    let ResponseHead { status, headers: mut response_headers } = match first {
+        .map_err(|_| ProxyError::OriginTimeout {
+            name: tunnel_name.clone(),
+            timeout: state.config.origin_timeout,
+        })?;
+    let ResponseHead {
+        status,
+        headers: mut response_headers,
+    } = match first {
         Some(Ok(Frame::ResponseHead(head))) => *head,
         Some(Ok(Frame::Error(err))) => {
             let name = tunnel_name.clone();
             return Err(match err.code {
-                StreamErrorCode::OriginUnreachable => ProxyError::OriginUnreachable { name, message: err.message },
-                StreamErrorCode::OriginTimeout => {
-                    ProxyError::OriginTimeout { name, timeout: state.config.origin_timeout }
-                }
-                _ => ProxyError::ConnectorRefused { name, message: err.message },
+                StreamErrorCode::OriginUnreachable => ProxyError::OriginUnreachable {
+                    name,
+                    message: err.message,
+                },
+                StreamErrorCode::OriginTimeout => ProxyError::OriginTimeout {
+                    name,
+                    timeout: state.config.origin_timeout,
+                },
+                _ => ProxyError::ConnectorRefused {
+                    name,
+                    message: err.message,
+                },
             });
         }
         Some(Ok(_)) => return Err(stream_failed("connector sent an unexpected frame".into())),
@@ -144,7 +169,10 @@ async fn forward(
     }
 
     strip_hop_by_hop(&mut response_headers, false);
-    let mut response = Response::new(Either::Left(TunnelBody { inner: FramedBody::new(frames), _in_flight: in_flight }));
+    let mut response = Response::new(Either::Left(TunnelBody {
+        inner: FramedBody::new(frames),
+        _in_flight: in_flight,
+    }));
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
     Ok(response)
@@ -161,7 +189,9 @@ async fn open_stream(
     let mut skip = None;
     let mut last_error = String::new();
     for _ in 0..2 {
-        let Some(in_flight) = state.registry.pick(&tunnel, skip) else { break };
+        let Some(in_flight) = state.registry.pick(&tunnel, skip) else {
+            break;
+        };
         let conn = in_flight.connection().clone();
         match conn.quic.open_bi().await {
             Ok((mut send, recv)) => match send.write_all(head).await {
@@ -173,9 +203,15 @@ async fn open_stream(
         skip = Some(conn.info.connection_id);
     }
     if last_error.is_empty() {
-        Err(ProxyError::TunnelUnavailable { name: tunnel_name.to_owned(), id: tunnel.to_string() })
+        Err(ProxyError::TunnelUnavailable {
+            name: tunnel_name.to_owned(),
+            id: tunnel.to_string(),
+        })
     } else {
-        Err(ProxyError::TunnelStream { name: tunnel_name.to_owned(), reason: last_error })
+        Err(ProxyError::TunnelStream {
+            name: tunnel_name.to_owned(),
+            reason: last_error,
+        })
     }
 }
 
@@ -198,7 +234,11 @@ fn forwarded_headers(
     websocket: bool,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut h, websocket);
-    let spoofed: Vec<_> = h.keys().filter(|k| k.as_str().starts_with("burrow-")).cloned().collect();
+    let spoofed: Vec<_> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("burrow-"))
+        .cloned()
+        .collect();
     for name in spoofed {
         h.remove(name);
     }
@@ -238,20 +278,7 @@ async fn bridge_upgrade(
         }
     };
     let parts = frames.into_parts();
-    let (mut recv, leftover) = (parts.io, parts.read_buf);
-    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(upgraded));
-    let upstream = async {
-        let _ = tokio::io::copy(&mut client_read, &mut send).await;
-        let _ = send.finish();
-    };
-    let downstream = async {
-        if !leftover.is_empty() && client_write.write_all(&leftover).await.is_err() {
-            return;
-        }
-        let _ = tokio::io::copy(&mut recv, &mut client_write).await;
-        let _ = client_write.shutdown().await;
-    };
-    tokio::join!(upstream, downstream);
+    splice(TokioIo::new(upgraded), parts.io, parts.read_buf, send).await;
 }
 
 /// A response body relayed from the tunnel; keeps its connection counted as busy until done.

@@ -30,7 +30,11 @@ pub struct TunnelConnection {
 
 impl TunnelConnection {
     pub fn new(info: ConnectionInfo, quic: quinn::Connection) -> Self {
-        Self { info, quic, in_flight: AtomicUsize::new(0) }
+        Self {
+            info,
+            quic,
+            in_flight: AtomicUsize::new(0),
+        }
     }
 
     pub fn in_flight(&self) -> usize {

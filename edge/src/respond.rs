@@ -100,7 +100,10 @@ pub fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(headers::ERROR, HeaderValue::from_static(err.code()));
     response
@@ -112,7 +115,10 @@ mod tests {
 
     #[test]
     fn unavailable_tunnel_page_names_the_tunnel_and_the_fix() {
-        let err = ProxyError::TunnelUnavailable { name: "web".into(), id: "6ff4".into() };
+        let err = ProxyError::TunnelUnavailable {
+            name: "web".into(),
+            id: "6ff4".into(),
+        };
         let resp = error_response(&err, "r1");
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(resp.headers()[headers::ERROR], "tunnel_unavailable");

@@ -90,11 +90,17 @@ impl RouteTable {
         for mut route in routes {
             route.hostname = route.hostname.to_ascii_lowercase();
             if let Err(reason) = validate_hostname(&route.hostname) {
-                errors.push(BuildError::BadHostname { hostname: route.hostname, reason });
+                errors.push(BuildError::BadHostname {
+                    hostname: route.hostname,
+                    reason,
+                });
                 continue;
             }
             if !table.tunnels.contains_key(&route.tunnel) {
-                errors.push(BuildError::UnknownTunnel { hostname: route.hostname, tunnel: route.tunnel });
+                errors.push(BuildError::UnknownTunnel {
+                    hostname: route.hostname,
+                    tunnel: route.tunnel,
+                });
                 continue;
             }
             let (map, key) = match route.hostname.strip_prefix('*') {
@@ -176,7 +182,10 @@ pub fn validate_hostname(hostname: &str) -> Result<(), String> {
         if label.is_empty() || label.len() > 63 {
             return Err("labels must be 1 to 63 characters".into());
         }
-        if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(format!("label {label:?} may only hold a-z, 0-9 and '-'"));
         }
     }
@@ -200,14 +209,21 @@ mod tests {
     }
 
     fn route(host: &str, n: u128) -> Route {
-        Route { hostname: host.into(), tunnel: TunnelId(Uuid::from_u128(n)) }
+        Route {
+            hostname: host.into(),
+            tunnel: TunnelId(Uuid::from_u128(n)),
+        }
     }
 
     #[test]
     fn exact_then_most_specific_wildcard() {
         let table = RouteTable::build(
             vec![tunnel(1), tunnel(2), tunnel(3)],
-            vec![route("app.example.com", 1), route("*.example.com", 2), route("*.b.example.com", 3)],
+            vec![
+                route("app.example.com", 1),
+                route("*.example.com", 2),
+                route("*.b.example.com", 3),
+            ],
         )
         .unwrap();
         let cases = [
@@ -233,7 +249,13 @@ mod tests {
     fn build_reports_every_problem() {
         let errors = RouteTable::build(
             vec![tunnel(1)],
-            vec![route("a.*.com", 1), route("ok.com", 9), route("dup.com", 1), route("dup.com", 1), route("Bad_Host", 1)],
+            vec![
+                route("a.*.com", 1),
+                route("ok.com", 9),
+                route("dup.com", 1),
+                route("dup.com", 1),
+                route("Bad_Host", 1),
+            ],
         )
         .unwrap_err();
         assert_eq!(errors.len(), 4, "{errors:?}");

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use burrow_connector::credentials::write_private;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A certificate chain and its key.
@@ -16,7 +17,11 @@ pub struct TlsIdentity {
 
 impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
-        Self { chain: self.chain.clone(), key: self.key.clone_key(), self_signed_pem: self.self_signed_pem.clone() }
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            self_signed_pem: self.self_signed_pem.clone(),
+        }
     }
 }
 
@@ -32,7 +37,11 @@ impl TlsIdentity {
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .with_context(|| format!("parsing {}", key.display()))?
             .with_context(|| format!("{} holds no PEM private key", key.display()))?;
-        Ok(Self { chain, key, self_signed_pem: None })
+        Ok(Self {
+            chain,
+            key,
+            self_signed_pem: None,
+        })
     }
 
     /// The development identity: a self-signed certificate created once and kept in `dir`, so
@@ -58,7 +67,11 @@ impl TlsIdentity {
         let pem = certified.cert.pem();
         let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
             .map_err(|e| anyhow::anyhow!("encoding generated key: {e}"))?;
-        Ok(Self { chain: vec![certified.cert.der().clone()], key, self_signed_pem: Some(pem) })
+        Ok(Self {
+            chain: vec![certified.cert.der().clone()],
+            key,
+            self_signed_pem: Some(pem),
+        })
     }
 
     /// rustls config for the public listener: HTTP/2 and HTTP/1.1 by ALPN.
@@ -83,19 +96,4 @@ impl TlsIdentity {
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
-}
-
-/// Write a file readable by its owner only (keys, credentials).
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents).with_context(|| format!("writing {}", path.display()))?;
-    file.sync_all()?;
-    Ok(())
 }

@@ -55,7 +55,10 @@ pub async fn serve(endpoint: quinn::Endpoint, state: Arc<EdgeState>, shutdown: C
     }
     tracker.close();
     // Each connection task tells its connector to drain; give them the grace period.
-    if tokio::time::timeout(state.config.grace_period, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(state.config.grace_period, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("tunnel connections still busy after the grace period; closing them");
     }
     endpoint.close(error_code::EDGE_SHUTDOWN.into(), b"edge shutting down");
@@ -146,22 +149,49 @@ async fn register(
         Ok(Some(Frame::Control(ControlMessage::Register(r)))) => r,
         Ok(other) => {
             let shown = other.as_ref().map(frame_kind).unwrap_or("end of stream");
-            reject(&conn, &mut send, RejectCode::Malformed, format!("expected register, got {shown}"), &limits).await;
+            reject(
+                &conn,
+                &mut send,
+                RejectCode::Malformed,
+                format!("expected register, got {shown}"),
+                &limits,
+            )
+            .await;
             return Err(format!("expected register, got {shown}"));
         }
         Err(e) => {
-            reject(&conn, &mut send, RejectCode::Malformed, format!("bad register message: {e}"), &limits).await;
+            reject(
+                &conn,
+                &mut send,
+                RejectCode::Malformed,
+                format!("bad register message: {e}"),
+                &limits,
+            )
+            .await;
             return Err(format!("bad register message: {e}"));
         }
     };
-    let Register { protocol, account, tunnel_id, secret, conn_index, connector_id, version, .. } = request;
+    let Register {
+        protocol,
+        account,
+        tunnel_id,
+        secret,
+        conn_index,
+        connector_id,
+        version,
+        ..
+    } = request;
     if protocol != PROTOCOL_VERSION {
         let msg = format!("protocol version {protocol} is not supported (this edge speaks {PROTOCOL_VERSION})");
         reject(&conn, &mut send, RejectCode::UnsupportedVersion, msg.clone(), &limits).await;
         return Err(msg);
     }
     // Checked against the current snapshot, so reconnects work while the control plane is down.
-    let authorized = state.routes.load().tunnel(&tunnel_id).is_some_and(|t| t.verify(account, &secret));
+    let authorized = state
+        .routes
+        .load()
+        .tunnel(&tunnel_id)
+        .is_some_and(|t| t.verify(account, &secret));
     if !authorized {
         // One message for both cases: do not tell a guesser which tunnels exist.
         let msg = format!("tunnel {tunnel_id} is unknown or its credentials are wrong");
@@ -197,7 +227,11 @@ async fn reject(
     limits: &burrow_protocol::Limits,
 ) {
     let retry_after_ms = (code == RejectCode::Unauthorized).then_some(5_000);
-    let frame = Frame::Control(ControlMessage::Rejected(Rejected { code, message, retry_after_ms }));
+    let frame = Frame::Control(ControlMessage::Rejected(Rejected {
+        code,
+        message,
+        retry_after_ms,
+    }));
     if write_frame(send, frame, limits).await.is_ok() {
         let _ = send.finish();
         // Give the connector a moment to read the reason before the connection goes.

@@ -64,10 +64,7 @@ impl TunnelsFile {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_yaml_ng::to_string(self)?;
-        let tmp = path.with_extension("yml.tmp");
-        crate::tls::write_private(&tmp, text.as_bytes())?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-        Ok(())
+        burrow_connector::credentials::write_private(path, text.as_bytes())
     }
 
     /// Build the routing snapshot, reporting every problem with its position.
@@ -90,7 +87,10 @@ impl TunnelsFile {
             let by_id = r.tunnel.parse::<TunnelId>().ok();
             let found = self.tunnels.iter().find(|t| Some(t.id) == by_id || t.name == r.tunnel);
             match found {
-                Some(t) => routes.push(Route { hostname: r.hostname.clone(), tunnel: t.id }),
+                Some(t) => routes.push(Route {
+                    hostname: r.hostname.clone(),
+                    tunnel: t.id,
+                }),
                 None => problems.push(format!("routes[{i}].tunnel: no tunnel named {:?}", r.tunnel)),
             }
         }
@@ -146,7 +146,9 @@ routes:
         assert_eq!(table.route_count(), 2);
         assert!(table.lookup("x.example.com").is_some());
 
-        let bad = good.replace("0000000000000000000000000000000000000000000000000000000000000001", "zz").replace("tunnel: web", "tunnel: nope");
+        let bad = good
+            .replace("0000000000000000000000000000000000000000000000000000000000000001", "zz")
+            .replace("tunnel: web", "tunnel: nope");
         let file: TunnelsFile = serde_yaml_ng::from_str(&bad).unwrap();
         let err = file.to_table().unwrap_err().to_string();
         assert!(err.contains("tunnels[0].secret-sha256"), "{err}");

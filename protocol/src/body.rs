@@ -55,10 +55,7 @@ impl<R: AsyncRead + Unpin> Body for FramedBody<R> {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<BodyFrame<Bytes>, BodyError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<BodyFrame<Bytes>, BodyError>>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -140,14 +137,44 @@ where
 async fn write_data<W: AsyncWrite + Unpin>(w: &mut W, mut data: Bytes, limits: &Limits) -> Result<(), BodyError> {
     while !data.is_empty() {
         let chunk = data.split_to(data.len().min(limits.max_data_frame));
-        w.write_all(&data_frame_header(chunk.len())).await.map_err(BodyError::Write)?;
+        w.write_all(&data_frame_header(chunk.len()))
+            .await
+            .map_err(BodyError::Write)?;
         w.write_all(&chunk).await.map_err(BodyError::Write)?;
     }
     Ok(())
 }
 
-async fn write_trailers<W: AsyncWrite + Unpin>(w: &mut W, trailers: HeaderMap, limits: &Limits) -> Result<(), BodyError> {
+async fn write_trailers<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    trailers: HeaderMap,
+    limits: &Limits,
+) -> Result<(), BodyError> {
     write_frame(w, Frame::Trailers(trailers), limits).await
+}
+
+/// After an upgrade (`101` WebSocket, `200` TCP): raw bytes both ways between `io` and a tunnel
+/// stream until both directions end. `leftover` is what the framed reader had buffered past the
+/// response head. Each side is shut down (FIN) when its source ends, so half-close works.
+pub async fn splice<I, R, W>(io: I, mut tunnel_recv: R, leftover: BytesMut, mut tunnel_send: W)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (mut io_read, mut io_write) = tokio::io::split(io);
+    let upstream = async {
+        let _ = tokio::io::copy(&mut io_read, &mut tunnel_send).await;
+        let _ = tunnel_send.shutdown().await;
+    };
+    let downstream = async {
+        if !leftover.is_empty() && io_write.write_all(&leftover).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy(&mut tunnel_recv, &mut io_write).await;
+        let _ = io_write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
 }
 
 #[cfg(test)]
@@ -161,7 +188,10 @@ mod tests {
     #[tokio::test]
     async fn body_with_trailers_roundtrips_through_a_pipe() {
         let (mut a, b) = tokio::io::duplex(1024);
-        let limits = Limits { max_data_frame: 7, ..Limits::default() };
+        let limits = Limits {
+            max_data_frame: 7,
+            ..Limits::default()
+        };
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         let frames: Vec<Result<BodyFrame<Bytes>, std::io::Error>> = vec![

@@ -64,7 +64,11 @@ pub enum FrameError {
     #[error("frame type {0} is unknown")]
     UnknownType(u8),
     #[error("{kind} frame of {size} bytes exceeds the limit of {limit}")]
-    TooLarge { kind: &'static str, size: usize, limit: usize },
+    TooLarge {
+        kind: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("{count} headers exceed the limit of {limit}")]
     TooManyHeaders { count: usize, limit: usize },
     #[error("malformed frame: {0}")]
@@ -110,7 +114,11 @@ impl Decoder for TunnelCodec {
         };
         // Checked before buffering: a peer cannot make us hold more than the limit.
         if len > limit {
-            return Err(FrameError::TooLarge { kind: name, size: len, limit });
+            return Err(FrameError::TooLarge {
+                kind: name,
+                size: len,
+                limit,
+            });
         }
         if src.len() < FRAME_HEADER_LEN + len {
             src.reserve(FRAME_HEADER_LEN + len - src.len());
@@ -127,8 +135,7 @@ impl Decoder for TunnelCodec {
         let mut r = Reader::new(&payload);
         let frame = match kind {
             TYPE_CONTROL => Frame::Control(
-                serde_json::from_slice(&payload)
-                    .map_err(|e| FrameError::Malformed(format!("control message: {e}")))?,
+                serde_json::from_slice(&payload).map_err(|e| FrameError::Malformed(format!("control message: {e}")))?,
             ),
             TYPE_REQUEST_HEAD => Frame::RequestHead(Box::new(RequestHead::decode(&mut r, &self.limits)?)),
             TYPE_RESPONSE_HEAD => Frame::ResponseHead(Box::new(ResponseHead::decode(&mut r, &self.limits)?)),
@@ -136,7 +143,10 @@ impl Decoder for TunnelCodec {
             _ => Frame::Error(StreamError::decode(&mut r)?),
         };
         if kind != TYPE_CONTROL && !r.is_empty() {
-            return Err(FrameError::Malformed(format!("{} trailing bytes after {name}", r.remaining())));
+            return Err(FrameError::Malformed(format!(
+                "{} trailing bytes after {name}",
+                r.remaining()
+            )));
         }
         Ok(Some(frame))
     }
@@ -158,8 +168,8 @@ impl Encoder<Frame> for TunnelCodec {
         dst.put_bytes(0, FRAME_HEADER_LEN);
         let kind = match &frame {
             Frame::Control(msg) => {
-                let json = serde_json::to_vec(msg)
-                    .map_err(|e| FrameError::Malformed(format!("control message: {e}")))?;
+                let json =
+                    serde_json::to_vec(msg).map_err(|e| FrameError::Malformed(format!("control message: {e}")))?;
                 dst.put_slice(&json);
                 TYPE_CONTROL
             }
@@ -185,10 +195,18 @@ impl Encoder<Frame> for TunnelCodec {
             }
         };
         let len = dst.len() - start - FRAME_HEADER_LEN;
-        let limit = if kind == TYPE_DATA { self.limits.max_data_frame } else { self.limits.max_head_size };
+        let limit = if kind == TYPE_DATA {
+            self.limits.max_data_frame
+        } else {
+            self.limits.max_head_size
+        };
         if len > limit || (kind == TYPE_DATA && len == 0) {
             dst.truncate(start);
-            return Err(FrameError::TooLarge { kind: "outgoing", size: len, limit });
+            return Err(FrameError::TooLarge {
+                kind: "outgoing",
+                size: len,
+                limit,
+            });
         }
         dst[start] = kind;
         dst[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
@@ -235,7 +253,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
         if self.buf.len() < n {
-            return Err(FrameError::Malformed(format!("needed {n} more bytes, {} left", self.buf.len())));
+            return Err(FrameError::Malformed(format!(
+                "needed {n} more bytes, {} left",
+                self.buf.len()
+            )));
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
@@ -310,10 +331,16 @@ mod tests {
         vec![
             Frame::Control(crate::ControlMessage::Drain),
             Frame::RequestHead(Box::new(sample_request())),
-            Frame::ResponseHead(Box::new(ResponseHead { status: StatusCode::CREATED, headers: HeaderMap::new() })),
+            Frame::ResponseHead(Box::new(ResponseHead {
+                status: StatusCode::CREATED,
+                headers: HeaderMap::new(),
+            })),
             Frame::Data(Bytes::from_static(b"hello")),
             Frame::Trailers(trailers),
-            Frame::Error(StreamError { code: StreamErrorCode::OriginTimeout, message: "slow".into() }),
+            Frame::Error(StreamError {
+                code: StreamErrorCode::OriginTimeout,
+                message: "slow".into(),
+            }),
         ]
     }
 
@@ -329,7 +356,9 @@ mod tests {
             decoded.push(frame);
         }
         assert_eq!(decoded, all_frames());
-        let Frame::RequestHead(head) = &decoded[1] else { panic!("not a request head") };
+        let Frame::RequestHead(head) = &decoded[1] else {
+            panic!("not a request head")
+        };
         let multi: Vec<_> = head.headers.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b"]);
     }
@@ -338,7 +367,9 @@ mod tests {
     fn decodes_byte_by_byte() {
         let mut codec = TunnelCodec::default();
         let mut whole = BytesMut::new();
-        codec.encode(Frame::RequestHead(Box::new(sample_request())), &mut whole).unwrap();
+        codec
+            .encode(Frame::RequestHead(Box::new(sample_request())), &mut whole)
+            .unwrap();
         let mut buf = BytesMut::new();
         let mut out = None;
         for (i, byte) in whole.iter().enumerate() {
@@ -359,11 +390,17 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u8(TYPE_REQUEST_HEAD);
         buf.put_u32(64 * 1024 + 1);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::TooLarge { size: 65537, .. })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { size: 65537, .. })
+        ));
         let mut buf = BytesMut::new();
         buf.put_u8(TYPE_DATA);
         buf.put_u32(u32::MAX);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::TooLarge { kind: "data", .. })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { kind: "data", .. })
+        ));
     }
 
     #[test]
@@ -373,9 +410,14 @@ mod tests {
             headers.append("x-h", HeaderValue::from(i));
         }
         let mut buf = BytesMut::new();
-        TunnelCodec::default().encode(Frame::Trailers(headers), &mut buf).unwrap();
+        TunnelCodec::default()
+            .encode(Frame::Trailers(headers), &mut buf)
+            .unwrap();
         let err = TunnelCodec::default().decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooManyHeaders { count: 300, limit: 256 }), "{err}");
+        assert!(
+            matches!(err, FrameError::TooManyHeaders { count: 300, limit: 256 }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -401,10 +443,20 @@ mod tests {
     #[test]
     fn truncated_stream_is_an_error_at_eof() {
         let mut buf = BytesMut::new();
-        TunnelCodec::default().encode(Frame::Data(Bytes::from_static(b"abcdef")), &mut buf).unwrap();
+        TunnelCodec::default()
+            .encode(Frame::Data(Bytes::from_static(b"abcdef")), &mut buf)
+            .unwrap();
         buf.truncate(8);
-        assert!(matches!(TunnelCodec::default().decode_eof(&mut buf), Err(FrameError::Truncated)));
-        assert!(TunnelCodec::default().decode_eof(&mut BytesMut::new()).unwrap().is_none());
+        assert!(matches!(
+            TunnelCodec::default().decode_eof(&mut buf),
+            Err(FrameError::Truncated)
+        ));
+        assert!(
+            TunnelCodec::default()
+                .decode_eof(&mut BytesMut::new())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -433,7 +485,9 @@ mod tests {
     #[test]
     fn data_header_matches_encoder() {
         let mut buf = BytesMut::new();
-        TunnelCodec::default().encode(Frame::Data(Bytes::from_static(b"xyz")), &mut buf).unwrap();
+        TunnelCodec::default()
+            .encode(Frame::Data(Bytes::from_static(b"xyz")), &mut buf)
+            .unwrap();
         assert_eq!(&buf[..FRAME_HEADER_LEN], &data_frame_header(3));
     }
 }

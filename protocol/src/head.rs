@@ -131,8 +131,7 @@ impl RequestHead {
             1 => Scheme::Https,
             other => return Err(FrameError::Malformed(format!("unknown scheme {other}"))),
         };
-        let method = Method::from_bytes(r.bytes8()?)
-            .map_err(|_| FrameError::Malformed("invalid method".into()))?;
+        let method = Method::from_bytes(r.bytes8()?).map_err(|_| FrameError::Malformed("invalid method".into()))?;
         let authority = r.str16()?.to_owned();
         let path = r.str16()?.to_owned();
         let ip = match r.u8()? {
@@ -143,7 +142,17 @@ impl RequestHead {
         let client_addr = SocketAddr::new(ip, r.u16()?);
         let request_id = r.str8()?.to_owned();
         let headers = decode_headers(r, limits)?;
-        Ok(Self { kind, flags, method, scheme, authority, path, headers, client_addr, request_id })
+        Ok(Self {
+            kind,
+            flags,
+            method,
+            scheme,
+            authority,
+            path,
+            headers,
+            client_addr,
+            request_id,
+        })
     }
 }
 
@@ -154,8 +163,7 @@ impl ResponseHead {
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self, FrameError> {
-        let status = StatusCode::from_u16(r.u16()?)
-            .map_err(|_| FrameError::Malformed("invalid status code".into()))?;
+        let status = StatusCode::from_u16(r.u16()?).map_err(|_| FrameError::Malformed("invalid status code".into()))?;
         let headers = decode_headers(r, limits)?;
         Ok(Self { status, headers })
     }
@@ -189,12 +197,15 @@ pub(crate) fn encode_headers(headers: &HeaderMap, dst: &mut BytesMut) {
 pub(crate) fn decode_headers(r: &mut Reader<'_>, limits: &Limits) -> Result<HeaderMap, FrameError> {
     let count = usize::from(r.u16()?);
     if count > limits.max_headers {
-        return Err(FrameError::TooManyHeaders { count, limit: limits.max_headers });
+        return Err(FrameError::TooManyHeaders {
+            count,
+            limit: limits.max_headers,
+        });
     }
     let mut headers = HeaderMap::with_capacity(count);
     for _ in 0..count {
-        let name = HeaderName::from_bytes(r.bytes16()?)
-            .map_err(|_| FrameError::Malformed("invalid header name".into()))?;
+        let name =
+            HeaderName::from_bytes(r.bytes16()?).map_err(|_| FrameError::Malformed("invalid header name".into()))?;
         let value = HeaderValue::from_bytes(r.bytes16()?)
             .map_err(|_| FrameError::Malformed(format!("invalid value for header {name}")))?;
         headers.append(name, value);

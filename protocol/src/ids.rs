@@ -79,7 +79,9 @@ impl TunnelSecret {
 
     pub fn from_base64(text: &str) -> Result<Self, SecretError> {
         let bytes = BASE64.decode(text.trim()).map_err(|_| SecretError::NotBase64)?;
-        let array: [u8; 32] = bytes.try_into().map_err(|v: Vec<u8>| SecretError::WrongLength(v.len()))?;
+        let array: [u8; 32] = bytes
+            .try_into()
+            .map_err(|v: Vec<u8>| SecretError::WrongLength(v.len()))?;
         Ok(Self(array))
     }
 }
@@ -133,6 +135,9 @@ mod tests {
     fn ids_print_as_plain_uuids() {
         let id: TunnelId = "6ff42ae2-765d-4adf-8112-31c55c1551ef".parse().unwrap();
         assert_eq!(id.to_string(), "6ff42ae2-765d-4adf-8112-31c55c1551ef");
-        assert_eq!(serde_json::to_string(&id).unwrap(), "\"6ff42ae2-765d-4adf-8112-31c55c1551ef\"");
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"6ff42ae2-765d-4adf-8112-31c55c1551ef\""
+        );
     }
 }

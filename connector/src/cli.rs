@@ -1,0 +1,290 @@
+//! The `burrow` command line (cloudflared's verbs where they overlap).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use burrow_protocol::{ConnectorId, Limits, TunnelId};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config_file::ConfigFile;
+use crate::credentials::{Credentials, burrow_home};
+use crate::ingress::{Ingress, Service};
+use crate::origin::Origins;
+use crate::tunnel_client::{self, Status, TunnelOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "burrow",
+    version,
+    about = "Burrow connector: serve a local origin through a named tunnel"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "BURROW_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with named tunnels.
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+}
+
+#[derive(Subcommand)]
+enum TunnelCommand {
+    /// Connect to the edge and serve the tunnel until interrupted (SIGINT/SIGTERM drain gracefully).
+    Run(RunArgs),
+    /// Check or try the ingress rules of a config file.
+    #[command(subcommand)]
+    Ingress(IngressCommand),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Tunnel name or UUID (else `tunnel:` from the config file).
+    tunnel: Option<String>,
+    /// Config file with ingress rules [default: $BURROW_HOME/config.yml if it exists].
+    #[arg(long, env = "BURROW_CONFIG")]
+    config: Option<PathBuf>,
+    /// Serve every request from this one origin instead of ingress rules (e.g. http://localhost:8000).
+    #[arg(long, conflicts_with = "config")]
+    url: Option<String>,
+    /// Tunnel credentials file [default: $BURROW_HOME/<TUNNEL-UUID>.json].
+    #[arg(long, env = "BURROW_CREDENTIALS_FILE")]
+    credentials_file: Option<PathBuf>,
+    /// Edge tunnel address HOST:PORT; repeat for several [default: the edges in the credentials file].
+    #[arg(long = "edge", value_name = "HOST:PORT")]
+    edges: Vec<String>,
+    /// Number of connections to keep open to the edges [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16))]
+    ha_connections: Option<u8>,
+    /// On shutdown, how long in-flight requests may take [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace_period: Option<Duration>,
+    /// Serve /ready and /metrics on this address (e.g. 127.0.0.1:2000).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum IngressCommand {
+    /// Validate the ingress rules of a config file and list them.
+    Validate {
+        #[arg(long, env = "BURROW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Show which rule a URL would match.
+    Rule {
+        /// e.g. https://app.example.com/api/users
+        url: String,
+        #[arg(long, env = "BURROW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the `burrow` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Tunnel(TunnelCommand::Run(args)) => run_tunnel(args),
+        Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Validate { config })) => validate(config),
+        Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Rule { url, config })) => rule(&url, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log to stderr; `RUST_LOG` wins over the flag.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_tunnel(args: RunArgs) -> Result<()> {
+    let config = match (&args.config, &args.url) {
+        (Some(path), _) => ConfigFile::load(path)?,
+        (None, None) => default_config()?.unwrap_or_default(),
+        (None, Some(_)) => ConfigFile::default(),
+    };
+    let ingress = match &args.url {
+        Some(url) => {
+            let service = Service::parse(url).map_err(|e| anyhow::anyhow!("--url {url}: {e}"))?;
+            Ingress::single(service, config.origin_request.resolve())
+        }
+        None if config.ingress.is_empty() => anyhow::bail!(
+            "nothing to serve: pass --url http://localhost:PORT, or --config FILE with ingress rules \
+             (see docs/tunnel-users.md)"
+        ),
+        None => config.ingress()?,
+    };
+    let tunnel = args.tunnel.or_else(|| config.tunnel.clone());
+    let credentials_path = credentials_path(
+        args.credentials_file.or(config.credentials_file.clone()),
+        tunnel.as_deref(),
+    )?;
+    let credentials = Credentials::load(&credentials_path)?;
+    let edges = [args.edges, config.edge.clone(), credentials.edges.clone()]
+        .into_iter()
+        .find(|e| !e.is_empty());
+    let options = TunnelOptions {
+        edges: edges.unwrap_or_default(),
+        ha_connections: args.ha_connections.or(config.ha_connections).unwrap_or(4),
+        grace_period: args
+            .grace_period
+            .or(config.grace_period)
+            .unwrap_or(Duration::from_secs(30)),
+        connector_id: ConnectorId::new_random(),
+        limits: Limits::default(),
+    };
+    let metrics = args.metrics.or(config.metrics);
+    for rule in &ingress.rules {
+        tracing::info!("ingress {}", rule.describe());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        let status = Arc::new(Status::default());
+        if let Some(addr) = metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics {addr}"))?;
+            let connector = options.connector_id.to_string();
+            tokio::spawn(crate::status::serve(
+                listener,
+                status.clone(),
+                connector,
+                shutdown.clone(),
+            ));
+        }
+        let origins = Arc::new(Origins::new(ingress, options.limits)?);
+        tunnel_client::run(credentials, origins, options, status, shutdown).await
+    })
+}
+
+/// First SIGINT/SIGTERM: drain gracefully. Second: exit now.
+async fn on_signal(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests (signal again to exit now)");
+    shutdown.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting without waiting");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `$BURROW_HOME/config.yml`, if present.
+fn default_config() -> Result<Option<ConfigFile>> {
+    let path = burrow_home().join("config.yml");
+    if path.exists() {
+        Ok(Some(ConfigFile::load(&path)?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<ConfigFile> {
+    match path {
+        Some(path) => Ok(ConfigFile::load(&path)?),
+        None => default_config()?.with_context(|| {
+            format!(
+                "no config file: pass --config FILE (or create {})",
+                burrow_home().join("config.yml").display()
+            )
+        }),
+    }
+}
+
+/// The explicit file, else `$BURROW_HOME/<uuid>.json` for a tunnel given by UUID, else the one
+/// credentials file in `$BURROW_HOME` whose tunnel has that name.
+fn credentials_path(explicit: Option<PathBuf>, tunnel: Option<&str>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path);
+    }
+    let tunnel = tunnel.context("which tunnel? pass its name or UUID, or --credentials-file FILE")?;
+    if let Ok(id) = tunnel.parse::<TunnelId>() {
+        return Ok(Credentials::default_path(id));
+    }
+    find_by_name(&burrow_home(), tunnel)?.with_context(|| {
+        format!(
+            "no credentials for a tunnel named {tunnel:?} in {}; pass --credentials-file FILE",
+            burrow_home().display()
+        )
+    })
+}
+
+fn find_by_name(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    for entry in entries.flatten().take(10_000) {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Ok(creds) = Credentials::load(&path)
+            && creds.tunnel_name == name
+        {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+fn validate(config: Option<PathBuf>) -> Result<()> {
+    let ingress = load_config(config)?.ingress()?;
+    println!("OK: {} ingress rule(s)", ingress.rules.len());
+    for rule in &ingress.rules {
+        println!("  {}", rule.describe());
+    }
+    Ok(())
+}
+
+fn rule(url: &str, config: Option<PathBuf>) -> Result<()> {
+    let ingress = load_config(config)?.ingress()?;
+    let uri: http::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
+    let host = uri
+        .host()
+        .context("the URL needs a host, e.g. https://app.example.com/path")?;
+    let matched = ingress.find(host, uri.path());
+    println!("Matched {}", matched.describe());
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! TLS client settings: towards the edge (QUIC tunnel) and towards origins (`https`, `unix+tls`).
+
+use std::io::Read;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::ingress::OriginRequest;
+
+/// CA bundles are small; refuse anything that is clearly not one.
+const MAX_CA_BYTES: u64 = 4 * 1024 * 1024;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Roots from PEM text, or the public web PKI when none are given.
+pub fn root_store(pem: Option<&[u8]>) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    match pem {
+        Some(mut pem) => {
+            let certs = rustls_pemfile::certs(&mut pem)
+                .collect::<Result<Vec<_>, _>>()
+                .context("parsing PEM")?;
+            anyhow::ensure!(!certs.is_empty(), "no PEM certificate found");
+            for cert in certs {
+                roots.add(cert).context("adding CA certificate")?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(roots)
+}
+
+/// QUIC client crypto for the tunnel: TLS 1.3, ALPN `burrow/1`, trusting `edge_ca` if given.
+pub fn edge_client_config(edge_ca: Option<&str>) -> Result<quinn::ClientConfig> {
+    let roots = root_store(edge_ca.map(str::as_bytes)).context("edge CA in the credentials file")?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![burrow_protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("QUIC TLS config")?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// TLS towards an origin, per ingress rule (`caPool`, `noTLSVerify`). ALPN is left empty: the
+/// HTTP client sets it to the versions it enables.
+pub fn origin_tls_config(settings: &OriginRequest) -> Result<Arc<rustls::ClientConfig>> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let config = if settings.no_tls_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth()
+    } else {
+        let pem = match &settings.ca_pool {
+            Some(path) => {
+                let file = std::fs::File::open(path).with_context(|| format!("reading caPool {}", path.display()))?;
+                let mut pem = Vec::new();
+                file.take(MAX_CA_BYTES).read_to_end(&mut pem)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let roots = root_store(pem.as_deref()).context("caPool")?;
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// `noTLSVerify: true`: the origin's certificate is not checked (signatures still are, so the
+/// handshake is sound; only the identity is taken on trust). Common for local origins with
+/// self-signed certificates.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

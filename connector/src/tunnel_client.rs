@@ -1,0 +1,373 @@
+//! The connector's side of the tunnel: N QUIC connections to the edges, each registered for the
+//! tunnel, each serving the request streams the edge opens, each reconnecting on its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use burrow_protocol::body::write_frame;
+use burrow_protocol::frame::read_frame;
+use burrow_protocol::{
+    ConnIndex, ConnectorId, ControlMessage, Frame, Limits, PROTOCOL_VERSION, Register, RejectCode, Rejected,
+    TunnelCodec, error_code,
+};
+use futures_util::StreamExt;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::credentials::Credentials;
+use crate::origin::Origins;
+
+/// How the connector runs its connections.
+#[derive(Debug, Clone)]
+pub struct TunnelOptions {
+    /// Tunnel addresses (`host:port`) to dial; connection `i` starts at `edges[i % len]`.
+    pub edges: Vec<String>,
+    /// Number of concurrent connections (high availability); cloudflared's default is 4.
+    pub ha_connections: u8,
+    /// On shutdown, how long in-flight requests may take before connections close.
+    pub grace_period: Duration,
+    pub connector_id: ConnectorId,
+    pub limits: Limits,
+}
+
+/// Live state other parts of the process report (readiness endpoint, tests).
+#[derive(Debug, Default)]
+pub struct Status {
+    ready: AtomicUsize,
+}
+
+impl Status {
+    /// Connections currently registered with an edge.
+    pub fn ready_connections(&self) -> usize {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a registered connection for as long as it lives.
+struct ReadyGuard(Arc<Status>);
+
+impl ReadyGuard {
+    fn new(status: Arc<Status>) -> Self {
+        status.ready.fetch_add(1, Ordering::Relaxed);
+        Self(status)
+    }
+}
+
+impl Drop for ReadyGuard {
+    fn drop(&mut self) {
+        self.0.ready.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Run the tunnel until `shutdown` fires (then drain gracefully) or a connection hits an error
+/// that retrying cannot fix (wrong credentials at start, incompatible edge).
+pub async fn run(
+    credentials: Credentials,
+    origins: Arc<Origins>,
+    options: TunnelOptions,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    anyhow::ensure!(
+        !options.edges.is_empty(),
+        "no edge address: pass --edge HOST:PORT, set `edge:` in the config file, or use a credentials \
+         file that lists edges"
+    );
+    anyhow::ensure!(options.ha_connections >= 1, "--ha-connections must be at least 1");
+    let client = Arc::new(ClientSetup::new(&credentials, options, origins, status)?);
+    tracing::info!(
+        tunnel = %credentials.tunnel_id, name = %credentials.tunnel_name, connector = %client.options.connector_id,
+        "starting tunnel with {} connection(s)", client.options.ha_connections
+    );
+    let mut connections = tokio::task::JoinSet::new();
+    for index in 0..client.options.ha_connections {
+        connections.spawn(connection_loop(client.clone(), index, shutdown.clone()));
+    }
+    let mut result = Ok(());
+    while let Some(joined) = connections.join_next().await {
+        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            // Fatal for the whole tunnel: stop the other connections too.
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+struct ClientSetup {
+    credentials: Credentials,
+    options: TunnelOptions,
+    quic: quinn::ClientConfig,
+    origins: Arc<Origins>,
+    status: Arc<Status>,
+}
+
+impl ClientSetup {
+    fn new(
+        credentials: &Credentials,
+        options: TunnelOptions,
+        origins: Arc<Origins>,
+        status: Arc<Status>,
+    ) -> Result<Self> {
+        let mut quic = crate::tls::edge_client_config(credentials.edge_ca.as_deref())?;
+        let mut transport = quinn::TransportConfig::default();
+        // Keep-alives let both ends notice a dead path within the idle timeout.
+        transport.keep_alive_interval(Some(Duration::from_secs(2)));
+        transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+        // Request streams are opened by the edge; this bounds concurrent requests per connection.
+        transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1_000));
+        transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
+        transport.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+        quic.transport_config(Arc::new(transport));
+        Ok(Self {
+            credentials: credentials.clone(),
+            options,
+            quic,
+            origins,
+            status,
+        })
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    /// We are shutting down; do not reconnect.
+    Shutdown,
+    /// Lost or drained by the edge; reconnect.
+    Lost(String),
+}
+
+/// Why an attempt failed before the connection served anything.
+enum AttemptError {
+    Rejected(Rejected),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for AttemptError {
+    fn from(e: E) -> Self {
+        AttemptError::Other(e.into())
+    }
+}
+
+/// Keep connection `index` up: connect, register, serve, and on loss reconnect with backoff.
+async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: CancellationToken) -> Result<()> {
+    let edges = &client.options.edges;
+    let mut attempt: u32 = 0;
+    let mut ever_registered = false;
+    loop {
+        let edge = &edges[(usize::from(index) + attempt as usize) % edges.len()];
+        let mut wait_at_least = Duration::ZERO;
+        match connect_and_serve(&client, index, edge, &shutdown, &mut ever_registered).await {
+            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::Lost(reason)) => {
+                tracing::warn!(conn_index = index, edge = %edge, "tunnel connection lost: {reason}; reconnecting");
+                attempt = 0;
+            }
+            Err(AttemptError::Rejected(rejected)) => {
+                let fatal =
+                    !rejected.code.is_retryable() || (rejected.code == RejectCode::Unauthorized && !ever_registered);
+                if fatal {
+                    anyhow::bail!(
+                        "edge {edge} refused the tunnel: {}. Check that the credentials file belongs to a tunnel \
+                         this edge knows, and that connector and edge versions match",
+                        rejected.message
+                    );
+                }
+                tracing::error!(conn_index = index, edge = %edge, code = ?rejected.code, "registration refused: {}", rejected.message);
+                wait_at_least = Duration::from_millis(rejected.retry_after_ms.unwrap_or(0));
+            }
+            Err(AttemptError::Other(e)) => {
+                tracing::warn!(conn_index = index, edge = %edge, "cannot connect to the edge: {e:#}");
+            }
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let delay = backoff(attempt).max(wait_at_least);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: a random delay up to 100 ms × 2^attempt, capped at 30 s.
+fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1u32 << attempt.min(9))
+        .min(Duration::from_secs(30));
+    cap.mul_f64(rand::random::<f64>())
+}
+
+/// Connect this slot to `edge`, register, and serve request streams until the connection ends.
+async fn connect_and_serve(
+    client: &ClientSetup,
+    index: ConnIndex,
+    edge: &str,
+    shutdown: &CancellationToken,
+    ever_registered: &mut bool,
+) -> Result<Ended, AttemptError> {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    let limits = client.options.limits;
+    let addr = resolve(edge).await?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+    endpoint.set_default_client_config(client.quic.clone());
+    let server_name = host_of(edge);
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, server_name)?)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??;
+
+    // Register on the control stream.
+    let (mut control_send, control_recv) = conn.open_bi().await?;
+    let register = Register {
+        protocol: PROTOCOL_VERSION,
+        account: client.credentials.account,
+        tunnel_id: client.credentials.tunnel_id,
+        secret: client.credentials.secret.clone(),
+        conn_index: index,
+        connector_id: client.options.connector_id,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+    };
+    write_frame(
+        &mut control_send,
+        Frame::Control(ControlMessage::Register(register)),
+        &limits,
+    )
+    .await?;
+    let mut control = FramedRead::new(control_recv, TunnelCodec::new(limits));
+    let registered = match read_frame(&mut control, &limits).await? {
+        Some(Frame::Control(ControlMessage::Registered(r))) => r,
+        Some(Frame::Control(ControlMessage::Rejected(r))) => {
+            conn.close(error_code::NO_ERROR.into(), b"rejected");
+            return Err(AttemptError::Rejected(r));
+        }
+        other => return Err(anyhow::anyhow!("edge answered the registration with {other:?}").into()),
+    };
+    *ever_registered = true;
+    let _ready = ReadyGuard::new(client.status.clone());
+    tracing::info!(
+        conn_index = index, connection = %registered.connection_id, edge = %edge, node = %registered.edge_node,
+        location = %registered.location, "registered tunnel connection"
+    );
+
+    let streams = TaskTracker::new();
+    let mut control_open = true;
+    let served_since = Instant::now();
+    let ended = loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let origins = client.origins.clone();
+                    streams.spawn(async move { origins.serve(send, recv).await });
+                }
+                Err(e) => break Ended::Lost(e.to_string()),
+            },
+            frame = control.next(), if control_open => match frame {
+                Some(Ok(Frame::Control(ControlMessage::Drain))) => {
+                    // The edge is going away: its in-flight requests finish here while a new
+                    // connection is made elsewhere.
+                    tracing::info!(conn_index = index, edge = %edge, "edge is draining this connection");
+                    let grace = client.options.grace_period;
+                    tokio::spawn(drain(conn.clone(), endpoint.clone(), streams.clone(), grace));
+                    return Ok(Ended::Lost("edge is shutting down".into()));
+                }
+                Some(Ok(other)) => tracing::debug!(conn_index = index, "ignoring control frame {other:?}"),
+                Some(Err(e)) => break Ended::Lost(format!("control stream: {e}")),
+                None => control_open = false,
+            },
+            () = shutdown.cancelled() => {
+                // Graceful: the edge stops sending new requests; the ones in flight finish.
+                let _ = write_frame(&mut control_send, Frame::Control(ControlMessage::Unregister), &limits).await;
+                streams.close();
+                let drained = streams.wait();
+                tokio::pin!(drained);
+                let deadline = tokio::time::sleep(client.options.grace_period);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        // A request the edge sent just before it saw Unregister is still served.
+                        accepted = conn.accept_bi() => match accepted {
+                            Ok((send, recv)) => {
+                                let origins = client.origins.clone();
+                                streams.spawn(async move { origins.serve(send, recv).await });
+                            }
+                            Err(_) => break,
+                        },
+                        () = &mut drained => break,
+                        () = &mut deadline => {
+                            tracing::warn!(conn_index = index, "requests still running after the grace period; closing");
+                            break;
+                        }
+                    }
+                }
+                conn.close(error_code::NO_ERROR.into(), b"connector shutting down");
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+                break Ended::Shutdown;
+            }
+        }
+    };
+    if let Ended::Lost(reason) = &ended {
+        tracing::debug!(conn_index = index, served = ?served_since.elapsed(), "connection ended: {reason}");
+    }
+    Ok(ended)
+}
+
+/// Let a drained connection finish its in-flight requests, then close it.
+async fn drain(conn: quinn::Connection, endpoint: quinn::Endpoint, streams: TaskTracker, grace: Duration) {
+    streams.close();
+    let _ = tokio::time::timeout(grace, streams.wait()).await;
+    conn.close(error_code::NO_ERROR.into(), b"drained");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+async fn resolve(edge: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(edge)
+        .await
+        .with_context(|| format!("resolving edge address {edge:?} (expected HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("edge address {edge:?} resolves to nothing"))
+}
+
+/// The TLS server name for an edge address: its host part without brackets.
+fn host_of(edge: &str) -> &str {
+    let host = edge.rsplit_once(':').map_or(edge, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_its_cap() {
+        for attempt in 0..40 {
+            let cap = Duration::from_millis(100)
+                .saturating_mul(1 << attempt.min(9))
+                .min(Duration::from_secs(30));
+            assert!(backoff(attempt) <= cap);
+        }
+    }
+
+    #[test]
+    fn server_name_is_the_host_part() {
+        assert_eq!(host_of("edge.example.com:7844"), "edge.example.com");
+        assert_eq!(host_of("127.0.0.1:7844"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7844"), "::1");
+    }
+}

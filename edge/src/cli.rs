@@ -1,0 +1,411 @@
+//! The `burrow-edge` command line: run an edge, add tunnels to its file, or try it all at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use burrow_connector::credentials::{Credentials, burrow_home};
+use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::route_table::{RouteTable, hash_secret};
+use crate::tls::TlsIdentity;
+use crate::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
+use crate::{EdgeConfig, EdgeState, Listeners};
+
+#[derive(Parser)]
+#[command(
+    name = "burrow-edge",
+    version,
+    about = "Burrow edge node: public HTTP in, named tunnels out"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "BURROW_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an edge node.
+    Run(RunArgs),
+    /// Manage the tunnels of a tunnels file (the file provider).
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+    /// Try Burrow on this machine: an edge, a tunnel and a connector in one process.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Public cleartext HTTP listener (HTTP/1.1 and h2c); "off" disables it.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR|off")]
+    http: String,
+    /// Public HTTPS listener (HTTP/1.1 and HTTP/2 by ALPN); "off" disables it.
+    #[arg(long, default_value = "0.0.0.0:8443", value_name = "ADDR|off")]
+    https: String,
+    /// QUIC listener where connectors register (UDP).
+    #[arg(long, default_value = "0.0.0.0:7844", value_name = "ADDR")]
+    tunnel: SocketAddr,
+    /// Operator listener: /metrics and /ready; "off" disables it. Keep it off the internet.
+    #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR|off")]
+    admin: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
+    /// Tunnel records and routes (YAML). Re-read on SIGHUP; a file that fails to load is
+    /// reported and the current table keeps serving.
+    #[arg(long, env = "BURROW_TUNNELS_FILE")]
+    tunnels: PathBuf,
+    /// Certificate chain (PEM) for HTTPS and the tunnel listener [default: a self-signed one in --data-dir].
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Where the edge keeps its state [default: $BURROW_HOME/edge].
+    #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Name of this node, shown to connectors and in logs [default: the host name].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Location label of this node (e.g. fra1).
+    #[arg(long, default_value = "local")]
+    location: String,
+    /// Tunnel address(es) connectors may use, handed out at registration (HOST:PORT).
+    #[arg(long = "advertise", value_name = "HOST:PORT")]
+    advertised: Vec<String>,
+    /// How long to wait for an origin's response head before answering 504.
+    #[arg(long, default_value = "100s", value_parser = humantime::parse_duration)]
+    origin_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+}
+
+#[derive(Subcommand)]
+enum TunnelCommand {
+    /// Create a tunnel in a tunnels file and write its credentials for the connector.
+    Add(AddArgs),
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// Tunnel name (unique in the file).
+    name: String,
+    /// The tunnels file to add to (created if missing).
+    #[arg(long, env = "BURROW_TUNNELS_FILE")]
+    tunnels: PathBuf,
+    /// Hostname(s) to route to the tunnel (exact or *.domain).
+    #[arg(long = "hostname")]
+    hostnames: Vec<String>,
+    /// Edge tunnel address(es) written into the credentials [default: localhost:7844].
+    #[arg(long = "edge", value_name = "HOST:PORT")]
+    edges: Vec<String>,
+    /// Where to write <UUID>.json [default: $BURROW_HOME].
+    #[arg(long)]
+    credentials_dir: Option<PathBuf>,
+    /// The edge's data dir, whose self-signed certificate connectors should trust [default: $BURROW_HOME/edge].
+    /// Ignored with --public-pki.
+    #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The edge has a publicly trusted certificate: do not pin the self-signed one.
+    #[arg(long)]
+    public_pki: bool,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Public HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Origin to serve [default: the connector's built-in hello_world page].
+    #[arg(long)]
+    url: Option<String>,
+}
+
+/// Entry point of the `burrow-edge` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    burrow_connector::cli::init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
+        Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),
+        Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn data_dir(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| burrow_home().join("edge"))
+}
+
+/// Names the self-signed certificate is valid for: loopback plus whatever the node is called.
+fn self_signed_names(extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    for name in extra {
+        let host = name
+            .rsplit_once(':')
+            .map_or(name.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']']);
+        if !host.is_empty() && !names.iter().any(|n| n == host) {
+            names.push(host.to_owned());
+        }
+    }
+    names
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let dir = data_dir(args.data_dir);
+    let node_name = args.node_name.unwrap_or_else(host_name);
+    let mut names = args.advertised.clone();
+    names.push(node_name.clone());
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
+        _ => TlsIdentity::self_signed_in(&dir, &self_signed_names(&names))?,
+    };
+    let table = TunnelsFile::load(&args.tunnels)?.to_table()?;
+    let mut config = EdgeConfig::new(node_name, tls);
+    config.location = args.location;
+    config.advertised_edges = args.advertised;
+    config.origin_timeout = args.origin_timeout;
+    config.grace_period = args.grace_period;
+    let listeners = Listeners {
+        http: bind_optional(&args.listen.http, "--http").await?,
+        https: bind_optional(&args.listen.https, "--https").await?,
+        tunnel: std::net::UdpSocket::bind(args.listen.tunnel)
+            .with_context(|| format!("binding --tunnel {} (UDP)", args.listen.tunnel))?,
+        admin: bind_optional(&args.listen.admin, "--admin").await?,
+    };
+    let state = EdgeState::new(config, table);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signals(state.clone(), args.tunnels.clone(), shutdown.clone()));
+    crate::run(state, listeners, shutdown).await
+}
+
+async fn bind_optional(addr: &str, flag: &str) -> Result<Option<TcpListener>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{flag} {addr:?}: expected IP:PORT or off"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {flag} {addr}"))?;
+    Ok(Some(listener))
+}
+
+/// SIGHUP reloads the tunnels file; SIGINT/SIGTERM drain and stop (a second one exits at once).
+async fn on_signals(state: Arc<EdgeState>, tunnels: PathBuf, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term)) = (signal(SignalKind::hangup()), signal(SignalKind::terminate())) else {
+        tracing::error!("cannot install signal handlers; stop the edge with SIGKILL");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                reload(&state, &tunnels);
+                continue;
+            }
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        if shutdown.is_cancelled() {
+            tracing::warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+        tracing::info!(
+            "shutting down: connectors are told to move, in-flight requests finish (signal again to exit now)"
+        );
+        shutdown.cancel();
+    }
+}
+
+/// Build a new table from the file off the hot path and swap it in; on error keep the old one.
+pub fn reload(state: &EdgeState, tunnels: &Path) {
+    match TunnelsFile::load(tunnels).and_then(|f| f.to_table()) {
+        Ok(table) => state.swap_routes(table),
+        Err(e) => tracing::error!("tunnels file not reloaded, the current table keeps serving: {e:#}"),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "edge".to_owned())
+}
+
+fn add_tunnel(args: AddArgs) -> Result<()> {
+    let mut file = if args.tunnels.exists() {
+        TunnelsFile::load(&args.tunnels)?
+    } else {
+        TunnelsFile::default()
+    };
+    anyhow::ensure!(
+        !file.tunnels.iter().any(|t| t.name == args.name),
+        "a tunnel named {:?} already exists in {}",
+        args.name,
+        args.tunnels.display()
+    );
+    // One file, one account: the file provider is for a single operator.
+    let account = file.tunnels.first().map_or_else(AccountId::new_random, |t| t.account);
+    let id = TunnelId::new_random();
+    let secret = TunnelSecret::generate();
+    file.tunnels.push(TunnelEntry {
+        id,
+        name: args.name.clone(),
+        account,
+        secret_sha256: encode_hex(&hash_secret(&secret)),
+    });
+    for hostname in &args.hostnames {
+        file.routes.push(RouteEntry {
+            hostname: hostname.clone(),
+            tunnel: args.name.clone(),
+        });
+    }
+    file.to_table()
+        .context("the tunnel or its routes are invalid; nothing was written")?;
+
+    let edges = if args.edges.is_empty() {
+        vec!["localhost:7844".to_owned()]
+    } else {
+        args.edges
+    };
+    let edge_ca = if args.public_pki {
+        None
+    } else {
+        let tls = TlsIdentity::self_signed_in(&data_dir(args.data_dir), &self_signed_names(&edges))?;
+        tls.self_signed_pem
+    };
+    let credentials = Credentials {
+        account,
+        tunnel_id: id,
+        tunnel_name: args.name.clone(),
+        secret,
+        edges,
+        edge_ca,
+    };
+    let dir = args.credentials_dir.unwrap_or_else(burrow_home);
+    let path = dir.join(format!("{id}.json"));
+    credentials.save(&path)?;
+    file.save(&args.tunnels)?;
+    println!("Created tunnel {} with id {id}", args.name);
+    println!(
+        "Credentials written to {} (keep it secret: it lets anyone serve this tunnel)",
+        path.display()
+    );
+    println!(
+        "Run it next to your origin:  burrow tunnel run --credentials-file {} --url http://localhost:8000",
+        path.display()
+    );
+    println!("Reload a running edge with:  kill -HUP $(pidof burrow-edge)");
+    Ok(())
+}
+
+/// Everything in one process on loopback: the edge, a tunnel and a connector.
+async fn dev(args: DevArgs) -> Result<()> {
+    use burrow_connector::ingress::{Ingress, OriginRequest, Service};
+    use burrow_connector::origin::Origins;
+    use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
+
+    let account = AccountId::new_random();
+    let id = TunnelId::new_random();
+    let secret = TunnelSecret::generate();
+    let file = TunnelsFile {
+        tunnels: vec![TunnelEntry {
+            id,
+            name: "dev".into(),
+            account,
+            secret_sha256: encode_hex(&hash_secret(&secret)),
+        }],
+        routes: vec![RouteEntry {
+            hostname: "*.localhost".into(),
+            tunnel: "dev".into(),
+        }],
+    };
+    let table: RouteTable = file.to_table()?;
+    let tls = TlsIdentity::generate_self_signed(&self_signed_names(&[]))?;
+    let edge_ca = tls.self_signed_pem.clone();
+    let tunnel = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let tunnel_addr = tunnel.local_addr()?;
+    let http = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding --http {}", args.http))?;
+    let state = EdgeState::new(EdgeConfig::new("dev", tls), table);
+    let shutdown = CancellationToken::new();
+    let listeners = Listeners {
+        http: Some(http),
+        https: None,
+        tunnel,
+        admin: None,
+    };
+    let edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
+
+    let service = match &args.url {
+        Some(url) => Service::parse(url).map_err(|e| anyhow::anyhow!("--url {url}: {e}"))?,
+        None => Service::HelloWorld,
+    };
+    let origins = Arc::new(Origins::new(
+        Ingress::single(service, OriginRequest::default()),
+        Default::default(),
+    )?);
+    let credentials = Credentials {
+        account,
+        tunnel_id: id,
+        tunnel_name: "dev".into(),
+        secret,
+        edges: vec![],
+        edge_ca,
+    };
+    let options = TunnelOptions {
+        edges: vec![format!("localhost:{}", tunnel_addr.port())],
+        ha_connections: 2,
+        grace_period: Duration::from_secs(5),
+        connector_id: burrow_protocol::ConnectorId::new_random(),
+        limits: Default::default(),
+    };
+    let status = Arc::new(Status::default());
+    let connector = tokio::spawn(tunnel_client::run(
+        credentials,
+        origins,
+        options,
+        status,
+        shutdown.clone(),
+    ));
+    println!(
+        "Burrow dev: edge on http://{} with tunnel \"dev\" ({id}) routed from *.localhost",
+        args.http
+    );
+    println!("Try:  curl http://hello.localhost:{}/", args.http.port());
+    println!("Ctrl-C to stop.");
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+    let (edge, connector) = tokio::join!(edge, connector);
+    edge??;
+    connector??;
+    Ok(())
+}
