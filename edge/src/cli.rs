@@ -91,6 +91,10 @@ struct RunArgs {
     /// On shutdown, how long in-flight requests may take.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
+    /// A tunnel connection silent this long is dead (connectors ping every 2 s); its requests
+    /// move to the tunnel's other connections.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    tunnel_idle_timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +194,7 @@ async fn run(args: RunArgs) -> Result<()> {
     config.advertised_edges = args.advertised;
     config.origin_timeout = args.origin_timeout;
     config.grace_period = args.grace_period;
+    config.tunnel_idle_timeout = args.tunnel_idle_timeout;
     let listeners = Listeners {
         http: bind_optional(&args.listen.http, "--http").await?,
         https: bind_optional(&args.listen.https, "--https").await?,

@@ -60,6 +60,8 @@ impl Drop for InFlight {
 #[derive(Default)]
 pub struct Registry {
     tunnels: DashMap<TunnelId, Vec<Arc<TunnelConnection>>>,
+    /// Rotates the scan start so ties (e.g. all idle) spread over connections and replicas.
+    next: AtomicUsize,
 }
 
 impl Registry {
@@ -83,8 +85,10 @@ impl Registry {
     /// `skip` excludes a connection that just failed, for a retry.
     pub fn pick(&self, tunnel: &TunnelId, skip: Option<Uuid>) -> Option<InFlight> {
         let conns = self.tunnels.get(tunnel)?;
-        let best = conns
-            .iter()
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = conns.len();
+        let best = (0..n)
+            .map(|i| &conns[(start + i) % n])
             .filter(|c| Some(c.info.connection_id) != skip)
             .min_by_key(|c| c.in_flight())?
             .clone();

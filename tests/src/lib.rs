@@ -1,1 +1,511 @@
+//! Test harness: real edges, connectors, origins and clients on loopback.
+//!
+//! Everything binds port 0 (or asks the OS for a free port when a child process must be told
+//! one) and waits for readiness instead of sleeping. Nothing here stands in for the thing under
+//! test: edges and connectors are the real libraries or the real binaries.
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    reason = "test harness: a panic is a failed test"
+)]
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use burrow_connector::credentials::Credentials;
+use burrow_connector::ingress::{Ingress, OriginRequest, Service};
+use burrow_connector::origin::Origins;
+use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
+use burrow_edge::route_table::hash_secret;
+use burrow_edge::tls::TlsIdentity;
+use burrow_edge::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
+use burrow_edge::{EdgeConfig, EdgeState, Listeners};
+use burrow_protocol::{AccountId, ConnectorId, TunnelId, TunnelSecret};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type used by test origins and clients.
+pub type TestBody = BoxBody<Bytes, BoxError>;
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Log to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Poll `check` until it holds or `timeout` passes (then panic with `what`).
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tunnels and edges
+
+/// A tunnel record for the edge and the matching credentials for a connector.
+#[derive(Clone)]
+pub struct TestTunnel {
+    pub id: TunnelId,
+    pub name: String,
+    pub account: AccountId,
+    pub secret: TunnelSecret,
+}
+
+impl TestTunnel {
+    pub fn new(name: &str) -> Self {
+        Self {
+            id: TunnelId::new_random(),
+            name: name.into(),
+            account: AccountId::new_random(),
+            secret: TunnelSecret::generate(),
+        }
+    }
+
+    pub fn entry(&self) -> TunnelEntry {
+        TunnelEntry {
+            id: self.id,
+            name: self.name.clone(),
+            account: self.account,
+            secret_sha256: encode_hex(&hash_secret(&self.secret)),
+        }
+    }
+}
+
+/// Tunnels file contents: the tunnels plus `(hostname, tunnel name)` routes.
+pub fn tunnels_file(tunnels: &[&TestTunnel], routes: &[(&str, &str)]) -> TunnelsFile {
+    TunnelsFile {
+        tunnels: tunnels.iter().map(|t| t.entry()).collect(),
+        routes: routes
+            .iter()
+            .map(|(h, t)| RouteEntry {
+                hostname: (*h).into(),
+                tunnel: (*t).into(),
+            })
+            .collect(),
+    }
+}
+
+/// An edge running in this process on loopback ports chosen by the OS.
+pub struct TestEdge {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub tunnel: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<EdgeState>,
+    /// PEM of the edge's self-signed certificate (connectors and HTTPS clients pin it).
+    pub ca_pem: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+pub struct EdgeOptions {
+    pub tunnel_idle_timeout: Duration,
+    pub origin_timeout: Duration,
+    pub grace_period: Duration,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        Self {
+            tunnel_idle_timeout: Duration::from_secs(3),
+            origin_timeout: Duration::from_secs(10),
+            grace_period: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TestEdge {
+    pub async fn start(file: &TunnelsFile) -> Self {
+        Self::start_with(file, EdgeOptions::default()).await
+    }
+
+    pub async fn start_with(file: &TunnelsFile, options: EdgeOptions) -> Self {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let tls = TlsIdentity::generate_self_signed(&names).unwrap();
+        let ca_pem = tls.self_signed_pem.clone().unwrap();
+        let mut config = EdgeConfig::new("test-edge", tls);
+        config.tunnel_idle_timeout = options.tunnel_idle_timeout;
+        config.origin_timeout = options.origin_timeout;
+        config.grace_period = options.grace_period;
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tunnel = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (http_addr, https_addr, admin_addr) = (
+            http.local_addr().unwrap(),
+            https.local_addr().unwrap(),
+            admin.local_addr().unwrap(),
+        );
+        let tunnel_addr = tunnel.local_addr().unwrap();
+        let state = EdgeState::new(config, file.to_table().unwrap());
+        let shutdown = CancellationToken::new();
+        let listeners = Listeners {
+            http: Some(http),
+            https: Some(https),
+            tunnel,
+            admin: Some(admin),
+        };
+        let task = tokio::spawn(burrow_edge::run(state.clone(), listeners, shutdown.clone()));
+        Self {
+            http: http_addr,
+            https: https_addr,
+            tunnel: tunnel_addr,
+            admin: admin_addr,
+            state,
+            ca_pem,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Credentials a connector needs to serve `tunnel` through this edge.
+    pub fn credentials(&self, tunnel: &TestTunnel) -> Credentials {
+        Credentials {
+            account: tunnel.account,
+            tunnel_id: tunnel.id,
+            tunnel_name: tunnel.name.clone(),
+            secret: tunnel.secret.clone(),
+            edges: vec![format!("127.0.0.1:{}", self.tunnel.port())],
+            edge_ca: Some(self.ca_pem.clone()),
+        }
+    }
+
+    pub fn connections(&self, tunnel: &TestTunnel) -> usize {
+        self.state.registry.connections(&tunnel.id).len()
+    }
+
+    /// Wait until the edge has exactly `n` live connections for `tunnel`.
+    pub async fn wait_connections(&self, tunnel: &TestTunnel, n: usize) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{n} connection(s) of tunnel {}", tunnel.name),
+            || async { self.connections(tunnel) == n },
+        )
+        .await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A connector running in this process.
+pub struct TestConnector {
+    pub status: Arc<Status>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl TestConnector {
+    pub fn start(credentials: Credentials, ingress: Ingress, ha_connections: u8) -> Self {
+        let origins = Arc::new(Origins::new(ingress, Default::default()).unwrap());
+        let options = TunnelOptions {
+            edges: credentials.edges.clone(),
+            ha_connections,
+            grace_period: Duration::from_secs(5),
+            connector_id: ConnectorId::new_random(),
+            limits: Default::default(),
+        };
+        let status = Arc::new(Status::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(tunnel_client::run(
+            credentials,
+            origins,
+            options,
+            status.clone(),
+            shutdown.clone(),
+        ));
+        Self { status, shutdown, task }
+    }
+
+    /// One catch-all rule to `url` (like `--url`).
+    pub fn to_url(credentials: Credentials, url: &str, ha_connections: u8) -> Self {
+        Self::start(credentials, single(url), ha_connections)
+    }
+
+    pub async fn wait_ready(&self, n: usize) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{n} registered connection(s)"),
+            || async { self.status.ready_connections() == n },
+        )
+        .await;
+    }
+
+    /// The connector's own result, if it stopped by itself.
+    pub async fn join(self) -> Result<()> {
+        self.task.await.unwrap()
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+pub fn single(url: &str) -> Ingress {
+    Ingress::single(Service::parse(url).unwrap(), OriginRequest::default())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Origins
+
+/// Serve `handler` on a loopback port (HTTP/1.1 and h2c, upgrades allowed) until the test ends.
+pub async fn serve_origin<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = handler(req);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An origin that answers every request with `name` (to tell replicas apart).
+pub async fn named_origin(name: &'static str) -> SocketAddr {
+    serve_origin(move |_req| async move { Response::new(full(name)) }).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// A plain HTTP/1.1 client (one pooled client per test).
+pub fn http1_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A response read to the end.
+pub struct Collected {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Collected {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Send `method host path body` to the edge's HTTP listener and read the whole response.
+pub async fn send(
+    client: &Client<HttpConnector, TestBody>,
+    edge: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: TestBody,
+) -> Result<Collected> {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{edge}{path}"))
+        .header(http::header::HOST, host)
+        .body(body)?;
+    let response = client.request(request).await?;
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    Ok(Collected {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    })
+}
+
+pub async fn get(
+    client: &Client<HttpConnector, TestBody>,
+    edge: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<Collected> {
+    send(client, edge, "GET", host, path, empty()).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes (the real binaries, for kill -9, signals and CLI output)
+
+/// A running binary whose stderr and stdout are captured.
+pub struct Process {
+    child: tokio::process::Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Process {
+    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, &Path)]) -> Self {
+        let mut command = tokio::process::Command::new(bin);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        for mut pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Self { child, output }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for_output(&self, needle: &str) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{needle:?} in the process output"),
+            || async { self.output().contains(needle) },
+        )
+        .await;
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id().unwrap()).unwrap()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status();
+        assert!(status.unwrap().success(), "kill -{signal} failed");
+    }
+
+    /// `kill -9` and reap.
+    pub async fn kill9(mut self) -> String {
+        self.child.kill().await.unwrap();
+        self.output()
+    }
+
+    /// Wait for the process to exit by itself; returns its exit code and output.
+    pub async fn wait(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("process did not exit in time")
+            .unwrap();
+        // Let the readers drain the pipes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (status.code(), self.output())
+    }
+}
+
+/// A free loopback TCP port (for child processes that must be told a port).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("burrow-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,529 @@
+//! Requests through a real edge and a real connector (in this process), over real QUIC and TLS,
+//! to real HTTP origins.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::time::Duration;
+
+use burrow_connector::ingress::Ingress;
+use burrow_connector::ingress::RawRule;
+use burrow_tests::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use sha2::{Digest, Sha256};
+
+/// One tunnel routed from `app.test`, one connector with `ha` connections to `url`.
+async fn tunnel_to(url: &str, ha: u8) -> (TestEdge, TestConnector, TestTunnel) {
+    init_logging();
+    let tunnel = TestTunnel::new("app");
+    let edge = TestEdge::start(&tunnels_file(
+        &[&tunnel],
+        &[("app.test", "app"), ("*.wild.test", "app")],
+    ))
+    .await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), url, ha);
+    connector.wait_ready(usize::from(ha)).await;
+    edge.wait_connections(&tunnel, usize::from(ha)).await;
+    (edge, connector, tunnel)
+}
+
+/// An origin that echoes what it received as text: method, path, chosen headers, body.
+async fn echo_origin() -> std::net::SocketAddr {
+    serve_origin(|req| async move {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        let text = format!(
+            "{} {}\nhost={}\nxff={}\nproto={}\nxhost={}\nip={}\nrid={}\nspoof={}\nbody={}",
+            parts.method,
+            parts.uri,
+            header("host"),
+            header("x-forwarded-for"),
+            header("x-forwarded-proto"),
+            header("x-forwarded-host"),
+            header("burrow-connecting-ip"),
+            header("burrow-request-id"),
+            header("burrow-spoofed"),
+            String::from_utf8_lossy(&body)
+        );
+        Response::new(full(text))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn get_and_post_reach_the_origin_with_forwarding_headers() {
+    let origin = echo_origin().await;
+    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 2).await;
+    let client = http1_client();
+
+    let got = get(&client, edge.http, "app.test", "/hello?x=1").await.unwrap();
+    assert_eq!(got.status, StatusCode::OK);
+    let text = got.text();
+    assert!(text.starts_with("GET /hello?x=1\n"), "{text}");
+    assert!(text.contains("host=app.test\n"), "Host is kept: {text}");
+    assert!(
+        text.contains("xff=127.0.0.1\n") && text.contains("ip=127.0.0.1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("proto=http\n") && text.contains("xhost=app.test\n"),
+        "{text}"
+    );
+    let rid = got
+        .headers
+        .get("burrow-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.contains(&format!("rid={rid}\n")),
+        "the same request id on both sides: {text}"
+    );
+
+    let request = http::Request::post(format!("http://{}/submit", edge.http))
+        .header("host", "x.wild.test")
+        .header("burrow-spoofed", "evil")
+        .header("burrow-connecting-ip", "6.6.6.6")
+        .body(full("payload"))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.starts_with("POST /submit\n"), "{text}");
+    assert!(text.contains("body=payload"), "{text}");
+    assert!(
+        text.contains("spoof=\n") && text.contains("ip=127.0.0.1\n"),
+        "burrow-* headers from clients are dropped: {text}"
+    );
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn ten_mib_upload_and_download_arrive_byte_identical() {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let payload: Bytes = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>().into();
+    let expected = Sha256::digest(&payload);
+    let served = payload.clone();
+    let origin = serve_origin(move |req| {
+        let served = served.clone();
+        async move {
+            if req.uri().path() == "/download" {
+                // Streamed in 64 KiB chunks, like a file.
+                let chunks: Vec<Result<http_body::Frame<Bytes>, BoxError>> = served
+                    .chunks(64 * 1024)
+                    .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+                    .collect();
+                return Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks))));
+            }
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Response::new(full(format!("{:x} {}", Sha256::digest(&body), body.len())))
+        }
+    })
+    .await;
+    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
+    let client = http1_client();
+
+    let upload = send(&client, edge.http, "PUT", "app.test", "/upload", full(payload.clone()))
+        .await
+        .unwrap();
+    assert_eq!(upload.status, StatusCode::OK);
+    assert_eq!(upload.text(), format!("{expected:x} {SIZE}"));
+
+    let download = get(&client, edge.http, "app.test", "/download").await.unwrap();
+    assert_eq!(download.status, StatusCode::OK);
+    assert_eq!(download.body.len(), SIZE);
+    assert_eq!(Sha256::digest(&download.body), expected);
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn sse_events_reach_the_client_before_the_origin_finishes() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let origin = serve_origin(move |_req| {
+        let mut release = release_rx.clone();
+        async move {
+            let events = async_stream(move |tx| async move {
+                tx.send(Bytes::from_static(b"data: first\n\n")).await.unwrap();
+                // The second event waits until the test has seen the first one.
+                let _ = release.wait_for(|released| *released).await;
+                tx.send(Bytes::from_static(b"data: second\n\n")).await.unwrap();
+            });
+            let mut response = Response::new(events);
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/event-stream"));
+            response
+        }
+    })
+    .await;
+    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
+    let client = http1_client();
+    let request = http::Request::get(format!("http://{}/events", edge.http))
+        .header("host", "app.test")
+        .body(empty())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first event must arrive while the origin is still holding the stream open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"data: first\n\n"));
+    release_tx.send(true).unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"data: second\n\n"));
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// A streaming body fed by a task.
+fn async_stream<F, Fut>(producer: F) -> TestBody
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(producer(tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|data| (Ok::<_, BoxError>(http_body::Frame::data(data)), rx))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_tunnel() {
+    let origin = serve_origin(|mut req| async move {
+        let key = req.headers().get("sec-websocket-key").cloned().unwrap();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let upgraded = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                upgraded,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_text() || message.is_binary() {
+                    ws.send(message).await.unwrap();
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(empty())
+            .unwrap()
+    })
+    .await;
+    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
+
+    let stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request("ws://app.test/socket").unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "through", "the tunnel"] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_style_trailers_arrive_over_http2() {
+    // An h2c origin answering like gRPC: body, then `grpc-status` in trailers.
+    let origin = serve_origin(|req| async move {
+        assert_eq!(
+            req.version(),
+            http::Version::HTTP_2,
+            "http2Origin must reach the origin over HTTP/2"
+        );
+        let _ = req.into_body().collect().await;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", HeaderValue::from_static("ok"));
+        let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x05hello"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))));
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        response
+    })
+    .await;
+    init_logging();
+    let tunnel = TestTunnel::new("grpc");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("grpc.test", "grpc")])).await;
+    let raw: Vec<RawRule> = serde_yaml_ng::from_str(&format!(
+        "- service: http://{origin}\n  originRequest:\n    http2Origin: true\n"
+    ))
+    .unwrap();
+    let ingress = Ingress::from_raw(&raw, &Default::default()).unwrap();
+    let connector = TestConnector::start(edge.credentials(&tunnel), ingress, 1);
+    connector.wait_ready(1).await;
+    edge.wait_connections(&tunnel, 1).await;
+
+    // HTTP/2 with prior knowledge to the edge; `:authority` names the tunnel's hostname.
+    let tcp = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post("http://grpc.test/pkg.Service/Method")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(Bytes::from_static(b"\0\0\0\0\x02hi")))
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers must cross the tunnel");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("grpc-message").unwrap(), "ok");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"\0\0\0\0\x05hello"));
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn https_listener_speaks_http2_by_alpn() {
+    let origin = named_origin("secure").await;
+    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&edge.ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("https://app.test/").body(empty()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        Bytes::from_static(b"secure")
+    );
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn clear_errors_for_unknown_hosts_missing_tunnels_and_dead_origins() {
+    init_logging();
+    let up = TestTunnel::new("up");
+    let down = TestTunnel::new("down");
+    let edge = TestEdge::start(&tunnels_file(
+        &[&up, &down],
+        &[("up.test", "up"), ("down.test", "down")],
+    ))
+    .await;
+    // The connector's origin is a port nobody listens on.
+    let dead = free_tcp_port();
+    let connector = TestConnector::to_url(edge.credentials(&up), &format!("http://127.0.0.1:{dead}"), 1);
+    connector.wait_ready(1).await;
+    edge.wait_connections(&up, 1).await;
+    let client = http1_client();
+
+    let unknown = get(&client, edge.http, "nobody.test", "/").await.unwrap();
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.headers.get("burrow-error").unwrap(), "unknown_host");
+
+    let no_connection = get(&client, edge.http, "down.test", "/").await.unwrap();
+    assert_eq!(no_connection.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(no_connection.headers.get("burrow-error").unwrap(), "tunnel_unavailable");
+    let page = no_connection.text();
+    assert!(
+        page.contains("down") && page.contains(&down.id.to_string()),
+        "the page names the tunnel: {page}"
+    );
+    assert!(
+        page.contains("burrow tunnel run"),
+        "the page says what to check: {page}"
+    );
+
+    let unreachable = get(&client, edge.http, "up.test", "/").await.unwrap();
+    assert_eq!(unreachable.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(unreachable.headers.get("burrow-error").unwrap(), "origin_unreachable");
+    assert!(
+        unreachable.text().contains(&dead.to_string()),
+        "names the origin: {}",
+        unreachable.text()
+    );
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn slow_origin_gets_a_504() {
+    init_logging();
+    let origin = serve_origin(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(full("too late"))
+    })
+    .await;
+    let tunnel = TestTunnel::new("slow");
+    let options = EdgeOptions {
+        origin_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("slow.test", "slow")]), options).await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    connector.wait_ready(1).await;
+    edge.wait_connections(&tunnel, 1).await;
+    let response = get(&http1_client(), edge.http, "slow.test", "/").await.unwrap();
+    assert_eq!(response.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(response.headers.get("burrow-error").unwrap(), "origin_timeout");
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn ingress_rules_pick_the_service_per_hostname_and_path() {
+    init_logging();
+    let api = named_origin("api").await;
+    let web = named_origin("web").await;
+    let tunnel = TestTunnel::new("multi");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("*.multi.test", "multi")])).await;
+    let raw: Vec<RawRule> = serde_yaml_ng::from_str(&format!(
+        "- hostname: api.multi.test\n  service: http://{api}\n\
+         - hostname: '*.multi.test'\n  path: ^/admin\n  service: http_status:403\n\
+         - hostname: hello.multi.test\n  service: hello_world\n\
+         - hostname: '*.multi.test'\n  service: http://{web}\n\
+         - service: http_status:404\n"
+    ))
+    .unwrap();
+    let connector = TestConnector::start(
+        edge.credentials(&tunnel),
+        Ingress::from_raw(&raw, &Default::default()).unwrap(),
+        1,
+    );
+    connector.wait_ready(1).await;
+    edge.wait_connections(&tunnel, 1).await;
+    let client = http1_client();
+    for (host, path, status, body) in [
+        ("api.multi.test", "/v1", 200, Some("api")),
+        ("API.multi.test:80", "/admin", 200, Some("api")),
+        ("www.multi.test", "/admin/users", 403, None),
+        ("www.multi.test", "/", 200, Some("web")),
+        ("a.b.multi.test", "/x", 200, Some("web")),
+        ("hello.multi.test", "/", 200, None),
+    ] {
+        let response = get(&client, edge.http, host, path).await.unwrap();
+        assert_eq!(response.status.as_u16(), status, "{host}{path}");
+        if let Some(body) = body {
+            assert_eq!(response.text(), body, "{host}{path}");
+        }
+    }
+    let hello = get(&client, edge.http, "hello.multi.test", "/").await.unwrap();
+    assert!(hello.text().contains("Hello from burrow"), "{}", hello.text());
+
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_secret_is_rejected_and_serves_nothing() {
+    init_logging();
+    let tunnel = TestTunnel::new("guarded");
+    let origin = named_origin("should not be served").await;
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("guarded.test", "guarded")])).await;
+    let mut credentials = edge.credentials(&tunnel);
+    credentials.secret = burrow_protocol::TunnelSecret::generate();
+    let guess = credentials.secret.to_base64();
+    let connector = TestConnector::to_url(credentials, &format!("http://{origin}"), 2);
+    let error = tokio::time::timeout(Duration::from_secs(10), connector.join())
+        .await
+        .unwrap()
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("refused the tunnel"), "{message}");
+    assert!(!message.contains(&guess), "the secret must never be shown: {message}");
+    assert_eq!(edge.connections(&tunnel), 0);
+    let response = get(&http1_client(), edge.http, "guarded.test", "/").await.unwrap();
+    assert_eq!(response.status, StatusCode::BAD_GATEWAY);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn route_table_swap_takes_effect_for_new_requests() {
+    let origin = named_origin("swapped").await;
+    let (edge, connector, tunnel) = tunnel_to(&format!("http://{origin}"), 1).await;
+    let client = http1_client();
+    assert_eq!(
+        get(&client, edge.http, "new.test", "/").await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+    edge.state
+        .swap_routes(tunnels_file(&[&tunnel], &[("new.test", "app")]).to_table().unwrap());
+    let response = get(&client, edge.http, "new.test", "/").await.unwrap();
+    assert_eq!((response.status, response.text().as_str()), (StatusCode::OK, "swapped"));
+    assert_eq!(
+        get(&client, edge.http, "app.test", "/").await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
