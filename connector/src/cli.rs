@@ -239,7 +239,7 @@ fn load_config(path: Option<PathBuf>) -> Result<ConfigFile> {
 /// credentials file in `$BURROW_HOME` whose tunnel has that name.
 fn credentials_path(explicit: Option<PathBuf>, tunnel: Option<&str>) -> Result<PathBuf> {
     if let Some(path) = explicit {
-        return Ok(path);
+        return Ok(expand_home(path));
     }
     let tunnel = tunnel.context("which tunnel? pass its name or UUID, or --credentials-file FILE")?;
     if let Ok(id) = tunnel.parse::<TunnelId>() {
@@ -251,6 +251,14 @@ fn credentials_path(explicit: Option<PathBuf>, tunnel: Option<&str>) -> Result<P
             burrow_home().display()
         )
     })
+}
+
+/// `~/x` → `$HOME/x`, as cloudflared configs write it.
+fn expand_home(path: PathBuf) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path,
+    }
 }
 
 fn find_by_name(dir: &Path, name: &str) -> Result<Option<PathBuf>> {

@@ -126,6 +126,9 @@ impl Origins {
             tracing::warn!(request_id, "{}", failure.message);
             let _ = send_failure(&mut send, failure, &self.limits).await;
         }
+        // Finished is not delivered: closing the connection (shutdown, drain) drops unsent
+        // stream data, so the task that tracks this request lasts until the edge has it all.
+        let _ = send.stopped().await;
     }
 
     async fn proxy_http(

@@ -1,0 +1,367 @@
+//! The real binaries as child processes: replicas, kill -9, edge restarts, graceful shutdown,
+//! and the CLI's output.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use burrow_connector::credentials::Credentials;
+use burrow_tests::*;
+use http::{Response, StatusCode};
+
+const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");
+const BURROW_EDGE: &str = env!("CARGO_BIN_EXE_e2e-burrow-edge");
+
+/// `burrow tunnel run` for `credentials` to `url`, with one connection.
+fn connector_process(dir: &Path, name: &str, credentials: &Credentials, url: &str, extra: &[&str]) -> Process {
+    let path = dir.join(format!("{name}.json"));
+    credentials.save(&path).unwrap();
+    let path = path.to_str().unwrap();
+    let mut args = vec![
+        "tunnel",
+        "run",
+        "--credentials-file",
+        path,
+        "--url",
+        url,
+        "--ha-connections",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn(BURROW, &args, &[("BURROW_HOME", dir)])
+}
+
+async fn texts(edge: &TestEdge, host: &str, n: usize) -> Vec<String> {
+    let client = http1_client();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let response = get(&client, edge.http, host, "/").await.unwrap();
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+        out.push(response.text());
+    }
+    out
+}
+
+#[tokio::test]
+async fn replicas_share_traffic_and_survive_a_kill_9() {
+    init_logging();
+    let dir = TempDir::new();
+    let tunnel = TestTunnel::new("replicated");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("rep.test", "replicated")])).await;
+    let (a, b) = (named_origin("a").await, named_origin("b").await);
+    let credentials = edge.credentials(&tunnel);
+    let replica_a = connector_process(dir.path(), "a", &credentials, &format!("http://{a}"), &[]);
+    let replica_b = connector_process(dir.path(), "b", &credentials, &format!("http://{b}"), &[]);
+    edge.wait_connections(&tunnel, 2).await;
+
+    let seen = texts(&edge, "rep.test", 20).await;
+    assert!(
+        seen.iter().any(|t| t == "a") && seen.iter().any(|t| t == "b"),
+        "both replicas serve: {seen:?}"
+    );
+
+    let _ = replica_a.kill9().await;
+    // The edge notices through the QUIC idle timeout (3 s in tests; keep-alives every 2 s).
+    edge.wait_connections(&tunnel, 1).await;
+    let after = texts(&edge, "rep.test", 50).await;
+    assert!(
+        after.iter().all(|t| t == "b"),
+        "every new request succeeds on the survivor: {after:?}"
+    );
+    drop(replica_b);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests_and_moves_new_ones() {
+    init_logging();
+    let dir = TempDir::new();
+    let tunnel = TestTunnel::new("graceful");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("g.test", "graceful")])).await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let slow_origin = |name: &'static str| {
+        let started = started_tx.clone();
+        serve_origin(move |req| {
+            let started = started.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    let _ = started.send(name);
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Response::new(full(name))
+            }
+        })
+    };
+    let (a, b) = (slow_origin("a").await, slow_origin("b").await);
+    let credentials = edge.credentials(&tunnel);
+    let replica_a = connector_process(
+        dir.path(),
+        "a",
+        &credentials,
+        &format!("http://{a}"),
+        &["--grace-period", "20s"],
+    );
+    let _replica_b = connector_process(dir.path(), "b", &credentials, &format!("http://{b}"), &[]);
+    edge.wait_connections(&tunnel, 2).await;
+
+    // Two concurrent slow requests: least-in-flight puts one on each replica.
+    let http = edge.http;
+    let slow = |_| {
+        tokio::spawn(async move {
+            let response = get(&http1_client(), http, "g.test", "/slow").await.unwrap();
+            (response.status, response.text())
+        })
+    };
+    let slow_requests: Vec<_> = (0..2).map(slow).collect();
+    let mut started = vec![
+        tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+    ];
+    started.sort_unstable();
+    assert_eq!(started, ["a", "b"], "one slow request per replica");
+
+    replica_a.signal("TERM");
+    edge.wait_connections(&tunnel, 1).await;
+    let during = texts(&edge, "g.test", 10).await;
+    assert!(
+        during.iter().all(|t| t == "b"),
+        "new requests go to the other replica: {during:?}"
+    );
+
+    let mut finished = Vec::new();
+    for request in slow_requests {
+        let (status, text) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "the in-flight request completes: {text}");
+        finished.push(text);
+    }
+    finished.sort();
+    assert_eq!(finished, ["a", "b"]);
+    let (code, output) = replica_a.wait(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "graceful exit: {output}");
+    edge.stop().await;
+}
+
+/// Start `burrow-edge run` on the given ports with a tunnels file and data dir.
+fn edge_process(dir: &Path, http: u16, tunnel: u16, admin: u16) -> Process {
+    let tunnels = dir.join("tunnels.yml");
+    let data = dir.join("edge");
+    Process::spawn(
+        BURROW_EDGE,
+        &[
+            "run",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--https",
+            "off",
+            "--tunnel",
+            &format!("127.0.0.1:{tunnel}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--tunnels",
+            tunnels.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tunnel-idle-timeout",
+            "3s",
+            "--grace-period",
+            "2s",
+        ],
+        &[("BURROW_HOME", dir)],
+    )
+}
+
+#[tokio::test]
+async fn edge_restart_connectors_come_back_and_bad_secrets_never_leak() {
+    init_logging();
+    let dir = TempDir::new();
+    let (http, tunnel_port, admin, metrics) = (free_tcp_port(), free_udp_port(), free_tcp_port(), free_tcp_port());
+    let tunnels = dir.path().join("tunnels.yml");
+    let creds_dir = dir.path().join("creds");
+
+    // The operator creates the tunnel with the CLI: records for the edge, credentials for the connector.
+    let add = Process::spawn(
+        BURROW_EDGE,
+        &[
+            "tunnel",
+            "add",
+            "web",
+            "--tunnels",
+            tunnels.to_str().unwrap(),
+            "--hostname",
+            "web.test",
+            "--edge",
+            &format!("127.0.0.1:{tunnel_port}"),
+            "--credentials-dir",
+            creds_dir.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("edge").to_str().unwrap(),
+        ],
+        &[("BURROW_HOME", dir.path())],
+    );
+    let (code, output) = add.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("Created tunnel web with id"), "{output}");
+    let creds_path = std::fs::read_dir(&creds_dir).unwrap().next().unwrap().unwrap().path();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&creds_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let credentials = Credentials::load(&creds_path).unwrap();
+
+    let edge = edge_process(dir.path(), http, tunnel_port, admin);
+    edge.wait_for_output("tunnel listener ready").await;
+    let origin = named_origin("web").await;
+    let connector = Process::spawn(
+        BURROW,
+        &[
+            "tunnel",
+            "run",
+            "--credentials-file",
+            creds_path.to_str().unwrap(),
+            "--url",
+            &format!("http://{origin}"),
+            "--ha-connections",
+            "2",
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
+        ],
+        &[("BURROW_HOME", dir.path())],
+    );
+    let client = http1_client();
+    let edge_http: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let served = || async {
+        matches!(get(&client, edge_http, "web.test", "/").await, Ok(r) if r.status == StatusCode::OK && r.text() == "web")
+    };
+    eventually(Duration::from_secs(20), "the tunnel to serve", served).await;
+    let ready = get(&client, ([127, 0, 0, 1], metrics).into(), "localhost", "/ready")
+        .await
+        .unwrap();
+    assert_eq!(ready.status, StatusCode::OK);
+    let ready: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
+    assert_eq!(ready["readyConnections"], 2);
+
+    // kill -9 the edge, start it again on the same ports: the connector re-registers by itself.
+    let first_output = edge.kill9().await;
+    assert!(!served().await, "nothing serves while the edge is down");
+    let edge = edge_process(dir.path(), http, tunnel_port, admin);
+    eventually(
+        Duration::from_secs(30),
+        "the connector to re-register with the restarted edge",
+        served,
+    )
+    .await;
+    assert!(
+        connector.output().matches("registered tunnel connection").count() >= 3,
+        "{}",
+        connector.output()
+    );
+
+    // A connector with a wrong secret is refused and says so; the secret appears in no log.
+    let mut wrong = credentials.clone();
+    wrong.secret = burrow_protocol::TunnelSecret::generate();
+    let wrong_path = dir.path().join("wrong.json");
+    wrong.save(&wrong_path).unwrap();
+    let intruder = Process::spawn(
+        BURROW,
+        &[
+            "tunnel",
+            "run",
+            "--credentials-file",
+            wrong_path.to_str().unwrap(),
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+        &[("BURROW_HOME", dir.path())],
+    );
+    let (code, intruder_output) = intruder.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "{intruder_output}");
+    assert!(intruder_output.contains("refused the tunnel"), "{intruder_output}");
+    edge.wait_for_output("tunnel registration failed").await;
+    for (who, log) in [
+        ("edge", edge.output()),
+        ("old edge", first_output),
+        ("connector", intruder_output),
+    ] {
+        for secret in [wrong.secret.to_base64(), credentials.secret.to_base64()] {
+            assert!(!log.contains(&secret), "{who} log contains a secret");
+        }
+    }
+
+    // SIGTERM: the connector drains and exits 0.
+    connector.signal("TERM");
+    let (code, output) = connector.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{output}");
+    drop(edge);
+}
+
+#[tokio::test]
+async fn ingress_cli_validates_and_explains_matches() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config.yml");
+    let examples = examples.to_str().unwrap();
+    let (code, output) = Process::spawn(BURROW, &["tunnel", "ingress", "validate", "--config", examples], &[])
+        .wait(Duration::from_secs(10))
+        .await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("OK: 5 ingress rule(s)"), "{output}");
+
+    let (code, output) = Process::spawn(
+        BURROW,
+        &[
+            "tunnel",
+            "ingress",
+            "rule",
+            "https://status.example.com/health",
+            "--config",
+            examples,
+        ],
+        &[],
+    )
+    .wait(Duration::from_secs(10))
+    .await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("Matched rule #3") && output.contains("hello_world"),
+        "{output}"
+    );
+
+    let dir = TempDir::new();
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "ingress:\n  - hostname: a.example.com\n    service: ftp://x\n  - service: http://localhost:1\n  - hostname: b.example.com\n    path: '(['\n    service: http_status:200\n",
+    )
+    .unwrap();
+    let (code, output) = Process::spawn(
+        BURROW,
+        &["tunnel", "ingress", "validate", "--config", bad.to_str().unwrap()],
+        &[],
+    )
+    .wait(Duration::from_secs(10))
+    .await;
+    assert_eq!(code, Some(1), "{output}");
+    for expected in ["rule #1", "rule #2", "rule #3", "last rule"] {
+        assert!(
+            output.contains(expected),
+            "every problem is reported ({expected}): {output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn example_tunnels_file_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tunnels.yml");
+    let file = burrow_edge::tunnels_file::TunnelsFile::load(&path).unwrap();
+    let table = file.to_table().unwrap();
+    assert_eq!((table.tunnel_count(), table.route_count()), (1, 2));
+    assert!(table.lookup("www.example.com").is_some());
+}
