@@ -87,7 +87,10 @@ impl Origins {
         };
         let (path, _query) = head.path.split_once('?').unwrap_or((&head.path, ""));
         let rule = self.ingress.find(&head.authority, path);
-        let origin = &self.rules[rule.index];
+        let Some(origin) = self.rules.get(rule.index) else {
+            let _ = send.reset(error_code::PROTOCOL_ERROR.into());
+            return;
+        };
         let request_id = head.request_id.clone();
         let result = match (&rule.service, head.kind) {
             (Service::HttpStatus(status), _) => respond_static(&mut send, *status, Bytes::new(), &self.limits).await,

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Burrow load harness: every target on loopback, interleaved rounds, ratios to direct.
+
+Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk]
+                          [--targets direct,nginx-proxy,haproxy,burrow] [--no-build]
+
+Targets (all behind/around one nginx origin with one worker):
+  direct       the origin itself (the physical limit of this machine)
+  nginx-proxy  one nginx reverse-proxy hop (one worker, upstream keep-alive)
+  haproxy      one haproxy hop (one thread, keep-alive)
+  burrow       burrow-edge + burrow connector (QUIC+TLS tunnel, no plugin)
+
+Profiles (wrk):
+  small  64 keep-alive connections, 1 KiB GET: req/s, p50, p99
+  lat    one connection, one request at a time: p50/p99 round trip
+  conn   64 connections, a new connection per request (Connection: close)
+  bulk   one connection downloading a 100 MiB file: MB/s
+
+For each sample the harness reads the CPU time (utime+stime from /proc/PID/stat) of the middle
+layer's processes (edge + connector; the proxy's processes) before and after, and reports CPU
+microseconds per request. It flags samples where other processes used more than 10% of a core.
+Headline numbers are medians over rounds, with min-max, and ratios to `direct` in the same run.
+Needs: wrk, nginx, haproxy (Debian: apt-get install -y wrk nginx-light haproxy).
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "bench.test"
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_taken(port, kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return False
+        except OSError:
+            return True
+
+
+def wait_port(port, name, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{name}: nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def process_tree(pid):
+    """pid and all its descendants (nginx/haproxy workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total
+
+
+def system_busy_ticks():
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    values = [int(v) for v in parts]
+    idle = values[3] + values[4]
+    return sum(values[:8]) - idle
+
+
+class Target:
+    def __init__(self, name, port, host_header, procs):
+        self.name, self.port, self.host_header, self.procs = name, port, host_header, procs
+
+    def middle_pids(self):
+        pids = []
+        for p in self.procs:
+            pids.extend(process_tree(p.pid))
+        return pids
+
+
+def start(cmd, log, **kw):
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+
+
+def nginx_conf(work, name, port, body):
+    conf = work / f"{name}.conf"
+    conf.write_text(f"""
+worker_processes 1;
+pid {work}/{name}.pid;
+error_log {work}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
+  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+  server {{ listen 127.0.0.1:{port}; {body} }}
+}}
+""")
+    return conf
+
+
+def setup(args, work, logs):
+    (work / "tmp").mkdir()
+    (work / "www").mkdir()
+    (work / "www" / "1k.bin").write_bytes(os.urandom(1024))
+    with open(work / "www" / "100m.bin", "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(100):
+            f.write(chunk)
+
+    ports = {name: free_port() for name in ["direct", "nginx-proxy", "haproxy", "burrow"]}
+    tunnel_port = free_port(socket.SOCK_DGRAM)
+    for name, port in ports.items():
+        if port_taken(port):
+            sys.exit(f"port {port} for {name} is taken; refusing to start")
+
+    origin_conf = nginx_conf(work, "origin", ports["direct"], f"root {work}/www;")
+    origin = start(["nginx", "-c", str(origin_conf), "-g", "daemon off;"], logs)
+    wait_port(ports["direct"], "origin nginx")
+    targets = {"direct": Target("direct", ports["direct"], None, [])}
+    keep = []
+
+    if "nginx-proxy" in args.targets:
+        conf = nginx_conf(work, "proxy", ports["nginx-proxy"],
+                          f"location / {{ proxy_pass http://origin; proxy_http_version 1.1; "
+                          f"proxy_set_header Connection \"\"; proxy_buffering on; }}")
+        text = conf.read_text().replace("http {", f"http {{\n  upstream origin {{ server 127.0.0.1:{ports['direct']}; keepalive 128; }}")
+        conf.write_text(text)
+        p = start(["nginx", "-c", str(conf), "-g", "daemon off;"], logs)
+        wait_port(ports["nginx-proxy"], "nginx-proxy")
+        targets["nginx-proxy"] = Target("nginx-proxy", ports["nginx-proxy"], None, [p])
+
+    if "haproxy" in args.targets:
+        conf = work / "haproxy.cfg"
+        conf.write_text(f"""
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:{ports['haproxy']}
+  default_backend b
+backend b
+  http-reuse always
+  server o 127.0.0.1:{ports['direct']}
+""")
+        p = start(["haproxy", "-f", str(conf)], logs)
+        wait_port(ports["haproxy"], "haproxy")
+        targets["haproxy"] = Target("haproxy", ports["haproxy"], None, [p])
+
+    if "burrow" in args.targets:
+        edge_bin = ROOT / "target" / "release" / "burrow-edge"
+        burrow_bin = ROOT / "target" / "release" / "burrow"
+        env = dict(os.environ, BURROW_HOME=str(work / "home"), RUST_LOG="warn")
+        tunnels = work / "tunnels.yml"
+        subprocess.run([str(edge_bin), "tunnel", "add", "bench", "--tunnels", str(tunnels), "--hostname", HOST,
+                        "--edge", f"127.0.0.1:{tunnel_port}", "--credentials-dir", str(work / "creds"),
+                        "--data-dir", str(work / "edge")], env=env, check=True, stdout=subprocess.DEVNULL)
+        creds = next((work / "creds").glob("*.json"))
+        edge = start([str(edge_bin), "run", "--http", f"127.0.0.1:{ports['burrow']}", "--https", "off",
+                      "--admin", "off", "--tunnel", f"127.0.0.1:{tunnel_port}", "--tunnels", str(tunnels),
+                      "--data-dir", str(work / "edge")], logs, env=env)
+        wait_port(ports["burrow"], "burrow-edge")
+        connector = start([str(burrow_bin), "tunnel", "run", "--credentials-file", str(creds), "--url",
+                           f"http://127.0.0.1:{ports['direct']}"], logs, env=env)
+        deadline = time.time() + 20
+        while True:
+            r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {HOST}",
+                                f"http://127.0.0.1:{ports['burrow']}/1k.bin"], capture_output=True, text=True)
+            if r.stdout == "200":
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"the burrow tunnel did not come up (last status {r.stdout!r})")
+            time.sleep(0.2)
+        targets["burrow"] = Target("burrow", ports["burrow"], HOST, [edge, connector])
+
+    keep.append(origin)
+    return targets, [origin] + [p for t in targets.values() for p in t.procs]
+
+
+PROFILES = {
+    "small": dict(path="/1k.bin", conns=64, threads=2, extra=[]),
+    "lat": dict(path="/1k.bin", conns=1, threads=1, extra=[]),
+    "conn": dict(path="/1k.bin", conns=64, threads=2, extra=["-H", "Connection: close"]),
+    "bulk": dict(path="/100m.bin", conns=1, threads=1, extra=[]),
+}
+
+
+def to_seconds(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def to_bytes(text):
+    m = re.match(r"([\d.]+)([KMG]?B)", text)
+    return float(m.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(2)]
+
+
+def sample(target, profile, duration, own_pids):
+    spec = PROFILES[profile]
+    cmd = ["wrk", "--latency", "-t", str(spec["threads"]), "-c", str(spec["conns"]), "-d", f"{duration}s"]
+    if target.host_header:
+        cmd += ["-H", f"Host: {target.host_header}"]
+    cmd += spec["extra"] + [f"http://127.0.0.1:{target.port}{spec['path']}"]
+    middle = target.middle_pids()
+    known = process_tree(os.getpid()) + own_pids
+    before_mid, before_known, before_sys = cpu_ticks(middle), cpu_ticks(known), system_busy_ticks()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    after_mid, after_known, after_sys = cpu_ticks(middle), cpu_ticks(known + [p for p in process_tree(os.getpid())]), system_busy_ticks()
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    transfer = re.search(r"Transfer/sec:\s+(\S+)", out).group(1)
+    other = (after_sys - before_sys) - (after_known - before_known) - (after_mid - before_mid)
+    busy = other / CLK_TCK / duration > 0.10
+    return dict(
+        rps=requests / duration,
+        p50=to_seconds(lat["50"]), p99=to_seconds(lat["99"]),
+        mbps=to_bytes(transfer) / 1e6,
+        cpu_us=(after_mid - before_mid) / CLK_TCK / max(requests, 1) * 1e6 if middle else None,
+        errors=int(errors.group(1)) if errors else 0,
+        socket_errors=socket_errors.group(1) if socket_errors else None,
+        busy=busy,
+    )
+
+
+def fmt_range(values, scale=1.0, digits=0):
+    med = statistics.median(values) * scale
+    return f"{med:,.{digits}f} ({min(values) * scale:,.{digits}f}-{max(values) * scale:,.{digits}f})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per sample")
+    parser.add_argument("--profiles", default="small,lat,conn,bulk")
+    parser.add_argument("--targets", default="direct,nginx-proxy,haproxy,burrow")
+    parser.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    args = parser.parse_args()
+    args.targets = args.targets.split(",")
+    profiles = args.profiles.split(",")
+    for tool in ["wrk", "nginx", "curl"] + (["haproxy"] if "haproxy" in args.targets else []):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl")
+    if "burrow" in args.targets and not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "burrow-edge", "-p", "burrow-connector"], cwd=ROOT, check=True)
+
+    work = Path(tempfile.mkdtemp(prefix="burrow-bench-"))
+    work.chmod(0o755)  # nginx workers drop privileges and must read the files
+    logs = open(work / "processes.log", "w")
+    procs = []
+    try:
+        targets, procs = setup(args, work, logs)
+        own = [p.pid for p in procs]
+        order = [t for t in args.targets if t in targets]
+        results = {(t, p): [] for t in order for p in profiles}
+        for r in range(args.rounds):
+            for profile in profiles:
+                for name in order:  # interleaved: A B C A B C ...
+                    s = sample(targets[name], profile, args.duration, own)
+                    results[(name, profile)].append(s)
+                    flag = " BUSY" if s["busy"] else ""
+                    err = f" errors={s['errors']}" if s["errors"] else ""
+                    print(f"round {r + 1} {profile:5} {name:12} {s['rps']:>10,.0f} req/s{err}{flag}", file=sys.stderr)
+        report(results, order, profiles)
+    except RuntimeError as e:
+        logs.flush()
+        print((work / "processes.log").read_text()[-3000:], file=sys.stderr)
+        sys.exit(f"error: {e}")
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        time.sleep(0.5)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results, order, profiles):
+    print()
+    for profile in profiles:
+        direct = results.get(("direct", profile))
+        print(f"## {profile}")
+        if profile == "bulk":
+            print(f"| target | MB/s median (min-max) | x direct | middle CPU us/req |")
+            print("|---|---|---|---|")
+        else:
+            print(f"| target | req/s median (min-max) | x direct | p50 ms | p99 ms | middle CPU us/req |")
+            print("|---|---|---|---|---|---|")
+        for name in order:
+            samples = results[(name, profile)]
+            key = "mbps" if profile == "bulk" else "rps"
+            values = [s[key] for s in samples]
+            ratio = statistics.median(values) / statistics.median([s[key] for s in direct]) if direct else float("nan")
+            cpus = [s["cpu_us"] for s in samples if s["cpu_us"] is not None]
+            cpu = fmt_range(cpus, digits=1) if cpus else "-"
+            busy = " (busy)" if any(s["busy"] for s in samples) else ""
+            errors = sum(s["errors"] for s in samples)
+            err = f" ({errors} non-2xx)" if errors else ""
+            if profile == "bulk":
+                print(f"| {name}{busy}{err} | {fmt_range(values)} | {ratio:.2f} | {cpu} |")
+            else:
+                p50 = statistics.median(s["p50"] for s in samples) * 1e3
+                p99 = statistics.median(s["p99"] for s in samples) * 1e3
+                print(f"| {name}{busy}{err} | {fmt_range(values)} | {ratio:.2f} | {p50:.2f} | {p99:.2f} | {cpu} |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
