@@ -113,8 +113,13 @@ class Target:
         return pids
 
 
+STARTED = []  # every process we start, so that any exit path stops them all
+
+
 def start(cmd, log, **kw):
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    STARTED.append(p)
+    return p
 
 
 def nginx_conf(work, name, port, body):
@@ -155,7 +160,6 @@ def setup(args, work, logs):
     origin = start(["nginx", "-c", str(origin_conf), "-g", "daemon off;"], logs)
     wait_port(ports["direct"], "origin nginx")
     targets = {"direct": Target("direct", ports["direct"], None, [])}
-    keep = []
 
     if "nginx-proxy" in args.targets:
         conf = nginx_conf(work, "proxy", ports["nginx-proxy"],
@@ -216,7 +220,6 @@ backend b
             time.sleep(0.2)
         targets["burrow"] = Target("burrow", ports["burrow"], HOST, [edge, connector])
 
-    keep.append(origin)
     return targets, [origin] + [p for t in targets.values() for p in t.procs]
 
 
@@ -292,7 +295,6 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="burrow-bench-"))
     work.chmod(0o755)  # nginx workers drop privileges and must read the files
     logs = open(work / "processes.log", "w")
-    procs = []
     try:
         targets, procs = setup(args, work, logs)
         own = [p.pid for p in procs]
@@ -312,7 +314,7 @@ def main():
         print((work / "processes.log").read_text()[-3000:], file=sys.stderr)
         sys.exit(f"error: {e}")
     finally:
-        for p in procs:
+        for p in STARTED:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
             except OSError:
