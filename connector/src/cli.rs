@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config_file::ConfigFile;
 use crate::credentials::{Credentials, burrow_home};
 use crate::ingress::{Ingress, Service};
+use crate::manage::{self, Output};
 use crate::origin::Origins;
 use crate::tunnel_client::{self, Status, TunnelOptions};
 
@@ -33,6 +34,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Save the control-plane API address and token to $BURROW_HOME/cert.json.
+    Login {
+        /// API base URL, e.g. http://edge.example.com:9090
+        #[arg(long)]
+        api: String,
+        /// API token (from `burrow-edge account create`).
+        #[arg(long, env = "BURROW_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Work with named tunnels.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
@@ -45,6 +55,43 @@ enum TunnelCommand {
     /// Check or try the ingress rules of a config file.
     #[command(subcommand)]
     Ingress(IngressCommand),
+    /// Create a named tunnel; writes its credentials to $BURROW_HOME/<UUID>.json.
+    Create { name: String },
+    /// List your tunnels and their connections.
+    List {
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show a tunnel's live connections.
+    Info {
+        /// Tunnel name or UUID.
+        tunnel: String,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete a tunnel and its routes (refused while connections are live, unless --force).
+    Delete {
+        tunnel: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Drop a tunnel's stale connection records.
+    Cleanup { tunnel: String },
+    /// Route hostnames to a tunnel.
+    #[command(subcommand)]
+    Route(RouteCommand),
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Route HOSTNAME (exact or *.domain) to TUNNEL.
+    Dns {
+        tunnel: String,
+        hostname: String,
+        /// Move the hostname from another of your tunnels.
+        #[arg(long)]
+        overwrite_dns: bool,
+    },
 }
 
 #[derive(Args)]
@@ -95,6 +142,17 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
     let result = match cli.command {
+        Command::Login { api, token } => manage::login(api, token),
+        Command::Tunnel(TunnelCommand::Create { name }) => manage::create(&name),
+        Command::Tunnel(TunnelCommand::List { output }) => manage::list(output),
+        Command::Tunnel(TunnelCommand::Info { tunnel, output }) => manage::info(&tunnel, output),
+        Command::Tunnel(TunnelCommand::Delete { tunnel, force }) => manage::delete(&tunnel, force),
+        Command::Tunnel(TunnelCommand::Cleanup { tunnel }) => manage::cleanup(&tunnel),
+        Command::Tunnel(TunnelCommand::Route(RouteCommand::Dns {
+            tunnel,
+            hostname,
+            overwrite_dns,
+        })) => manage::route_dns(&tunnel, &hostname, overwrite_dns),
         Command::Tunnel(TunnelCommand::Run(args)) => run_tunnel(args),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Validate { config })) => validate(config),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Rule { url, config })) => rule(&url, config),
@@ -245,12 +303,17 @@ fn credentials_path(explicit: Option<PathBuf>, tunnel: Option<&str>) -> Result<P
     if let Ok(id) = tunnel.parse::<TunnelId>() {
         return Ok(Credentials::default_path(id));
     }
-    find_by_name(&burrow_home(), tunnel)?.with_context(|| {
-        format!(
-            "no credentials for a tunnel named {tunnel:?} in {}; pass --credentials-file FILE",
-            burrow_home().display()
-        )
-    })
+    if let Some(path) = find_by_name(&burrow_home(), tunnel)? {
+        return Ok(path);
+    }
+    // Logged in: ask the API which UUID the name has; its credentials file is named after it.
+    if let Some(id) = manage::resolve_tunnel_id(tunnel)? {
+        return Ok(Credentials::default_path(id));
+    }
+    anyhow::bail!(
+        "no credentials for a tunnel named {tunnel:?} in {}; pass --credentials-file FILE",
+        burrow_home().display()
+    )
 }
 
 /// `~/x` → `$HOME/x`, as cloudflared configs write it.

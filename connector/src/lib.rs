@@ -9,12 +9,14 @@
 //! - [`config_file`], [`credentials`]: what `burrow tunnel run` reads.
 //! - [`tls`]: TLS towards the edge and towards origins.
 //! - [`status`]: `/ready` and `/metrics`.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`manage`] and [`api_client`]: the verbs that use the control-plane API.
 
+pub mod api_client;
 pub mod cli;
 pub mod config_file;
 pub mod credentials;
 pub mod ingress;
+pub mod manage;
 pub mod origin;
 pub mod status;
 pub mod tls;

@@ -143,6 +143,8 @@ enum Ended {
     Shutdown,
     /// Lost or drained by the edge; reconnect.
     Lost(String),
+    /// The edge closed the connection because the tunnel was deleted: nothing to reconnect to.
+    Revoked,
 }
 
 /// Why an attempt failed before the connection served anything.
@@ -167,6 +169,10 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
         let mut wait_at_least = Duration::ZERO;
         match connect_and_serve(&client, index, edge, &shutdown, &mut ever_registered).await {
             Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::Revoked) => anyhow::bail!(
+                "tunnel {} was deleted (edge {edge} closed its connections); create it again or use other credentials",
+                client.credentials.tunnel_id
+            ),
             Ok(Ended::Lost(reason)) => {
                 tracing::warn!(conn_index = index, edge = %edge, "tunnel connection lost: {reason}; reconnecting");
                 attempt = 0;
@@ -276,6 +282,8 @@ async fn connect_and_serve(
                     let origins = client.origins.clone();
                     streams.spawn(async move { origins.serve(send, recv).await });
                 }
+                Err(quinn::ConnectionError::ApplicationClosed(close))
+                    if close.error_code == error_code::TUNNEL_REVOKED.into() => break Ended::Revoked,
                 Err(e) => break Ended::Lost(e.to_string()),
             },
             frame = control.next(), if control_open => match frame {

@@ -31,7 +31,14 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+                async move {
+                    let response = if req.uri().path().starts_with("/v1/") {
+                        crate::api::handle(&state, req).await
+                    } else {
+                        answer(&state, &req)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

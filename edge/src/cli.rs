@@ -13,7 +13,10 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config_sync;
+use crate::resources::ControlPlane;
 use crate::route_table::{RouteTable, hash_secret};
+use crate::store::sqlite::SqliteStore;
 use crate::tls::TlsIdentity;
 use crate::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
 use crate::{EdgeConfig, EdgeState, Listeners};
@@ -39,6 +42,9 @@ enum Command {
     /// Manage the tunnels of a tunnels file (the file provider).
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// Manage accounts in the edge's store.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Try Burrow on this machine: an edge, a tunnel and a connector in one process.
     Dev(DevArgs),
 }
@@ -63,10 +69,10 @@ struct ListenArgs {
 struct RunArgs {
     #[command(flatten)]
     listen: ListenArgs,
-    /// Tunnel records and routes (YAML). Re-read on SIGHUP; a file that fails to load is
-    /// reported and the current table keeps serving.
+    /// Serve tunnel records and routes from this YAML file instead of the store (no API).
+    /// Re-read on SIGHUP; a file that fails to load is reported and the current table keeps serving.
     #[arg(long, env = "BURROW_TUNNELS_FILE")]
-    tunnels: PathBuf,
+    tunnels: Option<PathBuf>,
     /// Certificate chain (PEM) for HTTPS and the tunnel listener [default: a self-signed one in --data-dir].
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -95,6 +101,17 @@ struct RunArgs {
     /// move to the tunnel's other connections.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     tunnel_idle_timeout: Duration,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account and print its admin API token (shown once).
+    Create {
+        name: String,
+        /// The edge's data dir, holding store.db [default: $BURROW_HOME/edge].
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +150,12 @@ struct DevArgs {
     /// Public HTTP listener.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// API and metrics listener.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// Tunnel listener (UDP).
+    #[arg(long, default_value = "127.0.0.1:7844")]
+    tunnel: SocketAddr,
     /// Origin to serve [default: the connector's built-in hello_world page].
     #[arg(long)]
     url: Option<String>,
@@ -145,6 +168,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
         Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),
+        Command::Account(AccountCommand::Create { name, data_dir: dir }) => {
+            runtime().and_then(|rt| rt.block_on(create_account(&name, &data_dir(dir))))
+        }
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev(args))),
     };
     match result {
@@ -188,8 +214,12 @@ async fn run(args: RunArgs) -> Result<()> {
         (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
         _ => TlsIdentity::self_signed_in(&dir, &self_signed_names(&names))?,
     };
-    let table = TunnelsFile::load(&args.tunnels)?.to_table()?;
+    let (table, control) = match &args.tunnels {
+        Some(file) => (TunnelsFile::load(file)?.to_table()?, None),
+        None => open_control_plane(&dir)?,
+    };
     let mut config = EdgeConfig::new(node_name, tls);
+    config.data_dir = Some(dir.clone());
     config.location = args.location;
     config.advertised_edges = args.advertised;
     config.origin_timeout = args.origin_timeout;
@@ -202,10 +232,40 @@ async fn run(args: RunArgs) -> Result<()> {
             .with_context(|| format!("binding --tunnel {} (UDP)", args.listen.tunnel))?,
         admin: bind_optional(&args.listen.admin, "--admin").await?,
     };
-    let state = EdgeState::new(config, table);
+    let state = EdgeState::with_control(config, table, control);
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(state.clone(), args.tunnels.clone(), shutdown.clone()));
     crate::run(state, listeners, shutdown).await
+}
+
+/// The store in `dir`, and the table to serve until it has been read: the last snapshot. If the
+/// store cannot be opened, serve the snapshot alone (the control plane is down, the edge is not).
+fn open_control_plane(dir: &Path) -> Result<(RouteTable, Option<ControlPlane>)> {
+    let snapshot = config_sync::load_snapshot(dir).unwrap_or_else(|e| {
+        tracing::warn!("ignoring the config snapshot: {e:#}");
+        None
+    });
+    let table = match &snapshot {
+        Some(s) => s.to_table().map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?,
+        None => RouteTable::default(),
+    };
+    match SqliteStore::open(&dir.join("store.db")) {
+        Ok(store) => Ok((table, Some(ControlPlane::new(store)))),
+        Err(e) if snapshot.is_some() => {
+            tracing::error!("store unavailable ({e}); serving the last config snapshot without the API");
+            Ok((table, None))
+        }
+        Err(e) => Err(anyhow::anyhow!("opening the store in {}: {e}", dir.display())),
+    }
+}
+
+async fn create_account(name: &str, dir: &Path) -> Result<()> {
+    let store = SqliteStore::open(&dir.join("store.db")).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+    let (account, token) = ControlPlane::new(store).create_account(name).await?;
+    println!("Created account {} ({})", account.name, account.id);
+    println!("API token (shown once, keep it secret): {token}");
+    println!("Log in with:  burrow login --api http://ADMIN_ADDR --token {token}");
+    Ok(())
 }
 
 async fn bind_optional(addr: &str, flag: &str) -> Result<Option<TcpListener>> {
@@ -222,7 +282,7 @@ async fn bind_optional(addr: &str, flag: &str) -> Result<Option<TcpListener>> {
 }
 
 /// SIGHUP reloads the tunnels file; SIGINT/SIGTERM drain and stop (a second one exits at once).
-async fn on_signals(state: Arc<EdgeState>, tunnels: PathBuf, shutdown: CancellationToken) {
+async fn on_signals(state: Arc<EdgeState>, tunnels: Option<PathBuf>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut hup), Ok(mut term)) = (signal(SignalKind::hangup()), signal(SignalKind::terminate())) else {
         tracing::error!("cannot install signal handlers; stop the edge with SIGKILL");
@@ -231,7 +291,10 @@ async fn on_signals(state: Arc<EdgeState>, tunnels: PathBuf, shutdown: Cancellat
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                reload(&state, &tunnels);
+                match &tunnels {
+                    Some(file) => reload(&state, file),
+                    None => tracing::info!("SIGHUP ignored: this edge follows its store"),
+                }
                 continue;
             }
             _ = term.recv() => {}
@@ -331,42 +394,41 @@ fn add_tunnel(args: AddArgs) -> Result<()> {
     Ok(())
 }
 
-/// Everything in one process on loopback: the edge, a tunnel and a connector.
+/// Everything in one process on loopback: an edge with its store and API, a dev account, a
+/// tunnel routed from hello.localhost, and a connector serving it.
 async fn dev(args: DevArgs) -> Result<()> {
     use burrow_connector::ingress::{Ingress, OriginRequest, Service};
     use burrow_connector::origin::Origins;
     use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
 
-    let account = AccountId::new_random();
-    let id = TunnelId::new_random();
-    let secret = TunnelSecret::generate();
-    let file = TunnelsFile {
-        tunnels: vec![TunnelEntry {
-            id,
-            name: "dev".into(),
-            account,
-            secret_sha256: encode_hex(&hash_secret(&secret)),
-        }],
-        routes: vec![RouteEntry {
-            hostname: "*.localhost".into(),
-            tunnel: "dev".into(),
-        }],
-    };
-    let table: RouteTable = file.to_table()?;
+    let dir = std::env::temp_dir().join(format!("burrow-dev-{}", uuid::Uuid::new_v4()));
+    let store = SqliteStore::open(&dir.join("store.db")).map_err(|e| anyhow::anyhow!("opening the dev store: {e}"))?;
+    let control = ControlPlane::new(store);
+    let (account, token) = control.create_account("dev").await?;
+    let (tunnel, secret) = control.create_tunnel(account.id, "dev").await?;
+    control.route(account.id, "hello.localhost", "dev", false).await?;
+
     let tls = TlsIdentity::generate_self_signed(&self_signed_names(&[]))?;
     let edge_ca = tls.self_signed_pem.clone();
-    let tunnel = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let tunnel_addr = tunnel.local_addr()?;
-    let http = TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("binding --http {}", args.http))?;
-    let state = EdgeState::new(EdgeConfig::new("dev", tls), table);
+    let bind = |addr: SocketAddr, flag: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {flag} {addr} (is another edge running?)"))
+    };
+    let http = bind(args.http, "--http").await?;
+    let admin = bind(args.admin, "--admin").await?;
+    let tunnel_socket =
+        std::net::UdpSocket::bind(args.tunnel).with_context(|| format!("binding --tunnel {}", args.tunnel))?;
+    let mut config = EdgeConfig::new("dev", tls);
+    config.data_dir = Some(dir.clone());
+    config.advertised_edges = vec![format!("localhost:{}", args.tunnel.port())];
+    let state = EdgeState::with_control(config, RouteTable::default(), Some(control));
     let shutdown = CancellationToken::new();
     let listeners = Listeners {
         http: Some(http),
         https: None,
-        tunnel,
-        admin: None,
+        tunnel: tunnel_socket,
+        admin: Some(admin),
     };
     let edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
 
@@ -379,15 +441,15 @@ async fn dev(args: DevArgs) -> Result<()> {
         Default::default(),
     )?);
     let credentials = Credentials {
-        account,
-        tunnel_id: id,
-        tunnel_name: "dev".into(),
+        account: account.id,
+        tunnel_id: tunnel.id,
+        tunnel_name: tunnel.name.clone(),
         secret,
         edges: vec![],
         edge_ca,
     };
     let options = TunnelOptions {
-        edges: vec![format!("localhost:{}", tunnel_addr.port())],
+        edges: vec![format!("localhost:{}", args.tunnel.port())],
         ha_connections: 2,
         grace_period: Duration::from_secs(5),
         connector_id: burrow_protocol::ConnectorId::new_random(),
@@ -402,14 +464,17 @@ async fn dev(args: DevArgs) -> Result<()> {
         shutdown.clone(),
     ));
     println!(
-        "Burrow dev: edge on http://{} with tunnel \"dev\" ({id}) routed from *.localhost",
-        args.http
+        "Burrow dev: edge on http://{}, API on http://{}, tunnel \"dev\" ({})",
+        args.http, args.admin, tunnel.id
     );
-    println!("Try:  curl http://hello.localhost:{}/", args.http.port());
-    println!("Ctrl-C to stop.");
+    println!("Try:        curl http://hello.localhost:{}/", args.http.port());
+    println!("Manage it:  burrow login --api http://{} --token {token}", args.admin);
+    println!("            burrow tunnel route dns dev app.localhost && burrow tunnel list");
+    println!("Ctrl-C to stop (the dev store in {} is removed).", dir.display());
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
     let (edge, connector) = tokio::join!(edge, connector);
+    let _ = std::fs::remove_dir_all(&dir);
     edge??;
     connector??;
     Ok(())

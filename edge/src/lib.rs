@@ -8,24 +8,31 @@
 //! - [`registry`]: live tunnel connections per tunnel (least in-flight streams wins).
 //! - [`tunnel_server`]: the QUIC listener where connectors register.
 //! - [`respond`]: the one place errors become HTTP answers.
-//! - [`admin`], [`metrics`]: `/metrics` and `/ready` for operators.
+//! - [`admin`], [`metrics`]: `/metrics` and `/ready` for operators; [`api`]: the `/v1` REST API.
+//! - [`resources`], [`store`], [`config_sync`]: the control plane — accounts, tunnels, routes in a
+//!   store with watches; edges rebuild their table from it and keep a snapshot on disk.
 //! - [`tls`], [`tunnels_file`]: the edge's certificate and the file provider of tunnel records.
 //! - [`cli`]: the `burrow-edge` command line.
 
 pub mod admin;
+pub mod api;
 pub mod cli;
+pub mod config_sync;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod resources;
 pub mod respond;
 pub mod route_table;
+pub mod store;
 pub mod tls;
 pub mod tunnel_server;
 pub mod tunnels_file;
 
 use std::net::UdpSocket;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -36,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::resources::ControlPlane;
 use crate::route_table::RouteTable;
 use crate::tls::TlsIdentity;
 
@@ -58,6 +66,8 @@ pub struct EdgeConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     pub grace_period: Duration,
     pub limits: Limits,
+    /// Where the edge keeps state (config snapshot); `None` keeps nothing on disk.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl EdgeConfig {
@@ -73,6 +83,7 @@ impl EdgeConfig {
             tunnel_idle_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(30),
             limits: Limits::default(),
+            data_dir: None,
         }
     }
 }
@@ -92,15 +103,25 @@ pub struct EdgeState {
     pub routes: ArcSwap<RouteTable>,
     pub registry: Registry,
     pub metrics: Metrics,
+    /// The control plane, when this edge serves from a store (not a tunnels file).
+    pub control: Option<ControlPlane>,
+    /// This edge's store lease (0 = none yet); connection records are attached to it.
+    pub node_lease: AtomicU64,
 }
 
 impl EdgeState {
     pub fn new(config: EdgeConfig, table: RouteTable) -> Arc<Self> {
+        Self::with_control(config, table, None)
+    }
+
+    pub fn with_control(config: EdgeConfig, table: RouteTable, control: Option<ControlPlane>) -> Arc<Self> {
         Arc::new(Self {
             config,
             routes: ArcSwap::from_pointee(table),
             registry: Registry::default(),
             metrics: Metrics::default(),
+            control,
+            node_lease: AtomicU64::new(0),
         })
     }
 
@@ -112,6 +133,16 @@ impl EdgeState {
             "route table swapped"
         );
         self.routes.store(Arc::new(table));
+        // A tunnel that left the table (deleted, revoked) loses its connections now.
+        let table = self.routes.load();
+        for conn in self.registry.all() {
+            if table.tunnel(&conn.info.tunnel).is_none() {
+                tracing::info!(tunnel = %conn.info.tunnel, "tunnel removed; closing its connection");
+                self.registry.remove(conn.info.tunnel, conn.info.connection_id);
+                conn.quic
+                    .close(burrow_protocol::error_code::TUNNEL_REVOKED.into(), b"tunnel deleted");
+            }
+        }
     }
 }
 
@@ -132,6 +163,9 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
     }
     if let (Some(https), Some(tls)) = (listeners.https, public_tls) {
         tasks.spawn(listener::serve(https, Some(tls), state.clone(), shutdown.clone()));
+    }
+    if let (Some(_), Some(dir)) = (&state.control, state.config.data_dir.clone()) {
+        tasks.spawn(config_sync::follow(state.clone(), dir, shutdown.clone()));
     }
     if let Some(admin) = listeners.admin {
         tasks.spawn(admin::serve(admin, state.clone(), shutdown.clone()));

@@ -89,6 +89,7 @@ async fn handle_connection(incoming: quinn::Incoming, state: Arc<EdgeState>, shu
     state.metrics.count_registration("ok");
     state.metrics.tunnel_connections.inc();
     state.registry.add(conn.clone());
+    crate::config_sync::record_connection(&state, &conn.info);
     let info = &conn.info;
     tracing::info!(
         tunnel = %info.tunnel, connector = %info.connector, conn_index = info.conn_index,
@@ -132,6 +133,7 @@ async fn handle_connection(incoming: quinn::Incoming, state: Arc<EdgeState>, shu
         }
     }
     state.registry.remove(info.tunnel, info.connection_id);
+    crate::config_sync::remove_connection(&state, info);
     state.metrics.tunnel_connections.dec();
 }
 

@@ -105,7 +105,7 @@ impl TunnelsFile {
     }
 }
 
-fn decode_hex32(text: &str) -> Option<[u8; 32]> {
+pub fn decode_hex32(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
         return None;

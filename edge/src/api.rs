@@ -1,0 +1,250 @@
+//! The control-plane REST API under `/v1`, served on the admin listener.
+//!
+//! Bearer tokens identify the account; another account's objects are "not found", never
+//! "forbidden" (no existence oracle). Errors are JSON `{"error": {"code", "message", "field"?}}`.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | /v1/account | the caller's account |
+//! | GET, POST | /v1/tunnels | list (`?limit=&after=`), create `{"name"}` → credentials, shown once |
+//! | GET, DELETE | /v1/tunnels/{name or id} | one tunnel with its connections; delete (`?force=true`) |
+//! | DELETE | /v1/tunnels/{ref}/connections | drop stale connection records |
+//! | GET | /v1/routes | the caller's hostname routes |
+//! | PUT, DELETE | /v1/routes/{hostname} | route `{"tunnel", "overwrite"}`; unroute |
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::EdgeState;
+use crate::resources::{ControlPlane, CpError, Tunnel};
+use burrow_protocol::AccountId;
+
+/// API request bodies are small JSON documents.
+pub const MAX_BODY: usize = 64 * 1024;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// Why a request failed, as the client sees it.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl From<CpError> for ApiError {
+    fn from(e: CpError) -> Self {
+        match e {
+            CpError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            CpError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            CpError::Invalid { field, reason } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid",
+                message: format!("{field}: {reason}"),
+                field: Some(field),
+            },
+            CpError::Store(_) | CpError::Corrupt { .. } => {
+                tracing::error!("control plane: {e}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store failed; retry later",
+                )
+            }
+        }
+    }
+}
+
+type ApiResult = Result<(StatusCode, Value), ApiError>;
+
+/// Serve one `/v1/...` request.
+pub async fn handle(state: &EdgeState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let result = match &state.control {
+        Some(cp) => route(state, cp, req).await,
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_control_plane",
+            "this edge serves a tunnels file, not the API; run it without --tunnels to use the store",
+        )),
+    };
+    let (status, body) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            let mut error = json!({ "code": e.code, "message": e.message });
+            if let Some(field) = e.field {
+                error["field"] = json!(field);
+            }
+            (e.status, json!({ "error": error }))
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn route(state: &EdgeState, cp: &ControlPlane, req: Request<Incoming>) -> ApiResult {
+    let account = authenticate(cp, &req).await?;
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["account"]) => {
+            let a = cp.account(account).await?;
+            Ok((
+                StatusCode::OK,
+                json!({ "id": a.id, "name": a.name, "created": a.created }),
+            ))
+        }
+        (&Method::GET, ["tunnels"]) => {
+            let limit = param(&query, "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(DEFAULT_PAGE)
+                .clamp(1, MAX_PAGE);
+            let tunnels = cp.list_tunnels(account, param(&query, "after"), limit).await?;
+            let mut items = Vec::with_capacity(tunnels.len());
+            for t in &tunnels {
+                items.push(tunnel_json(cp, t).await?);
+            }
+            let next = (tunnels.len() == limit)
+                .then(|| tunnels.last().map(|t| t.id.to_string()))
+                .flatten();
+            Ok((StatusCode::OK, json!({ "items": items, "next": next })))
+        }
+        (&Method::POST, ["tunnels"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Create {
+                name: String,
+            }
+            let body: Create = json_body(req).await?;
+            let (tunnel, secret) = cp.create_tunnel(account, &body.name).await?;
+            tracing::info!(%account, tunnel = %tunnel.id, name = %tunnel.name, "tunnel created");
+            let credentials = json!({
+                "account": account,
+                "tunnel_id": tunnel.id,
+                "tunnel_name": tunnel.name,
+                "secret": secret,
+                "edges": state.config.advertised_edges,
+                "edge_ca": state.config.tls.self_signed_pem,
+            });
+            Ok((
+                StatusCode::CREATED,
+                json!({ "tunnel": public_tunnel(&tunnel), "credentials": credentials }),
+            ))
+        }
+        (&Method::GET, ["tunnels", reference]) => {
+            let tunnel = cp.find_tunnel(account, reference).await?;
+            let connections = cp.connections(tunnel.id).await?;
+            let mut body = public_tunnel(&tunnel);
+            body["connections"] = json!(connections);
+            Ok((StatusCode::OK, body))
+        }
+        (&Method::DELETE, ["tunnels", reference]) => {
+            let force = param(&query, "force") == Some("true");
+            let tunnel = cp.delete_tunnel(account, reference, force).await?;
+            tracing::info!(%account, tunnel = %tunnel.id, force, "tunnel deleted");
+            Ok((StatusCode::OK, json!({ "deleted": tunnel.id })))
+        }
+        (&Method::DELETE, ["tunnels", reference, "connections"]) => {
+            let removed = cp.cleanup_connections(account, reference).await?;
+            Ok((StatusCode::OK, json!({ "removed": removed })))
+        }
+        (&Method::GET, ["routes"]) => {
+            let routes = cp.list_routes(account).await?;
+            Ok((StatusCode::OK, json!({ "items": routes })))
+        }
+        (&Method::PUT, ["routes", hostname]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Put {
+                tunnel: String,
+                #[serde(default)]
+                overwrite: bool,
+            }
+            let hostname = (*hostname).to_owned();
+            let body: Put = json_body(req).await?;
+            let route = cp.route(account, &hostname, &body.tunnel, body.overwrite).await?;
+            tracing::info!(%account, hostname = %route.hostname, tunnel = %route.tunnel, "route set");
+            Ok((StatusCode::OK, json!(route)))
+        }
+        (&Method::DELETE, ["routes", hostname]) => {
+            cp.delete_route(account, hostname).await?;
+            tracing::info!(%account, %hostname, "route deleted");
+            Ok((StatusCode::OK, json!({ "deleted": hostname })))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no API endpoint {method} {path}"),
+        )),
+    }
+}
+
+async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Result<AccountId, ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token; run `burrow login`",
+        )
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    cp.authenticate(token.trim()).await?.ok_or_else(unauthorized)
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY).collect().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes.to_bytes())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("request body: {e}")))
+}
+
+/// A query parameter's raw value.
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A tunnel without its secret hash.
+fn public_tunnel(t: &Tunnel) -> Value {
+    json!({ "id": t.id, "name": t.name, "created": t.created })
+}
+
+async fn tunnel_json(cp: &ControlPlane, t: &Tunnel) -> Result<Value, ApiError> {
+    let connections = cp.connections(t.id).await?;
+    let mut body = public_tunnel(t);
+    body["connections"] = json!(connections);
+    Ok(body)
+}

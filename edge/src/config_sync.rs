@@ -1,0 +1,181 @@
+//! Edges follow the store: watch → rebuild the whole route table off the hot path → one swap.
+//!
+//! Every applied snapshot is also written to `<data-dir>/snapshot.json` (temp + fsync + rename),
+//! so an edge whose store is unreachable at start serves the last config it saw — a control-plane
+//! outage never becomes an edge outage. Connector registrations are checked against the
+//! current table, so reconnects keep working during an outage too.
+//!
+//! The edge also holds a lease in the store and records each live tunnel connection under it
+//! (`burrow tunnel list/info` read them); if the edge dies, the lease expires and so do they.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::EdgeState;
+use crate::registry::ConnectionInfo;
+use crate::resources::{Connection, Snapshot, affects_routing};
+
+/// How long connection records outlive a silent edge.
+const NODE_LEASE_TTL: Duration = Duration::from_secs(15);
+
+pub fn snapshot_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshot.json")
+}
+
+/// The last applied snapshot, if any (used at start when the store cannot be reached).
+pub fn load_snapshot(data_dir: &Path) -> Result<Option<Snapshot>> {
+    let path = snapshot_path(data_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?,
+    ))
+}
+
+/// Follow the store until `shutdown`: apply every change that affects routing.
+pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: CancellationToken) {
+    let Some(cp) = state.control.clone() else { return };
+    tokio::spawn(keep_node_lease(state.clone(), shutdown.clone()));
+    loop {
+        let revision = match cp.snapshot().await {
+            Ok(snapshot) => {
+                apply(&state, &snapshot, &data_dir);
+                snapshot.revision
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the store, serving the current table: {e}");
+                if pause(&shutdown, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut watch = match cp.store().watch("", revision).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch the store: {e}");
+                if pause(&shutdown, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                batch = watch.recv() => match batch {
+                    Some(events) if events.iter().any(|e| affects_routing(e.key())) => {
+                        // Coalesce a burst into one rebuild.
+                        while watch.try_recv().is_ok() {}
+                        break;
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Sleep, or return `true` if shutting down.
+async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+fn apply(state: &EdgeState, snapshot: &Snapshot, data_dir: &Path) {
+    match snapshot.to_table() {
+        Ok(table) => {
+            state.swap_routes(table);
+            if let Err(e) = write_snapshot(data_dir, snapshot) {
+                tracing::warn!("could not save the config snapshot: {e:#}");
+            }
+        }
+        Err(e) => tracing::error!(
+            revision = snapshot.revision,
+            "store config does not build; the current table keeps serving: {e}"
+        ),
+    }
+}
+
+fn write_snapshot(data_dir: &Path, snapshot: &Snapshot) -> Result<()> {
+    let text = serde_json::to_vec(snapshot)?;
+    burrow_connector::credentials::write_private(&snapshot_path(data_dir), &text)
+}
+
+/// Hold this edge's lease; on a new lease, re-record the live connections under it.
+async fn keep_node_lease(state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let Some(cp) = state.control.clone() else { return };
+    loop {
+        let lease = match cp.store().lease_grant(NODE_LEASE_TTL).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!("cannot get a store lease: {e}");
+                if pause(&shutdown, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        state.node_lease.store(lease, Ordering::Relaxed);
+        for conn in state.registry.all() {
+            record_connection(&state, &conn.info);
+        }
+        loop {
+            if pause(&shutdown, NODE_LEASE_TTL / 3).await {
+                // Our connections go with us.
+                let _ = cp.store().lease_revoke(lease).await;
+                return;
+            }
+            if let Err(e) = cp.store().lease_keep_alive(lease).await {
+                tracing::warn!("store lease lost ({e}); taking a new one");
+                break;
+            }
+        }
+    }
+}
+
+/// Record a registered connection in the store (in the background: registration never waits
+/// for, or fails because of, the control plane).
+pub fn record_connection(state: &Arc<EdgeState>, info: &ConnectionInfo) {
+    let (Some(cp), lease) = (state.control.clone(), state.node_lease.load(Ordering::Relaxed)) else {
+        return;
+    };
+    if lease == 0 {
+        return; // recorded when the lease arrives
+    }
+    let record = Connection {
+        connection_id: info.connection_id,
+        tunnel: info.tunnel,
+        connector: info.connector.to_string(),
+        conn_index: info.conn_index,
+        edge_node: state.config.node_name.clone(),
+        origin_ip: info.origin_addr.ip().to_string(),
+        version: info.version.clone(),
+        since: info.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = cp.record_connection(lease, &record).await {
+            tracing::debug!("connection record not written: {e}");
+        }
+    });
+}
+
+pub fn remove_connection(state: &Arc<EdgeState>, info: &ConnectionInfo) {
+    let Some(cp) = state.control.clone() else { return };
+    let (tunnel, id) = (info.tunnel, info.connection_id);
+    tokio::spawn(async move {
+        if let Err(e) = cp.remove_connection(tunnel, id).await {
+            tracing::debug!("connection record not removed: {e}");
+        }
+    });
+}

@@ -1,0 +1,519 @@
+//! Control-plane resources kept in the [`Store`]: accounts, API tokens, tunnels, hostname routes
+//! and (leased) connection records. Tunnels and routes are persistent; connections are not.
+//!
+//! Keys:
+//!
+//! ```text
+//! accounts/<account>                 Account
+//! tokens/<token id>                  Token (hash only)
+//! tunnels/<account>/<tunnel>         Tunnel (secret hash only)
+//! tunnel-names/<account>/<name>      tunnel id — keeps names unique per account
+//! routes/<hostname>                  Route — hostnames are global, owned by one account
+//! connections/<tunnel>/<connection>  Connection, attached to the edge node's lease
+//! ```
+//!
+//! Every multi-key change is one store transaction with compares, so two API calls racing for
+//! the same name or hostname cannot both win.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::route_table::{Route, RouteTable, TunnelRecord, hash_secret, validate_hostname};
+use crate::store::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError};
+use crate::tunnels_file::{decode_hex32, encode_hex};
+
+/// Longest tunnel or account name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Page size when reading a whole prefix.
+const PAGE: usize = 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Token {
+    /// Public part of the token, shown for identification (`burrow_<id>_…`).
+    pub id: String,
+    pub account: AccountId,
+    pub name: String,
+    /// Hex SHA-256 of the whole token.
+    pub sha256: String,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub id: TunnelId,
+    pub account: AccountId,
+    pub name: String,
+    /// Hex SHA-256 of the 32-byte secret.
+    pub secret_sha256: String,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteDoc {
+    pub hostname: String,
+    pub account: AccountId,
+    pub tunnel: TunnelId,
+    pub created: u64,
+}
+
+/// A live connection as recorded by the edge that holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    pub connection_id: Uuid,
+    pub tunnel: TunnelId,
+    pub connector: String,
+    pub conn_index: u8,
+    pub edge_node: String,
+    pub origin_ip: String,
+    pub version: String,
+    pub since: u64,
+}
+
+/// Why a control-plane operation failed; the API maps each kind to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum CpError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored document {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// What an edge needs from the control plane: tunnels and routes at one revision. Also the
+/// on-disk snapshot format an edge starts from when the store is unreachable.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub tunnels: Vec<Tunnel>,
+    pub routes: Vec<RouteDoc>,
+}
+
+impl Snapshot {
+    /// Build the routing table. A route whose tunnel belongs to another account is never
+    /// served (the API prevents it; this guards against a store edited by hand).
+    pub fn to_table(&self) -> Result<RouteTable, String> {
+        let mut records = Vec::with_capacity(self.tunnels.len());
+        for t in &self.tunnels {
+            let hash =
+                decode_hex32(&t.secret_sha256).ok_or_else(|| format!("tunnel {} has a corrupt secret hash", t.id))?;
+            records.push(TunnelRecord {
+                id: t.id,
+                account: t.account,
+                name: t.name.clone(),
+                secret_sha256: hash,
+            });
+        }
+        let owners: std::collections::HashMap<TunnelId, AccountId> =
+            self.tunnels.iter().map(|t| (t.id, t.account)).collect();
+        let routes = self
+            .routes
+            .iter()
+            .filter(|r| {
+                let owned = owners.get(&r.tunnel) == Some(&r.account);
+                if !owned {
+                    tracing::warn!(hostname = %r.hostname, tunnel = %r.tunnel, "route skipped: its account does not own the tunnel");
+                }
+                owned
+            })
+            .map(|r| Route { hostname: r.hostname.clone(), tunnel: r.tunnel })
+            .collect();
+        RouteTable::build(records, routes)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    }
+}
+
+/// The control plane's operations over a store.
+#[derive(Clone)]
+pub struct ControlPlane {
+    store: Arc<dyn Store>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, CpError> {
+    serde_json::from_slice(&kv.value).map_err(|e| CpError::Corrupt {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn validate_name(field: &'static str, name: &str) -> Result<(), CpError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_chars || name.starts_with('.') {
+        return Err(CpError::Invalid {
+            field,
+            reason: format!("must be 1-{MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"),
+        });
+    }
+    Ok(())
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    async fn list_all<T: for<'de> Deserialize<'de>>(&self, prefix: &str) -> Result<(Vec<T>, Revision), CpError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        let mut revision = 0;
+        loop {
+            let (page, rev) = self.store.list(prefix, after.as_deref(), PAGE).await?;
+            revision = revision.max(rev);
+            for kv in &page {
+                out.push(from_json(kv)?);
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.key.clone()),
+                _ => return Ok((out, revision)),
+            }
+        }
+    }
+
+    // --- accounts and tokens -----------------------------------------------------------------
+
+    /// Operator bootstrap: a new account and its first (admin) token, shown once.
+    pub async fn create_account(&self, name: &str) -> Result<(Account, String), CpError> {
+        validate_name("name", name)?;
+        let account = Account {
+            id: AccountId::new_random(),
+            name: name.to_owned(),
+            created: now(),
+        };
+        let key = format!("accounts/{}", account.id);
+        let (token, token_ops) = self.new_token(account.id, "admin");
+        let mut ops = vec![Op::Put {
+            key: key.clone(),
+            value: to_json(&account),
+            lease: None,
+        }];
+        ops.extend(token_ops);
+        self.store.txn(vec![Compare::Missing(key)], ops).await?;
+        Ok((account, token))
+    }
+
+    pub async fn account(&self, id: AccountId) -> Result<Account, CpError> {
+        let kv = self.store.get(&format!("accounts/{id}")).await?;
+        kv.map(|kv| from_json(&kv))
+            .transpose()?
+            .ok_or_else(|| CpError::NotFound("account".into()))
+    }
+
+    /// A new token for `account`: returns the token text and the ops that store its hash.
+    fn new_token(&self, account: AccountId, name: &str) -> (String, Vec<Op>) {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let secret: [u8; 32] = rand::random();
+        let token = format!(
+            "burrow_{id}_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let doc = Token {
+            id: id.clone(),
+            account,
+            name: name.to_owned(),
+            sha256: encode_hex(&Sha256::digest(token.as_bytes())),
+            created: now(),
+        };
+        (
+            token,
+            vec![Op::Put {
+                key: format!("tokens/{id}"),
+                value: to_json(&doc),
+                lease: None,
+            }],
+        )
+    }
+
+    /// The account a bearer token belongs to, or `None` (unknown token or wrong secret — the
+    /// caller cannot tell which). Compared in constant time.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<AccountId>, CpError> {
+        let Some(id) = token
+            .strip_prefix("burrow_")
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(id, _)| id)
+        else {
+            return Ok(None);
+        };
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let Some(kv) = self.store.get(&format!("tokens/{id}")).await? else {
+            return Ok(None);
+        };
+        let doc: Token = from_json(&kv)?;
+        let presented = encode_hex(&Sha256::digest(token.as_bytes()));
+        Ok(bool::from(presented.as_bytes().ct_eq(doc.sha256.as_bytes())).then_some(doc.account))
+    }
+
+    // --- tunnels ------------------------------------------------------------------------------
+
+    /// Create a tunnel. The secret is returned once and stored only as a hash.
+    pub async fn create_tunnel(&self, account: AccountId, name: &str) -> Result<(Tunnel, TunnelSecret), CpError> {
+        validate_name("name", name)?;
+        if name.parse::<TunnelId>().is_ok() {
+            return Err(CpError::Invalid {
+                field: "name",
+                reason: "must not be a UUID (names and ids share the CLI)".into(),
+            });
+        }
+        let secret = TunnelSecret::generate();
+        let tunnel = Tunnel {
+            id: TunnelId::new_random(),
+            account,
+            name: name.to_owned(),
+            secret_sha256: encode_hex(&hash_secret(&secret)),
+            created: now(),
+        };
+        let name_key = format!("tunnel-names/{account}/{name}");
+        let ops = vec![
+            Op::Put {
+                key: name_key.clone(),
+                value: to_json(&tunnel.id),
+                lease: None,
+            },
+            Op::Put {
+                key: format!("tunnels/{account}/{}", tunnel.id),
+                value: to_json(&tunnel),
+                lease: None,
+            },
+        ];
+        let result = self.store.txn(vec![Compare::Missing(name_key)], ops).await?;
+        if !result.succeeded {
+            return Err(CpError::Conflict(format!("a tunnel named {name:?} already exists")));
+        }
+        Ok((tunnel, secret))
+    }
+
+    pub async fn list_tunnels(
+        &self,
+        account: AccountId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tunnel>, CpError> {
+        let prefix = format!("tunnels/{account}/");
+        let after = after.map(|a| format!("{prefix}{a}"));
+        let (page, _) = self.store.list(&prefix, after.as_deref(), limit).await?;
+        page.iter().map(from_json).collect()
+    }
+
+    /// A tunnel of `account` by name or UUID. Other accounts' tunnels are "not found".
+    pub async fn find_tunnel(&self, account: AccountId, reference: &str) -> Result<Tunnel, CpError> {
+        let id = match reference.parse::<TunnelId>() {
+            Ok(id) => id,
+            Err(_) => {
+                let kv = self.store.get(&format!("tunnel-names/{account}/{reference}")).await?;
+                let kv = kv.ok_or_else(|| CpError::NotFound(format!("tunnel {reference:?}")))?;
+                from_json(&kv)?
+            }
+        };
+        let kv = self.store.get(&format!("tunnels/{account}/{id}")).await?;
+        kv.map(|kv| from_json(&kv))
+            .transpose()?
+            .ok_or_else(|| CpError::NotFound(format!("tunnel {reference:?}")))
+    }
+
+    /// Delete a tunnel, its routes and its connection records. Refused while connections are
+    /// live unless `force`.
+    pub async fn delete_tunnel(&self, account: AccountId, reference: &str, force: bool) -> Result<Tunnel, CpError> {
+        let tunnel = self.find_tunnel(account, reference).await?;
+        let live = self.connections(tunnel.id).await?;
+        if !live.is_empty() && !force {
+            return Err(CpError::Conflict(format!(
+                "tunnel {:?} has {} live connection(s); stop its connectors or delete with --force",
+                tunnel.name,
+                live.len()
+            )));
+        }
+        let (routes, _) = self.list_all::<RouteDoc>("routes/").await?;
+        let mut ops = vec![
+            Op::Delete {
+                key: format!("tunnels/{account}/{}", tunnel.id),
+            },
+            Op::Delete {
+                key: format!("tunnel-names/{account}/{}", tunnel.name),
+            },
+            Op::DeletePrefix {
+                prefix: format!("connections/{}/", tunnel.id),
+            },
+        ];
+        ops.extend(routes.iter().filter(|r| r.tunnel == tunnel.id).map(|r| Op::Delete {
+            key: format!("routes/{}", r.hostname),
+        }));
+        self.store.txn(vec![], ops).await?;
+        Ok(tunnel)
+    }
+
+    // --- routes -------------------------------------------------------------------------------
+
+    /// Route `hostname` to a tunnel of `account`. A hostname owned by another account is a
+    /// conflict; moving one between the caller's own tunnels needs `overwrite`.
+    pub async fn route(
+        &self,
+        account: AccountId,
+        hostname: &str,
+        tunnel_ref: &str,
+        overwrite: bool,
+    ) -> Result<RouteDoc, CpError> {
+        let hostname = hostname.to_ascii_lowercase();
+        validate_hostname(&hostname).map_err(|reason| CpError::Invalid {
+            field: "hostname",
+            reason,
+        })?;
+        let tunnel = self.find_tunnel(account, tunnel_ref).await?;
+        let key = format!("routes/{hostname}");
+        let existing = self.store.get(&key).await?;
+        let compare = match &existing {
+            None => Compare::Missing(key.clone()),
+            Some(kv) => {
+                let current: RouteDoc = from_json(kv)?;
+                if current.account != account {
+                    return Err(CpError::Conflict(format!("{hostname} is routed by another account")));
+                }
+                if current.tunnel != tunnel.id && !overwrite {
+                    return Err(CpError::Conflict(format!(
+                        "{hostname} already routes to another of your tunnels; pass --overwrite-dns to move it"
+                    )));
+                }
+                Compare::ModRevision(key.clone(), kv.mod_revision)
+            }
+        };
+        let doc = RouteDoc {
+            hostname: hostname.clone(),
+            account,
+            tunnel: tunnel.id,
+            created: now(),
+        };
+        let result = self
+            .store
+            .txn(
+                vec![compare],
+                vec![Op::Put {
+                    key,
+                    value: to_json(&doc),
+                    lease: None,
+                }],
+            )
+            .await?;
+        if !result.succeeded {
+            return Err(CpError::Conflict(format!("{hostname} changed concurrently; retry")));
+        }
+        Ok(doc)
+    }
+
+    pub async fn delete_route(&self, account: AccountId, hostname: &str) -> Result<(), CpError> {
+        let key = format!("routes/{}", hostname.to_ascii_lowercase());
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| CpError::NotFound(format!("route {hostname}")))?;
+        let doc: RouteDoc = from_json(&kv)?;
+        if doc.account != account {
+            return Err(CpError::NotFound(format!("route {hostname}")));
+        }
+        self.store
+            .txn(
+                vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+                vec![Op::Delete { key }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_routes(&self, account: AccountId) -> Result<Vec<RouteDoc>, CpError> {
+        let (routes, _) = self.list_all::<RouteDoc>("routes/").await?;
+        Ok(routes.into_iter().filter(|r| r.account == account).collect())
+    }
+
+    // --- connections --------------------------------------------------------------------------
+
+    pub async fn connections(&self, tunnel: TunnelId) -> Result<Vec<Connection>, CpError> {
+        Ok(self.list_all(&format!("connections/{tunnel}/")).await?.0)
+    }
+
+    pub async fn record_connection(&self, lease: LeaseId, conn: &Connection) -> Result<(), CpError> {
+        let key = format!("connections/{}/{}", conn.tunnel, conn.connection_id);
+        self.store
+            .txn(
+                vec![],
+                vec![Op::Put {
+                    key,
+                    value: to_json(conn),
+                    lease: Some(lease),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remove_connection(&self, tunnel: TunnelId, connection_id: Uuid) -> Result<(), CpError> {
+        let key = format!("connections/{tunnel}/{connection_id}");
+        self.store.txn(vec![], vec![Op::Delete { key }]).await?;
+        Ok(())
+    }
+
+    /// Drop every connection record of a tunnel (`burrow tunnel cleanup`).
+    pub async fn cleanup_connections(&self, account: AccountId, reference: &str) -> Result<usize, CpError> {
+        let tunnel = self.find_tunnel(account, reference).await?;
+        let count = self.connections(tunnel.id).await?.len();
+        self.store
+            .txn(
+                vec![],
+                vec![Op::DeletePrefix {
+                    prefix: format!("connections/{}/", tunnel.id),
+                }],
+            )
+            .await?;
+        Ok(count)
+    }
+
+    // --- what edges serve ---------------------------------------------------------------------
+
+    pub async fn snapshot(&self) -> Result<Snapshot, CpError> {
+        let (tunnels, rev_t) = self.list_all::<Tunnel>("tunnels/").await?;
+        let (routes, rev_r) = self.list_all::<RouteDoc>("routes/").await?;
+        // Two reads: if a write landed between them, the watch will deliver it and we rebuild.
+        Ok(Snapshot {
+            revision: rev_t.min(rev_r),
+            tunnels,
+            routes,
+        })
+    }
+}
+
+/// Whether a changed key affects what edges serve.
+pub fn affects_routing(key: &str) -> bool {
+    key.starts_with("tunnels/") || key.starts_with("routes/")
+}

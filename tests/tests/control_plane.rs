@@ -1,0 +1,356 @@
+//! The control plane end to end: the real `burrow-edge` with its SQLite store and API, the real
+//! `burrow` CLI, real origins.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use burrow_tests::*;
+use http::StatusCode;
+
+const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");
+const BURROW_EDGE: &str = env!("CARGO_BIN_EXE_e2e-burrow-edge");
+
+struct Ports {
+    http: u16,
+    tunnel: u16,
+    admin: u16,
+}
+
+impl Ports {
+    fn new() -> Self {
+        Self {
+            http: free_tcp_port(),
+            tunnel: free_udp_port(),
+            admin: free_tcp_port(),
+        }
+    }
+
+    fn http(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.http).into()
+    }
+
+    fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin)
+    }
+}
+
+fn edge(dir: &Path, ports: &Ports) -> Process {
+    Process::spawn(
+        BURROW_EDGE,
+        &[
+            "run",
+            "--http",
+            &format!("127.0.0.1:{}", ports.http),
+            "--https",
+            "off",
+            "--tunnel",
+            &format!("127.0.0.1:{}", ports.tunnel),
+            "--admin",
+            &format!("127.0.0.1:{}", ports.admin),
+            "--advertise",
+            &format!("127.0.0.1:{}", ports.tunnel),
+            "--data-dir",
+            dir.join("edge").to_str().unwrap(),
+            "--tunnel-idle-timeout",
+            "3s",
+            "--grace-period",
+            "1s",
+        ],
+        &[("BURROW_HOME", dir)],
+    )
+}
+
+/// Run a CLI command to completion with `home` as BURROW_HOME; returns (exit code, output).
+async fn cli(bin: &str, home: &Path, args: &[&str]) -> (Option<i32>, String) {
+    Process::spawn(bin, args, &[("BURROW_HOME", home)])
+        .wait(Duration::from_secs(30))
+        .await
+}
+
+async fn ok(bin: &str, home: &Path, args: &[&str]) -> String {
+    let (code, output) = cli(bin, home, args).await;
+    assert_eq!(code, Some(0), "{args:?}: {output}");
+    output
+}
+
+/// `burrow-edge account create` then `burrow login` into `home`.
+async fn account(dir: &Path, ports: &Ports, name: &str, home: &Path) {
+    let output = ok(
+        BURROW_EDGE,
+        dir,
+        &[
+            "account",
+            "create",
+            name,
+            "--data-dir",
+            dir.join("edge").to_str().unwrap(),
+        ],
+    )
+    .await;
+    let token = output
+        .lines()
+        .find_map(|l| l.split("keep it secret): ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    std::fs::create_dir_all(home).unwrap();
+    ok(BURROW, home, &["login", "--api", &ports.api(), "--token", &token]).await;
+}
+
+async fn served(ports: &Ports, host: &str) -> Option<(StatusCode, String)> {
+    get(&http1_client(), ports.http(), host, "/")
+        .await
+        .ok()
+        .map(|r| (r.status, r.text()))
+}
+
+#[tokio::test]
+async fn tunnel_lifecycle_through_the_cli() {
+    init_logging();
+    let dir = TempDir::new();
+    let ports = Ports::new();
+    let alice = dir.path().join("alice");
+    let edge = edge(dir.path(), &ports);
+    edge.wait_for_output("tunnel listener ready").await;
+    account(dir.path(), &ports, "alice", &alice).await;
+
+    let created = ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    assert!(created.contains("Created tunnel web with id"), "{created}");
+    let id = created
+        .split("with id ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
+
+    let origin = named_origin("web").await;
+    let url = format!("http://{origin}");
+    // Restart the connector a few times: the tunnel and its route never change.
+    for _ in 0..3 {
+        let connector = Process::spawn(
+            BURROW,
+            &["tunnel", "run", "web", "--url", &url],
+            &[("BURROW_HOME", &alice)],
+        );
+        eventually(Duration::from_secs(20), "web.test to be served", || async {
+            served(&ports, "web.test").await == Some((StatusCode::OK, "web".into()))
+        })
+        .await;
+        let list = ok(BURROW, &alice, &["tunnel", "list", "--output", "json"]).await;
+        let tunnels: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(tunnels.as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(tunnels[0]["id"], id.as_str(), "the tunnel keeps its UUID");
+        connector.signal("TERM");
+        let (code, output) = connector.wait(Duration::from_secs(20)).await;
+        assert_eq!(code, Some(0), "{output}");
+    }
+
+    let connector = Process::spawn(
+        BURROW,
+        &["tunnel", "run", "web", "--url", &url],
+        &[("BURROW_HOME", &alice)],
+    );
+    eventually(Duration::from_secs(20), "4 connections in `tunnel list`", || async {
+        let list = ok(BURROW, &alice, &["tunnel", "list"]).await;
+        list.contains("4x")
+    })
+    .await;
+    let list = ok(BURROW, &alice, &["tunnel", "list", "--output", "json"]).await;
+    assert!(!list.contains("secret"), "no secret material in list output: {list}");
+    let info = ok(BURROW, &alice, &["tunnel", "info", "web"]).await;
+    assert!(info.contains("CONNECTOR ID") && info.contains("127.0.0.1"), "{info}");
+
+    let (code, refused) = cli(BURROW, &alice, &["tunnel", "delete", "web"]).await;
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(refused.contains("live connection"), "{refused}");
+    ok(BURROW, &alice, &["tunnel", "delete", "web", "--force"]).await;
+    eventually(Duration::from_secs(5), "the route to disappear", || async {
+        matches!(served(&ports, "web.test").await, Some((StatusCode::NOT_FOUND, _)))
+    })
+    .await;
+    let (code, output) = connector.wait(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1), "the connector stops: its tunnel is gone: {output}");
+    assert!(output.contains("was deleted"), "{output}");
+    drop(edge);
+}
+
+#[tokio::test]
+async fn accounts_are_isolated() {
+    init_logging();
+    let dir = TempDir::new();
+    let ports = Ports::new();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let edge = edge(dir.path(), &ports);
+    edge.wait_for_output("tunnel listener ready").await;
+    account(dir.path(), &ports, "alice", &alice).await;
+    account(dir.path(), &ports, "bob", &bob).await;
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "shop.test"]).await;
+    ok(BURROW, &bob, &["tunnel", "create", "other"]).await;
+
+    let list = ok(BURROW, &bob, &["tunnel", "list", "--output", "json"]).await;
+    assert!(!list.contains("\"web\""), "bob does not see alice's tunnels: {list}");
+    let (code, output) = cli(BURROW, &bob, &["tunnel", "info", "web"]).await;
+    assert_eq!(code, Some(1));
+    assert!(output.contains("not found"), "{output}");
+    let (code, output) = cli(BURROW, &bob, &["tunnel", "delete", "web", "--force"]).await;
+    assert_eq!(code, Some(1));
+    assert!(output.contains("not found"), "{output}");
+    let (code, output) = cli(BURROW, &bob, &["tunnel", "route", "dns", "other", "shop.test"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        output.contains("another account"),
+        "a hostname routed by alice cannot be taken: {output}"
+    );
+
+    // Bob cannot serve alice's tunnel with his own account and a forged secret.
+    let alice_creds = std::fs::read_dir(&alice)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("cert.json"))
+        .unwrap();
+    let mut forged = burrow_connector::credentials::Credentials::load(&alice_creds).unwrap();
+    let bob_creds = std::fs::read_dir(&bob)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("cert.json"))
+        .unwrap();
+    forged.account = burrow_connector::credentials::Credentials::load(&bob_creds)
+        .unwrap()
+        .account;
+    let forged_path = bob.join("forged.json");
+    forged.save(&forged_path).unwrap();
+    let (code, output) = cli(
+        BURROW,
+        &bob,
+        &[
+            "tunnel",
+            "run",
+            "--credentials-file",
+            forged_path.to_str().unwrap(),
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("refused the tunnel"), "{output}");
+    drop(edge);
+}
+
+#[tokio::test]
+async fn edge_serves_from_its_snapshot_when_the_store_is_gone() {
+    init_logging();
+    let dir = TempDir::new();
+    let ports = Ports::new();
+    let alice = dir.path().join("alice");
+    let first = edge(dir.path(), &ports);
+    first.wait_for_output("tunnel listener ready").await;
+    account(dir.path(), &ports, "alice", &alice).await;
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
+    let origin = named_origin("web").await;
+    let url = format!("http://{origin}");
+    let connector = Process::spawn(
+        BURROW,
+        &["tunnel", "run", "web", "--url", &url],
+        &[("BURROW_HOME", &alice)],
+    );
+    eventually(Duration::from_secs(20), "web.test to be served", || async {
+        served(&ports, "web.test").await == Some((StatusCode::OK, "web".into()))
+    })
+    .await;
+
+    // The control plane goes away for good: the store file is replaced by something unreadable.
+    let _ = first.kill9().await;
+    let store = dir.path().join("edge").join("store.db");
+    std::fs::rename(&store, dir.path().join("store.db.gone")).unwrap();
+    std::fs::create_dir(&store).unwrap();
+
+    // The restarted edge serves from its snapshot; the connector re-registers against it.
+    let second = edge(dir.path(), &ports);
+    second.wait_for_output("serving the last config snapshot").await;
+    eventually(Duration::from_secs(30), "web.test served from the snapshot", || async {
+        served(&ports, "web.test").await == Some((StatusCode::OK, "web".into()))
+    })
+    .await;
+    drop(connector);
+    drop(second);
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    init_logging();
+    let dir = TempDir::new();
+    let ports = Ports::new();
+    let alice = dir.path().join("alice");
+    let first = edge(dir.path(), &ports);
+    first.wait_for_output("tunnel listener ready").await;
+    account(dir.path(), &ports, "alice", &alice).await;
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    let login: serde_json::Value = serde_json::from_slice(&std::fs::read(alice.join("cert.json")).unwrap()).unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+
+    // A stream of route writes; kill -9 the edge in the middle of it.
+    let api = ports.api();
+    let writer = tokio::spawn(async move {
+        let client = http1_client();
+        let mut acknowledged = Vec::new();
+        for i in 0..10_000 {
+            let host = format!("h{i}.test");
+            let request = http::Request::put(format!("{api}/v1/routes/{host}"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(full(r#"{"tunnel":"web"}"#))
+                .unwrap();
+            match client.request(request).await {
+                Ok(response) if response.status().is_success() => acknowledged.push(host),
+                _ => break,
+            }
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ = first.kill9().await;
+    let acknowledged = writer.await.unwrap();
+    assert!(
+        acknowledged.len() > 5,
+        "the writer made progress before the kill: {}",
+        acknowledged.len()
+    );
+
+    let second = edge(dir.path(), &ports);
+    second.wait_for_output("tunnel listener ready").await;
+    let routes = ok(BURROW, &alice, &["tunnel", "list", "--output", "json"]).await;
+    assert!(routes.contains("\"web\""), "{routes}");
+    let client = http1_client();
+    let login: serde_json::Value = serde_json::from_slice(&std::fs::read(alice.join("cert.json")).unwrap()).unwrap();
+    let request = http::Request::get(format!("{}/v1/routes", ports.api()))
+        .header("authorization", format!("Bearer {}", login["token"].as_str().unwrap()))
+        .body(empty())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let stored: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let stored: Vec<&str> = stored["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hostname"].as_str().unwrap())
+        .collect();
+    let lost: Vec<_> = acknowledged.iter().filter(|h| !stored.contains(&h.as_str())).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    drop(second);
+}
