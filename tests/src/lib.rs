@@ -22,7 +22,9 @@ use burrow_connector::credentials::Credentials;
 use burrow_connector::ingress::{Ingress, OriginRequest, Service};
 use burrow_connector::origin::Origins;
 use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
-use burrow_edge::route_table::hash_secret;
+use burrow_edge::resources::ControlPlane;
+use burrow_edge::route_table::{RouteTable, hash_secret};
+use burrow_edge::store::sqlite::SqliteStore;
 use burrow_edge::tls::TlsIdentity;
 use burrow_edge::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
 use burrow_edge::{EdgeConfig, EdgeState, Listeners};
@@ -159,7 +161,30 @@ impl TestEdge {
         Self::start_with(file, EdgeOptions::default()).await
     }
 
+    /// An edge serving from a SQLite store in `data_dir`, with the `/v1` API on `admin`.
+    pub async fn start_with_store(data_dir: &Path) -> (Self, ControlPlane) {
+        let store = SqliteStore::open(&data_dir.join("store.db")).unwrap();
+        let control = ControlPlane::new(store);
+        let edge = Self::launch(
+            RouteTable::default(),
+            Some(control.clone()),
+            Some(data_dir.to_owned()),
+            EdgeOptions::default(),
+        )
+        .await;
+        (edge, control)
+    }
+
     pub async fn start_with(file: &TunnelsFile, options: EdgeOptions) -> Self {
+        Self::launch(file.to_table().unwrap(), None, None, options).await
+    }
+
+    async fn launch(
+        table: RouteTable,
+        control: Option<ControlPlane>,
+        data_dir: Option<PathBuf>,
+        options: EdgeOptions,
+    ) -> Self {
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let tls = TlsIdentity::generate_self_signed(&names).unwrap();
         let ca_pem = tls.self_signed_pem.clone().unwrap();
@@ -167,6 +192,7 @@ impl TestEdge {
         config.tunnel_idle_timeout = options.tunnel_idle_timeout;
         config.origin_timeout = options.origin_timeout;
         config.grace_period = options.grace_period;
+        config.data_dir = data_dir;
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,7 +203,7 @@ impl TestEdge {
             admin.local_addr().unwrap(),
         );
         let tunnel_addr = tunnel.local_addr().unwrap();
-        let state = EdgeState::new(config, file.to_table().unwrap());
+        let state = EdgeState::with_control(config, table, control);
         let shutdown = CancellationToken::new();
         let listeners = Listeners {
             http: Some(http),

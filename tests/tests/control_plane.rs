@@ -354,3 +354,67 @@ async fn acknowledged_writes_survive_kill_9() {
     );
     drop(second);
 }
+
+#[tokio::test]
+async fn route_changes_apply_live_without_failing_requests() {
+    init_logging();
+    let dir = TempDir::new();
+    let (edge, control) = TestEdge::start_with_store(dir.path()).await;
+    let (account, _token) = control.create_account("alice").await.unwrap();
+    let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
+    control.route(account.id, "stable.test", "web", false).await.unwrap();
+    let origin = named_origin("ok").await;
+    let credentials = burrow_connector::credentials::Credentials {
+        account: account.id,
+        tunnel_id: tunnel.id,
+        tunnel_name: "web".into(),
+        secret,
+        edges: vec![format!("127.0.0.1:{}", edge.tunnel.port())],
+        edge_ca: Some(edge.ca_pem.clone()),
+    };
+    let connector = TestConnector::to_url(credentials, &format!("http://{origin}"), 2);
+    connector.wait_ready(2).await;
+    let http = edge.http;
+    eventually(Duration::from_secs(10), "the first table from the store", || async {
+        matches!(get(&http1_client(), http, "stable.test", "/").await, Ok(r) if r.status == StatusCode::OK)
+    })
+    .await;
+
+    // A bounded load on one hostname while 100 other routes change.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = http1_client();
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.is_cancelled() {
+                match get(&client, http, "stable.test", "/").await {
+                    Ok(r) if r.status == StatusCode::OK => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for i in 0..100 {
+        control
+            .route(account.id, &format!("h{i}.test"), "web", false)
+            .await
+            .unwrap();
+    }
+    // The last change is served.
+    eventually(Duration::from_secs(5), "the 100th route to be served", || async {
+        matches!(get(&http1_client(), http, "h99.test", "/").await, Ok(r) if r.status == StatusCode::OK)
+    })
+    .await;
+    stop.cancel();
+    let (ok, failed) = load.await.unwrap();
+    assert_eq!(failed, 0, "no request fails while routes change ({ok} succeeded)");
+    assert!(ok > 0);
+    assert!(
+        dir.path().join("snapshot.json").exists(),
+        "the applied config is kept on disk"
+    );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}

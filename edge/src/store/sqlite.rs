@@ -42,6 +42,7 @@ const WATCH_CHANNEL: usize = 256;
 /// Revisions read per replay query, so a long replay does not hold the connection for long.
 const REPLAY_PAGE_REVS: u64 = 256;
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
+/// Must match `PRAGMA user_version` at the end of [`SCHEMA`]; bump both with a migration.
 const SCHEMA_VERSION: i64 = 1;
 const KIND_PUT: i64 = 0;
 const KIND_DELETE: i64 = 1;
@@ -632,6 +633,8 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use rusqlite::types::Value::{Integer, Text};
+
     use super::*;
 
     /// A unique directory under the system temp dir, removed on drop.
@@ -799,7 +802,6 @@ mod tests {
                 get("busy_timeout")?,
             ])
         });
-        use rusqlite::types::Value::{Integer, Text};
         assert_eq!(
             pragmas.await.unwrap(),
             [Text("wal".into()), Integer(2), Integer(1), Integer(5000)]
