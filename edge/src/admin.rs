@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -35,7 +35,7 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
                     let response = if req.uri().path().starts_with("/v1/") {
                         crate::api::handle(&state, req).await
                     } else {
-                        answer(&state, &req)
+                        answer(&state, &req).map(|body| body.map_err(|never| match never {}).boxed_unsync())
                     };
                     Ok::<_, Infallible>(response)
                 }

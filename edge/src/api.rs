@@ -11,13 +11,20 @@
 //! | DELETE | /v1/tunnels/{ref}/connections | drop stale connection records |
 //! | GET | /v1/routes | the caller's hostname routes |
 //! | PUT, DELETE | /v1/routes/{hostname} | route `{"tunnel", "overwrite"}`; unroute |
+//! | GET | /v1/watch | node token: NDJSON stream of routing snapshots, for edge-only nodes |
+
+use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
 use crate::resources::{ControlPlane, CpError, Tunnel};
@@ -72,8 +79,20 @@ impl From<CpError> for ApiError {
 
 type ApiResult = Result<(StatusCode, Value), ApiError>;
 
+/// Body of API responses: a JSON document, or the `/v1/watch` stream.
+pub type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Edge-only nodes reconnect when the watch stream is silent for longer than this.
+pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
+
 /// Serve one `/v1/...` request.
-pub async fn handle(state: &EdgeState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(state: &EdgeState, req: Request<Incoming>) -> Response<ApiBody> {
+    if let (Some(cp), "/v1/watch") = (&state.control, req.uri().path()) {
+        return match watch(cp, &req).await {
+            Ok(response) => response,
+            Err(e) => error_response(e),
+        };
+    }
     let result = match &state.control {
         Some(cp) => route(state, cp, req).await,
         None => Err(ApiError::new(
@@ -82,22 +101,63 @@ pub async fn handle(state: &EdgeState, req: Request<Incoming>) -> Response<Full<
             "this edge serves a tunnels file, not the API; run it without --tunnels to use the store",
         )),
     };
-    let (status, body) = match result {
-        Ok(ok) => ok,
-        Err(e) => {
-            let mut error = json!({ "code": e.code, "message": e.message });
-            if let Some(field) = e.field {
-                error["field"] = json!(field);
-            }
-            (e.status, json!({ "error": error }))
-        }
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    match result {
+        Ok((status, body)) => json_response(status, &body),
+        Err(e) => error_response(e),
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ApiBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed_unsync());
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
+}
+
+fn error_response(e: ApiError) -> Response<ApiBody> {
+    let mut error = json!({ "code": e.code, "message": e.message });
+    if let Some(field) = e.field {
+        error["field"] = json!(field);
+    }
+    json_response(e.status, &json!({ "error": error }))
+}
+
+/// `GET /v1/watch` (node token): newline-delimited JSON snapshots of the routing config — the
+/// current one at once, then one after every change — with an empty line as heartbeat.
+async fn watch(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Response<ApiBody>, ApiError> {
+    let denied = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let token = bearer(req).ok_or_else(|| denied("a node token is required"))?;
+    if !cp.authenticate_node(token).await? {
+        return Err(denied("invalid node token"));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // Ends when the client goes away (the receiver is dropped with the response body).
+    tokio::spawn(crate::config_sync::snapshots(cp.clone(), tx, CancellationToken::new()));
+    let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_HEARTBEAT, WATCH_HEARTBEAT);
+    let lines = futures_util::stream::unfold((rx, heartbeat), |(mut rx, mut heartbeat)| async move {
+        let line = tokio::select! {
+            snapshot = rx.recv() => {
+                let mut line = serde_json::to_vec(&snapshot?).unwrap_or_default();
+                line.push(b'\n');
+                Bytes::from(line)
+            }
+            _ = heartbeat.tick() => Bytes::from_static(b"\n"),
+        };
+        Some((Ok::<_, Infallible>(Frame::data(line)), (rx, heartbeat)))
+    });
+    let mut response = Response::new(StreamBody::new(lines).boxed_unsync());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim)
 }
 
 async fn route(state: &EdgeState, cp: &ControlPlane, req: Request<Incoming>) -> ApiResult {
@@ -207,13 +267,8 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Acco
             "missing or invalid bearer token; run `burrow login`",
         )
     };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    cp.authenticate(token.trim()).await?.ok_or_else(unauthorized)
+    let token = bearer(req).ok_or_else(unauthorized)?;
+    cp.authenticate(token).await?.ok_or_else(unauthorized)
 }
 
 async fn json_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {

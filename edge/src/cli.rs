@@ -45,6 +45,9 @@ enum Command {
     /// Manage accounts in the edge's store.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Manage tokens of edge-only nodes.
+    #[command(subcommand)]
+    NodeToken(NodeTokenCommand),
     /// Try Burrow on this machine: an edge, a tunnel and a connector in one process.
     Dev(DevArgs),
 }
@@ -71,8 +74,15 @@ struct RunArgs {
     listen: ListenArgs,
     /// Serve tunnel records and routes from this YAML file instead of the store (no API).
     /// Re-read on SIGHUP; a file that fails to load is reported and the current table keeps serving.
-    #[arg(long, env = "BURROW_TUNNELS_FILE")]
+    #[arg(long, env = "BURROW_TUNNELS_FILE", conflicts_with = "control_plane")]
     tunnels: Option<PathBuf>,
+    /// Run as an edge-only node: follow the control plane (API) of another edge at this URL
+    /// instead of a local store, e.g. http://cp.internal:9090.
+    #[arg(long, requires = "node_token")]
+    control_plane: Option<String>,
+    /// Node token for --control-plane (from `burrow-edge node-token create`).
+    #[arg(long, env = "BURROW_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
     /// Certificate chain (PEM) for HTTPS and the tunnel listener [default: a self-signed one in --data-dir].
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -109,6 +119,16 @@ enum AccountCommand {
     Create {
         name: String,
         /// The edge's data dir, holding store.db [default: $BURROW_HOME/edge].
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeTokenCommand {
+    /// Create a token an edge-only node uses to follow this node's control plane (shown once).
+    Create {
+        name: String,
         #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
@@ -168,6 +188,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
         Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),
+        Command::NodeToken(NodeTokenCommand::Create { name, data_dir: dir }) => {
+            runtime().and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))
+        }
         Command::Account(AccountCommand::Create { name, data_dir: dir }) => {
             runtime().and_then(|rt| rt.block_on(create_account(&name, &data_dir(dir))))
         }
@@ -214,9 +237,10 @@ async fn run(args: RunArgs) -> Result<()> {
         (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
         _ => TlsIdentity::self_signed_in(&dir, &self_signed_names(&names))?,
     };
-    let (table, control) = match &args.tunnels {
-        Some(file) => (TunnelsFile::load(file)?.to_table()?, None),
-        None => open_control_plane(&dir)?,
+    let (table, control) = match (&args.tunnels, &args.control_plane) {
+        (Some(file), _) => (TunnelsFile::load(file)?.to_table()?, None),
+        (None, Some(_)) => (snapshot_table(&dir)?.0, None),
+        (None, None) => open_control_plane(&dir)?,
     };
     let mut config = EdgeConfig::new(node_name, tls);
     config.data_dir = Some(dir.clone());
@@ -235,28 +259,57 @@ async fn run(args: RunArgs) -> Result<()> {
     let state = EdgeState::with_control(config, table, control);
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(state.clone(), args.tunnels.clone(), shutdown.clone()));
+    if let (Some(url), Some(token)) = (args.control_plane, args.node_token) {
+        tokio::spawn(crate::remote_sync::follow_remote(
+            state.clone(),
+            url,
+            token,
+            dir,
+            shutdown.clone(),
+        ));
+    }
     crate::run(state, listeners, shutdown).await
 }
 
 /// The store in `dir`, and the table to serve until it has been read: the last snapshot. If the
 /// store cannot be opened, serve the snapshot alone (the control plane is down, the edge is not).
 fn open_control_plane(dir: &Path) -> Result<(RouteTable, Option<ControlPlane>)> {
-    let snapshot = config_sync::load_snapshot(dir).unwrap_or_else(|e| {
-        tracing::warn!("ignoring the config snapshot: {e:#}");
-        None
-    });
-    let table = match &snapshot {
-        Some(s) => s.to_table().map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?,
-        None => RouteTable::default(),
-    };
+    let (table, has_snapshot) = snapshot_table(dir)?;
     match SqliteStore::open(&dir.join("store.db")) {
         Ok(store) => Ok((table, Some(ControlPlane::new(store)))),
-        Err(e) if snapshot.is_some() => {
+        Err(e) if has_snapshot => {
             tracing::error!("store unavailable ({e}); serving the last config snapshot without the API");
             Ok((table, None))
         }
         Err(e) => Err(anyhow::anyhow!("opening the store in {}: {e}", dir.display())),
     }
+}
+
+/// The table of the last saved snapshot (empty if none), and whether there was one.
+fn snapshot_table(dir: &Path) -> Result<(RouteTable, bool)> {
+    let snapshot = config_sync::load_snapshot(dir).unwrap_or_else(|e| {
+        tracing::warn!("ignoring the config snapshot: {e:#}");
+        None
+    });
+    match &snapshot {
+        Some(s) => {
+            let table = s.to_table().map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?;
+            tracing::info!(
+                revision = s.revision,
+                "serving the last config snapshot until the control plane answers"
+            );
+            Ok((table, true))
+        }
+        None => Ok((RouteTable::default(), false)),
+    }
+}
+
+async fn create_node_token(name: &str, dir: &Path) -> Result<()> {
+    let store = SqliteStore::open(&dir.join("store.db")).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+    let token = ControlPlane::new(store).create_node_token(name).await?;
+    println!("Node token (shown once, keep it secret): {token}");
+    println!("Run an edge-only node with:  burrow-edge run --control-plane http://ADMIN_ADDR --node-token {token}");
+    Ok(())
 }
 
 async fn create_account(name: &str, dir: &Path) -> Result<()> {

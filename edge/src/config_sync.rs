@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
 use crate::registry::ConnectionInfo;
-use crate::resources::{Connection, Snapshot, affects_routing};
+use crate::resources::{Connection, ControlPlane, Snapshot, affects_routing};
 
 /// How long connection records outlive a silent edge.
 const NODE_LEASE_TTL: Duration = Duration::from_secs(15);
@@ -39,16 +39,24 @@ pub fn load_snapshot(data_dir: &Path) -> Result<Option<Snapshot>> {
     ))
 }
 
-/// Follow the store until `shutdown`: apply every change that affects routing.
+/// Follow the local store until `shutdown`: apply every change that affects routing.
 pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: CancellationToken) {
     let Some(cp) = state.control.clone() else { return };
     tokio::spawn(keep_node_lease(state.clone(), shutdown.clone()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(snapshots(cp, tx, shutdown));
+    while let Some(snapshot) = rx.recv().await {
+        apply(&state, &snapshot, &data_dir);
+    }
+}
+
+/// Send a snapshot now and a new one after every change that affects routing (bursts are
+/// coalesced), until `shutdown` or the receiver goes away. Feeds this edge's table and the
+/// `/v1/watch` stream of edge-only nodes alike.
+pub async fn snapshots(cp: ControlPlane, tx: tokio::sync::mpsc::Sender<Snapshot>, shutdown: CancellationToken) {
     loop {
-        let revision = match cp.snapshot().await {
-            Ok(snapshot) => {
-                apply(&state, &snapshot, &data_dir);
-                snapshot.revision
-            }
+        let snapshot = match cp.snapshot().await {
+            Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::warn!("cannot read the store, serving the current table: {e}");
                 if pause(&shutdown, Duration::from_secs(1)).await {
@@ -57,6 +65,10 @@ pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: Cancella
                 continue;
             }
         };
+        let revision = snapshot.revision;
+        if tx.send(snapshot).await.is_err() {
+            return;
+        }
         let mut watch = match cp.store().watch("", revision).await {
             Ok(w) => w,
             Err(e) => {
@@ -71,13 +83,13 @@ pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: Cancella
             tokio::select! {
                 batch = watch.recv() => match batch {
                     Some(events) if events.iter().any(|e| affects_routing(e.key())) => {
-                        // Coalesce a burst into one rebuild.
                         while watch.try_recv().is_ok() {}
                         break;
                     }
                     Some(_) => {}
                     None => break,
                 },
+                () = tx.closed() => return,
                 () = shutdown.cancelled() => return,
             }
         }
@@ -92,7 +104,9 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
     }
 }
 
-fn apply(state: &EdgeState, snapshot: &Snapshot, data_dir: &Path) {
+/// Build the table from `snapshot`, swap it in and keep the snapshot on disk; a snapshot that
+/// does not build is reported and the current table keeps serving.
+pub fn apply(state: &EdgeState, snapshot: &Snapshot, data_dir: &Path) {
     match snapshot.to_table() {
         Ok(table) => {
             state.swap_routes(table);

@@ -10,7 +10,8 @@
 //! - [`respond`]: the one place errors become HTTP answers.
 //! - [`admin`], [`metrics`]: `/metrics` and `/ready` for operators; [`api`]: the `/v1` REST API.
 //! - [`resources`], [`store`], [`config_sync`]: the control plane — accounts, tunnels, routes in a
-//!   store with watches; edges rebuild their table from it and keep a snapshot on disk.
+//!   store with watches; edges rebuild their table from it and keep a snapshot on disk;
+//!   [`remote_sync`]: edge-only nodes follow another node's API.
 //! - [`tls`], [`tunnels_file`]: the edge's certificate and the file provider of tunnel records.
 //! - [`cli`]: the `burrow-edge` command line.
 
@@ -22,6 +23,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod remote_sync;
 pub mod resources;
 pub mod respond;
 pub mod route_table;

@@ -50,6 +50,9 @@ pub struct Token {
     /// Hex SHA-256 of the whole token.
     pub sha256: String,
     pub created: u64,
+    /// A node token: lets an edge-only node read the routing config (`/v1/watch`), nothing else.
+    #[serde(default)]
+    pub node: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,8 +234,20 @@ impl ControlPlane {
             .ok_or_else(|| CpError::NotFound("account".into()))
     }
 
+    /// A token for an edge-only node (`burrow-edge run --control-plane URL --node-token T`).
+    pub async fn create_node_token(&self, name: &str) -> Result<String, CpError> {
+        validate_name("name", name)?;
+        let (token, ops) = self.new_token_doc(AccountId(Uuid::nil()), name, true);
+        self.store.txn(vec![], ops).await?;
+        Ok(token)
+    }
+
     /// A new token for `account`: returns the token text and the ops that store its hash.
     fn new_token(&self, account: AccountId, name: &str) -> (String, Vec<Op>) {
+        self.new_token_doc(account, name, false)
+    }
+
+    fn new_token_doc(&self, account: AccountId, name: &str, node: bool) -> (String, Vec<Op>) {
         let id = format!("{:016x}", rand::random::<u64>());
         let secret: [u8; 32] = rand::random();
         let token = format!(
@@ -245,6 +260,7 @@ impl ControlPlane {
             name: name.to_owned(),
             sha256: encode_hex(&Sha256::digest(token.as_bytes())),
             created: now(),
+            node,
         };
         (
             token,
@@ -256,9 +272,19 @@ impl ControlPlane {
         )
     }
 
-    /// The account a bearer token belongs to, or `None` (unknown token or wrong secret — the
-    /// caller cannot tell which). Compared in constant time.
+    /// The account a bearer token belongs to, or `None` (unknown token, wrong secret, or a node
+    /// token — the caller cannot tell which).
     pub async fn authenticate(&self, token: &str) -> Result<Option<AccountId>, CpError> {
+        Ok(self.find_token(token).await?.filter(|t| !t.node).map(|t| t.account))
+    }
+
+    /// Whether `token` is a valid node token.
+    pub async fn authenticate_node(&self, token: &str) -> Result<bool, CpError> {
+        Ok(self.find_token(token).await?.is_some_and(|t| t.node))
+    }
+
+    /// The stored token matching `token`, compared in constant time.
+    async fn find_token(&self, token: &str) -> Result<Option<Token>, CpError> {
         let Some(id) = token
             .strip_prefix("burrow_")
             .and_then(|rest| rest.split_once('_'))
@@ -274,7 +300,7 @@ impl ControlPlane {
         };
         let doc: Token = from_json(&kv)?;
         let presented = encode_hex(&Sha256::digest(token.as_bytes()));
-        Ok(bool::from(presented.as_bytes().ct_eq(doc.sha256.as_bytes())).then_some(doc.account))
+        Ok(bool::from(presented.as_bytes().ct_eq(doc.sha256.as_bytes())).then_some(doc))
     }
 
     // --- tunnels ------------------------------------------------------------------------------

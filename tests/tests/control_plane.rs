@@ -37,29 +37,37 @@ impl Ports {
 }
 
 fn edge(dir: &Path, ports: &Ports) -> Process {
-    Process::spawn(
-        BURROW_EDGE,
-        &[
-            "run",
-            "--http",
-            &format!("127.0.0.1:{}", ports.http),
-            "--https",
-            "off",
-            "--tunnel",
-            &format!("127.0.0.1:{}", ports.tunnel),
-            "--admin",
-            &format!("127.0.0.1:{}", ports.admin),
-            "--advertise",
-            &format!("127.0.0.1:{}", ports.tunnel),
-            "--data-dir",
-            dir.join("edge").to_str().unwrap(),
-            "--tunnel-idle-timeout",
-            "3s",
-            "--grace-period",
-            "1s",
-        ],
-        &[("BURROW_HOME", dir)],
-    )
+    edge_with(dir, ports, &[])
+}
+
+fn edge_with(dir: &Path, ports: &Ports, extra: &[&str]) -> Process {
+    let (http, tunnel, admin) = (
+        format!("127.0.0.1:{}", ports.http),
+        format!("127.0.0.1:{}", ports.tunnel),
+        format!("127.0.0.1:{}", ports.admin),
+    );
+    let data = dir.join("edge");
+    let mut args = vec![
+        "run",
+        "--http",
+        &http,
+        "--https",
+        "off",
+        "--tunnel",
+        &tunnel,
+        "--admin",
+        &admin,
+        "--advertise",
+        &tunnel,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--tunnel-idle-timeout",
+        "3s",
+        "--grace-period",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn(BURROW_EDGE, &args, &[("BURROW_HOME", dir)])
 }
 
 /// Run a CLI command to completion with `home` as BURROW_HOME; returns (exit code, output).
@@ -417,4 +425,90 @@ async fn route_changes_apply_live_without_failing_requests() {
     );
     connector.stop().await.unwrap();
     edge.stop().await;
+}
+
+#[tokio::test]
+async fn edge_only_node_survives_a_control_plane_outage() {
+    init_logging();
+    let dir = TempDir::new();
+    let (cp_dir, node_dir) = (dir.path().join("cp"), dir.path().join("node"));
+    let (cp_ports, node_ports) = (Ports::new(), Ports::new());
+    let alice = dir.path().join("alice");
+    let control_plane = edge(&cp_dir, &cp_ports);
+    control_plane.wait_for_output("tunnel listener ready").await;
+    account(&cp_dir, &cp_ports, "alice", &alice).await;
+    let output = ok(
+        BURROW_EDGE,
+        &cp_dir,
+        &[
+            "node-token",
+            "create",
+            "node-b",
+            "--data-dir",
+            cp_dir.join("edge").to_str().unwrap(),
+        ],
+    )
+    .await;
+    let node_token = output
+        .lines()
+        .find_map(|l| l.split("keep it secret): ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // The edge-only node shares the control-plane node's certificate (as operators would).
+    let (cert, key) = (cp_dir.join("edge/edge-cert.pem"), cp_dir.join("edge/edge-key.pem"));
+    let node_args = [
+        "--control-plane",
+        &cp_ports.api(),
+        "--node-token",
+        &node_token,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let node = edge_with(&node_dir, &node_ports, &node_args);
+    node.wait_for_output("tunnel listener ready").await;
+
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
+    let origin = named_origin("web").await;
+    let url = format!("http://{origin}");
+    let node_edge = format!("127.0.0.1:{}", node_ports.tunnel);
+    let run = [
+        "tunnel",
+        "run",
+        "web",
+        "--url",
+        url.as_str(),
+        "--edge",
+        node_edge.as_str(),
+        "--ha-connections",
+        "2",
+    ];
+    let connector = Process::spawn(BURROW, &run, &[("BURROW_HOME", &alice)]);
+    let serves = || async { served(&node_ports, "web.test").await == Some((StatusCode::OK, "web".into())) };
+    eventually(Duration::from_secs(20), "the edge-only node to serve web.test", serves).await;
+
+    // Control plane down: the node keeps serving, and a restarted connector still registers.
+    let _ = control_plane.kill9().await;
+    assert!(serves().await);
+    let _ = connector.kill9().await;
+    let connector = Process::spawn(BURROW, &run, &[("BURROW_HOME", &alice)]);
+    connector.wait_for_output("registered tunnel connection").await;
+    eventually(
+        Duration::from_secs(20),
+        "web.test served after the connector restart",
+        serves,
+    )
+    .await;
+
+    // The node itself restarts during the outage: it serves from its snapshot.
+    let _ = node.kill9().await;
+    let node = edge_with(&node_dir, &node_ports, &node_args);
+    node.wait_for_output("serving the last config snapshot").await;
+    eventually(Duration::from_secs(30), "web.test served by the restarted node", serves).await;
+    drop(connector);
+    drop(node);
 }

@@ -1,0 +1,132 @@
+//! Edge-only nodes: follow another node's control plane over HTTP (`GET /v1/watch`, a stream of
+//! routing snapshots) instead of a local store.
+//!
+//! While the control plane is unreachable the node keeps serving its current table (and, after a
+//! restart, the snapshot it saved), and retries with backoff. Connector registrations are checked
+//! against that table, so tunnels keep working through the outage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use crate::EdgeState;
+use crate::api::WATCH_HEARTBEAT;
+use crate::config_sync::apply;
+use crate::resources::Snapshot;
+
+/// A snapshot line bigger than this is refused (about 300k routes).
+const MAX_LINE: usize = 64 * 1024 * 1024;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Follow `control_plane` (base URL of its API) until `shutdown`.
+pub async fn follow_remote(
+    state: Arc<EdgeState>,
+    control_plane: String,
+    token: String,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let client = match client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot build the control-plane client: {e:#}");
+            return;
+        }
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let result = tokio::select! {
+            r = stream_once(&client, &control_plane, &token, &state, &data_dir) => r,
+            () = shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!("control plane {control_plane}: {e:#}; serving the current config and retrying");
+            }
+        }
+        let delay = Duration::from_millis(250)
+            .saturating_mul(1 << failures.min(5))
+            .min(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn client() -> Result<HttpClient> {
+    let tls = burrow_connector::tls::origin_tls_config(&Default::default())?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// One watch stream: apply every snapshot until the stream ends or goes silent.
+async fn stream_once(
+    client: &HttpClient,
+    base: &str,
+    token: &str,
+    state: &EdgeState,
+    data_dir: &PathBuf,
+) -> Result<()> {
+    let url = format!("{}/v1/watch", base.trim_end_matches('/'));
+    let request = Request::get(&url)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .context("no answer within 10s")?
+        .context("unreachable")?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "watch refused: HTTP {}",
+        response.status()
+    );
+    let mut body = response.into_body();
+    let mut buf = BytesMut::new();
+    let silence = WATCH_HEARTBEAT * 3;
+    loop {
+        let frame = tokio::time::timeout(silence, body.frame())
+            .await
+            .with_context(|| format!("silent for {silence:?}"))?;
+        let Some(frame) = frame else {
+            anyhow::bail!("the watch stream ended")
+        };
+        let Ok(data) = frame
+            .map_err(|e| anyhow::anyhow!("reading the watch stream: {e}"))?
+            .into_data()
+        else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(end + 1);
+            let line = &line[..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue; // heartbeat
+            }
+            let snapshot: Snapshot = serde_json::from_slice(line).context("a snapshot does not parse")?;
+            tracing::debug!(revision = snapshot.revision, "snapshot from the control plane");
+            apply(state, &snapshot, data_dir);
+        }
+        anyhow::ensure!(
+            buf.remaining() <= MAX_LINE,
+            "a snapshot is larger than {MAX_LINE} bytes"
+        );
+    }
+}
