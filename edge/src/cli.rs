@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an edge node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the tunnels of a tunnels file (the file provider).
     #[command(subcommand)]
     Tunnel(TunnelCommand),
@@ -186,7 +186,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     burrow_connector::cli::init_logging(&cli.log_level);
     let result = match cli.command {
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(*args))),
         Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),
         Command::NodeToken(NodeTokenCommand::Create { name, data_dir: dir }) => {
             runtime().and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))

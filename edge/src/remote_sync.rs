@@ -5,7 +5,7 @@
 //! restart, the snapshot it saved), and retries with backoff. Connector registrations are checked
 //! against that table, so tunnels keep working through the outage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,13 +77,7 @@ fn client() -> Result<HttpClient> {
 }
 
 /// One watch stream: apply every snapshot until the stream ends or goes silent.
-async fn stream_once(
-    client: &HttpClient,
-    base: &str,
-    token: &str,
-    state: &EdgeState,
-    data_dir: &PathBuf,
-) -> Result<()> {
+async fn stream_once(client: &HttpClient, base: &str, token: &str, state: &EdgeState, data_dir: &Path) -> Result<()> {
     let url = format!("{}/v1/watch", base.trim_end_matches('/'));
     let request = Request::get(&url)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
