@@ -77,6 +77,12 @@ enum TunnelCommand {
     },
     /// Drop a tunnel's stale connection records.
     Cleanup { tunnel: String },
+    /// Print a token holding the tunnel's credentials, for `burrow tunnel run --token` (e.g. in a
+    /// container's environment). It is as secret as the credentials file.
+    Token {
+        /// Tunnel name or UUID (its credentials file must be in $BURROW_HOME).
+        tunnel: String,
+    },
     /// Route hostnames to a tunnel.
     #[command(subcommand)]
     Route(RouteCommand),
@@ -105,8 +111,11 @@ struct RunArgs {
     #[arg(long, conflicts_with = "config")]
     url: Option<String>,
     /// Tunnel credentials file [default: $BURROW_HOME/<TUNNEL-UUID>.json].
-    #[arg(long, env = "BURROW_CREDENTIALS_FILE")]
+    #[arg(long, env = "BURROW_CREDENTIALS_FILE", conflicts_with = "token")]
     credentials_file: Option<PathBuf>,
+    /// The credentials as a token (from `burrow tunnel token`), instead of a file.
+    #[arg(long, env = "BURROW_TUNNEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Edge tunnel address HOST:PORT; repeat for several [default: the edges in the credentials file].
     #[arg(long = "edge", value_name = "HOST:PORT")]
     edges: Vec<String>,
@@ -148,6 +157,9 @@ pub fn main() -> ExitCode {
         Command::Tunnel(TunnelCommand::Info { tunnel, output }) => manage::info(&tunnel, output),
         Command::Tunnel(TunnelCommand::Delete { tunnel, force }) => manage::delete(&tunnel, force),
         Command::Tunnel(TunnelCommand::Cleanup { tunnel }) => manage::cleanup(&tunnel),
+        Command::Tunnel(TunnelCommand::Token { tunnel }) => credentials_path(None, Some(&tunnel))
+            .and_then(|p| Credentials::load(&p))
+            .map(|c| println!("{}", c.to_token())),
         Command::Tunnel(TunnelCommand::Route(RouteCommand::Dns {
             tunnel,
             hostname,
@@ -195,12 +207,14 @@ fn run_tunnel(args: RunArgs) -> Result<()> {
         ),
         None => config.ingress()?,
     };
-    let tunnel = args.tunnel.or_else(|| config.tunnel.clone());
-    let credentials_path = credentials_path(
-        args.credentials_file.or(config.credentials_file.clone()),
-        tunnel.as_deref(),
-    )?;
-    let credentials = Credentials::load(&credentials_path)?;
+    let credentials = match &args.token {
+        Some(token) => Credentials::from_token(token)?,
+        None => {
+            let tunnel = args.tunnel.or_else(|| config.tunnel.clone());
+            let explicit = args.credentials_file.or(config.credentials_file.clone());
+            Credentials::load(&credentials_path(explicit, tunnel.as_deref())?)?
+        }
+    };
     let edges = [args.edges, config.edge.clone(), credentials.edges.clone()]
         .into_iter()
         .find(|e| !e.is_empty());

@@ -57,6 +57,25 @@ impl Credentials {
         write_private(path, text.as_bytes())
     }
 
+    /// The credentials as one string (base64url of the JSON), for environments where a file is
+    /// awkward. As secret as the file.
+    pub fn to_token(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn from_token(token: &str) -> Result<Self> {
+        use base64::Engine as _;
+        anyhow::ensure!(
+            token.len() as u64 <= MAX_CREDENTIALS_BYTES * 2,
+            "the tunnel token is too long"
+        );
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .context("the tunnel token is not valid base64url; copy it again from `burrow tunnel token`")?;
+        serde_json::from_slice(&json).context("the tunnel token does not hold tunnel credentials")
+    }
+
     /// Where `burrow` keeps credentials of the tunnel `id` by default.
     pub fn default_path(id: TunnelId) -> PathBuf {
         burrow_home().join(format!("{id}.json"))
@@ -115,6 +134,12 @@ mod tests {
         creds.save(&path).unwrap();
         let back = Credentials::load(&path).unwrap();
         assert_eq!(back.secret, creds.secret);
+        let from_token = Credentials::from_token(&creds.to_token()).unwrap();
+        assert_eq!(
+            (from_token.secret, from_token.tunnel_id),
+            (creds.secret.clone(), creds.tunnel_id)
+        );
+        assert!(Credentials::from_token("not a token").is_err());
         assert_eq!(back.tunnel_id, creds.tunnel_id);
         #[cfg(unix)]
         {

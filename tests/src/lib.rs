@@ -455,12 +455,15 @@ impl Process {
     }
 
     pub async fn wait_for_output(&self, needle: &str) {
-        eventually(
-            Duration::from_secs(20),
-            &format!("{needle:?} in the process output"),
-            || async { self.output().contains(needle) },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.output().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {needle:?} in the process output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn pid(&self) -> i32 {

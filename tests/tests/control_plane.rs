@@ -158,11 +158,13 @@ async fn tunnel_lifecycle_through_the_cli() {
         assert_eq!(code, Some(0), "{output}");
     }
 
-    let connector = Process::spawn(
-        BURROW,
-        &["tunnel", "run", "web", "--url", &url],
-        &[("BURROW_HOME", &alice)],
-    );
+    // The last run uses a token instead of the credentials file (as in a container).
+    let token = ok(BURROW, &alice, &["tunnel", "token", "web"]).await.trim().to_owned();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run = ["tunnel", "run", "--token", token.as_str(), "--url", url.as_str()];
+    let connector = Process::spawn(BURROW, &run, &[("BURROW_HOME", &elsewhere)]);
+    connector.wait_for_output("registered tunnel connection").await;
     eventually(Duration::from_secs(20), "4 connections in `tunnel list`", || async {
         let list = ok(BURROW, &alice, &["tunnel", "list"]).await;
         list.contains("4x")
