@@ -63,9 +63,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost => "Send a Host header naming the site.".into(),
             ProxyError::UnknownHost(host) => {
-                format!(
-                    "No tunnel is routed for {host}. Add a route for it to the edge's tunnels file and reload the edge (SIGHUP)."
-                )
+                format!("No tunnel is routed for {host}. Route it with \"burrow tunnel route dns TUNNEL {host}\".")
             }
             ProxyError::TunnelUnavailable { name, .. } => {
                 format!("Is \"burrow tunnel run {name}\" running, and can it reach this edge on its tunnel port?")
