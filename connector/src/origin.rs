@@ -352,7 +352,7 @@ where
         headers: parts.headers,
     }));
     let sent = match write_frame(send, head, limits).await {
-        Ok(()) => send_body(body, send, limits).await,
+        Ok(()) => send_body(body, send, limits, None).await,
         Err(e) => Err(e),
     };
     match sent {

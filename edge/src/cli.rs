@@ -111,6 +111,9 @@ struct RunArgs {
     /// move to the tunnel's other connections.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     tunnel_idle_timeout: Duration,
+    /// Public connections served at once; more get a 503 and are closed.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
 }
 
 #[derive(Subcommand)]
@@ -249,6 +252,7 @@ async fn run(args: RunArgs) -> Result<()> {
     config.origin_timeout = args.origin_timeout;
     config.grace_period = args.grace_period;
     config.tunnel_idle_timeout = args.tunnel_idle_timeout;
+    config.max_connections = args.max_connections;
     let listeners = Listeners {
         http: bind_optional(&args.listen.http, "--http").await?,
         https: bind_optional(&args.listen.https, "--https").await?,

@@ -3,6 +3,7 @@
 //! # Layout — in the order a request meets it
 //!
 //! - [`listener`]: public HTTP/1.1 + HTTP/2 listener (cleartext and TLS), one task per connection.
+//! - [`request_checks`]: refuse ambiguous request heads (Host, framing, URI length) up front.
 //! - [`proxy`]: per request: route lookup → pick a connection → open a QUIC stream → relay.
 //! - [`route_table`]: the immutable hostname → tunnel snapshot behind one `ArcSwap`.
 //! - [`registry`]: live tunnel connections per tunnel (least in-flight streams wins).
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod remote_sync;
+pub mod request_checks;
 pub mod resources;
 pub mod respond;
 pub mod route_table;
@@ -68,6 +70,8 @@ pub struct EdgeConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     pub grace_period: Duration,
     pub limits: Limits,
+    /// Public connections served at once; more get a 503 and are closed.
+    pub max_connections: usize,
     /// Where the edge keeps state (config snapshot); `None` keeps nothing on disk.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -86,6 +90,7 @@ impl EdgeConfig {
             grace_period: Duration::from_secs(30),
             limits: Limits::default(),
             data_dir: None,
+            max_connections: 10_000,
         }
     }
 }

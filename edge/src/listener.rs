@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,12 @@ use crate::proxy::{self, ClientInfo};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request heads above these are refused (431).
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Idle HTTP/2 connections are pinged; one that does not answer is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn serve(
     listener: TcpListener,
@@ -27,16 +34,30 @@ pub async fn serve(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The header timeout only works with a timer set (hyper is silent otherwise).
+    // hyper's defaults are not enough for an internet-facing listener: every limit is explicit.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(250);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, scheme = scheme.as_str(), "public listener ready");
     }
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(state.config.max_connections));
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -51,15 +72,27 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let client = ClientInfo { addr, scheme };
-        tracker.spawn(serve_connection(
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracker.spawn(refuse_over_limit(stream, scheme));
+            continue;
+        };
+        let client = ClientInfo {
+            addr,
+            scheme,
+            sni: None,
+        };
+        let connection = serve_connection(
             stream,
             tls.clone(),
             builder.clone(),
             client,
             state.clone(),
             shutdown.clone(),
-        ));
+        );
+        tracker.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
     tracker.close();
     if tokio::time::timeout(state.config.grace_period, tracker.wait())
@@ -78,13 +111,17 @@ async fn serve_connection(
     state: Arc<EdgeState>,
     shutdown: CancellationToken,
 ) {
-    let service = service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(state, req, client).await) }
-    });
+    let service = |client: ClientInfo| {
+        service_fn(move |req| {
+            let (state, client) = (state.clone(), client.clone());
+            async move { Ok::<_, Infallible>(proxy::handle(state, req, client).await) }
+        })
+    };
     let result = match tls {
         Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
             Ok(Ok(tls_stream)) => {
+                let sni = tls_stream.get_ref().1.server_name().map(Arc::from);
+                let service = service(ClientInfo { sni, ..client.clone() });
                 drive(
                     builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service),
                     &shutdown,
@@ -101,6 +138,7 @@ async fn serve_connection(
             }
         },
         None => {
+            let service = service(client.clone());
             drive(
                 builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
                 &shutdown,
@@ -111,6 +149,19 @@ async fn serve_connection(
     if let Err(e) = result {
         tracing::debug!(client = %client.addr, "connection ended: {e}");
     }
+}
+
+/// Over the connection limit: a plain 503 for cleartext clients (TLS ones are just closed: a
+/// handshake is the expensive part we are refusing).
+async fn refuse_over_limit(mut stream: TcpStream, scheme: Scheme) {
+    use tokio::io::AsyncWriteExt;
+    tracing::warn!("public connection limit reached; refusing a connection");
+    if scheme == Scheme::Http {
+        let response = b"HTTP/1.1 503 Service Unavailable\r\nburrow-error: too_many_connections\r\n\
+                         connection: close\r\ncontent-length: 0\r\n\r\n";
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response)).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// Run a connection; on shutdown, finish in-flight requests and close (GOAWAY / Connection: close).

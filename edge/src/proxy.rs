@@ -13,7 +13,7 @@ use burrow_protocol::{
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -22,23 +22,29 @@ use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::EdgeState;
 use crate::registry::InFlight;
+use crate::request_checks;
 use crate::respond::{ProxyError, error_response};
+
+/// A client upload that sends nothing for this long is cut (slow-body attacks hold streams).
+const REQUEST_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Body of every response the edge sends: relayed from the tunnel, or generated here.
 pub type ResponseBody = Either<TunnelBody, Full<Bytes>>;
 
 /// Who is asking, as the public listener saw it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub scheme: Scheme,
+    /// TLS server name (SNI) the client asked for, if any.
+    pub sni: Option<Arc<str>>,
 }
 
 /// Handle one public request. Never fails: errors become responses in [`crate::respond`].
 pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: ClientInfo) -> Response<ResponseBody> {
     let started = Instant::now();
     let request_id = format!("{:032x}", rand::random::<u128>());
-    let mut response = match forward(&state, req, client, &request_id).await {
+    let mut response = match forward(&state, req, &client, &request_id).await {
         Ok(response) => response,
         Err(err) => error_response(&err, &request_id).map(Either::Right),
     };
@@ -53,13 +59,16 @@ pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: Clien
 async fn forward(
     state: &EdgeState,
     mut req: Request<Incoming>,
-    client: ClientInfo,
+    client: &ClientInfo,
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let host = request_host(&req).ok_or(ProxyError::MissingHost)?;
+    let host = request_checks::check(&req)?;
     let (tunnel_id, tunnel_name) = {
         // One atomic load; copy out what we need so no guard is held across awaits.
         let table = state.routes.load();
+        if let Some(sni) = &client.sni {
+            request_checks::check_sni(&table, sni, &host)?;
+        }
         let route = table
             .lookup(&host)
             .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
@@ -83,7 +92,7 @@ async fn forward(
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        headers: forwarded_headers(parts.headers, &client, &host, request_id, websocket),
+        headers: forwarded_headers(parts.headers, client, &host, request_id, websocket),
         authority: host,
         client_addr: client.addr,
         request_id: request_id.to_owned(),
@@ -107,7 +116,7 @@ async fn forward(
     } else {
         let limits = state.config.limits;
         tokio::spawn(async move {
-            match send_body(body, &mut send, &limits).await {
+            match send_body(body, &mut send, &limits, Some(REQUEST_BODY_IDLE_TIMEOUT)).await {
                 Ok(()) => {
                     let _ = send.finish();
                 }
@@ -213,15 +222,6 @@ async fn open_stream(
             reason: last_error,
         })
     }
-}
-
-/// The Host the client asked for: `:authority` (HTTP/2) or the `Host` header (HTTP/1.1).
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    if let Some(authority) = req.uri().authority() {
-        return Some(authority.as_str().to_owned());
-    }
-    let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    (!host.is_empty()).then(|| host.to_owned())
 }
 
 /// Headers sent to the origin: hop-by-hop and spoofable `burrow-*` headers removed, forwarding

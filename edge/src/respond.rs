@@ -12,6 +12,15 @@ pub enum ProxyError {
     /// The client sent no usable Host / :authority.
     #[error("request has no Host header")]
     MissingHost,
+    /// An ambiguous or malformed request head (see `request_checks`).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request target is longer than the limit.
+    #[error("the request target is {0} bytes long")]
+    UriTooLong(usize),
+    /// The TLS server name and the Host belong to different tenants.
+    #[error("TLS server name {sni:?} and Host {host:?} are different sites")]
+    Misdirected { sni: String, host: String },
     /// No route for this hostname (the user's DNS points here, but nothing is routed).
     #[error("no route for host {0:?}")]
     UnknownHost(String),
@@ -33,9 +42,11 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
             ProxyError::TunnelUnavailable { .. }
             | ProxyError::TunnelStream { .. }
@@ -49,6 +60,9 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "missing_host",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::UnknownHost(_) => "unknown_host",
             ProxyError::TunnelUnavailable { .. } => "tunnel_unavailable",
             ProxyError::TunnelStream { .. } => "tunnel_stream_failed",
@@ -62,6 +76,14 @@ impl ProxyError {
     fn advice(&self) -> String {
         match self {
             ProxyError::MissingHost => "Send a Host header naming the site.".into(),
+            ProxyError::BadRequest(_) => "Fix the request; it can be read more than one way.".into(),
+            ProxyError::UriTooLong(_) => {
+                format!(
+                    "Request targets are limited to {} bytes.",
+                    crate::request_checks::MAX_URI_LEN
+                )
+            }
+            ProxyError::Misdirected { .. } => "Open a new connection for this site.".into(),
             ProxyError::UnknownHost(host) => {
                 format!("No tunnel is routed for {host}. Route it with \"burrow tunnel route dns TUNNEL {host}\".")
             }

@@ -49,6 +49,8 @@ pub enum BodyError {
     Source(Box<dyn std::error::Error + Send + Sync>),
     #[error("writing body: {0}")]
     Write(std::io::Error),
+    #[error("the body sent nothing for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 impl<R: AsyncRead + Unpin> Body for FramedBody<R> {
@@ -112,14 +114,27 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: Frame, limits:
 /// Relay `body` as `Data*` and optional `Trailers` frames. The caller finishes the stream on
 /// `Ok` and resets it on `Err`, so the peer can tell a complete body from a cut one.
 /// Each chunk is written as soon as it arrives (no buffering: SSE events flow through).
-pub async fn send_body<B, W>(body: B, w: &mut W, limits: &Limits) -> Result<(), BodyError>
+/// With `idle`, a body that sends nothing for that long is an error (slow-upload defence).
+pub async fn send_body<B, W>(
+    body: B,
+    w: &mut W,
+    limits: &Limits,
+    idle: Option<std::time::Duration>,
+) -> Result<(), BodyError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     W: AsyncWrite + Unpin,
 {
     let mut body = std::pin::pin!(body);
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = match idle {
+            Some(idle) => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| BodyError::Idle(idle))?,
+            None => body.frame().await,
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| BodyError::Source(e.into()))?;
         match frame.into_data() {
             Ok(data) => write_data(w, data, limits).await?,
@@ -201,7 +216,7 @@ mod tests {
         ];
         let source = StreamBody::new(futures_util::stream::iter(frames));
         let writer = tokio::spawn(async move {
-            send_body(source, &mut a, &limits).await.unwrap();
+            send_body(source, &mut a, &limits, None).await.unwrap();
             a.shutdown().await.unwrap();
         });
         let body = FramedBody::new(FramedRead::new(b, TunnelCodec::new(limits)));

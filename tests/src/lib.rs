@@ -141,6 +141,7 @@ pub struct TestEdge {
 }
 
 pub struct EdgeOptions {
+    pub max_connections: usize,
     pub tunnel_idle_timeout: Duration,
     pub origin_timeout: Duration,
     pub grace_period: Duration,
@@ -149,6 +150,7 @@ pub struct EdgeOptions {
 impl Default for EdgeOptions {
     fn default() -> Self {
         Self {
+            max_connections: 10_000,
             tunnel_idle_timeout: Duration::from_secs(3),
             origin_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(5),
@@ -193,6 +195,7 @@ impl TestEdge {
         config.origin_timeout = options.origin_timeout;
         config.grace_period = options.grace_period;
         config.data_dir = data_dir;
+        config.max_connections = options.max_connections;
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
