@@ -16,7 +16,7 @@ use crate::EdgeState;
 
 pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -33,7 +33,7 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
                 let state = state.clone();
                 async move {
                     let response = if req.uri().path().starts_with("/v1/") {
-                        crate::api::handle(&state, req).await
+                        crate::api::handle(&state, req, client.ip()).await
                     } else {
                         answer(&state, &req).map(|body| body.map_err(|never| match never {}).boxed_unsync())
                     };

@@ -14,6 +14,7 @@
 //! | GET | /v1/watch | node token: NDJSON stream of routing snapshots, for edge-only nodes |
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,7 +87,21 @@ pub type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
 pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Serve one `/v1/...` request.
-pub async fn handle(state: &EdgeState, req: Request<Incoming>) -> Response<ApiBody> {
+pub async fn handle(state: &EdgeState, req: Request<Incoming>, client: IpAddr) -> Response<ApiBody> {
+    // Brute-force defence: an address with too many failed logins waits out its window.
+    if state.auth_failures.is_limited(client) {
+        let wait = state.auth_failures.retry_after(client);
+        let message = format!("too many failed authentications; retry in {}s", wait.as_secs() + 1);
+        return error_response(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message));
+    }
+    let response = serve(state, req).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        state.auth_failures.hit(client);
+    }
+    response
+}
+
+async fn serve(state: &EdgeState, req: Request<Incoming>) -> Response<ApiBody> {
     if let (Some(cp), "/v1/watch") = (&state.control, req.uri().path()) {
         return match watch(cp, &req).await {
             Ok(response) => response,
@@ -162,6 +177,17 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 
 async fn route(state: &EdgeState, cp: &ControlPlane, req: Request<Incoming>) -> ApiResult {
     let account = authenticate(cp, &req).await?;
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let result = dispatch(state, cp, account, req).await;
+    // The audit trail: who changed what, and whether it took.
+    if method != Method::GET {
+        let status = result.as_ref().map_or_else(|e| e.status, |(s, _)| *s);
+        tracing::info!(target: "audit", %account, %method, %path, status = status.as_u16(), "api call");
+    }
+    result
+}
+
+async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req: Request<Incoming>) -> ApiResult {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();

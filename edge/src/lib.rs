@@ -23,6 +23,7 @@ pub mod config_sync;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod rate_limit;
 pub mod registry;
 pub mod remote_sync;
 pub mod request_checks;
@@ -46,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::rate_limit::WindowLimiter;
 use crate::registry::Registry;
 use crate::resources::ControlPlane;
 use crate::route_table::RouteTable;
@@ -114,6 +116,10 @@ pub struct EdgeState {
     pub control: Option<ControlPlane>,
     /// This edge's store lease (0 = none yet); connection records are attached to it.
     pub node_lease: AtomicU64,
+    /// Failed API authentications per client address (brute-force defence).
+    pub auth_failures: WindowLimiter,
+    /// Tunnel registrations per source address.
+    pub registrations: WindowLimiter,
 }
 
 impl EdgeState {
@@ -129,6 +135,8 @@ impl EdgeState {
             metrics: Metrics::default(),
             control,
             node_lease: AtomicU64::new(0),
+            auth_failures: WindowLimiter::new(10, Duration::from_secs(60)),
+            registrations: WindowLimiter::new(600, Duration::from_secs(60)),
         })
     }
 

@@ -183,6 +183,11 @@ async fn register(
         version,
         ..
     } = request;
+    if !state.registrations.hit(conn.remote_address().ip()) {
+        let msg = "too many registrations from this address; retry later".to_owned();
+        reject(&conn, &mut send, RejectCode::RateLimited, msg.clone(), &limits).await;
+        return Err(msg);
+    }
     if protocol != PROTOCOL_VERSION {
         let msg = format!("protocol version {protocol} is not supported (this edge speaks {PROTOCOL_VERSION})");
         reject(&conn, &mut send, RejectCode::UnsupportedVersion, msg.clone(), &limits).await;
@@ -228,7 +233,7 @@ async fn reject(
     message: String,
     limits: &burrow_protocol::Limits,
 ) {
-    let retry_after_ms = (code == RejectCode::Unauthorized).then_some(5_000);
+    let retry_after_ms = matches!(code, RejectCode::Unauthorized | RejectCode::RateLimited).then_some(5_000);
     let frame = Frame::Control(ControlMessage::Rejected(Rejected {
         code,
         message,

@@ -250,7 +250,62 @@ async fn accounts_are_isolated() {
     .await;
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("refused the tunnel"), "{output}");
+
+    // Every mutating call is in the audit trail, with who and what; secrets are not.
+    let log = edge.output();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("audit")).collect();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("method=PUT") && l.contains("/v1/routes/shop.test") && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("/v1/routes/shop.test") && l.contains("status=409")),
+        "refused calls too: {log}"
+    );
+    for home in [&alice, &bob] {
+        let login: serde_json::Value = serde_json::from_slice(&std::fs::read(home.join("cert.json")).unwrap()).unwrap();
+        assert!(
+            !log.contains(login["token"].as_str().unwrap()),
+            "an API token is in the edge log"
+        );
+    }
     drop(edge);
+}
+
+#[tokio::test]
+async fn api_token_guessing_is_rate_limited() {
+    init_logging();
+    let dir = TempDir::new();
+    let (edge, control) = TestEdge::start_with_store(dir.path()).await;
+    let (_account, token) = control.create_account("alice").await.unwrap();
+    let client = http1_client();
+    let call = |token: String| {
+        let client = client.clone();
+        let admin = edge.admin;
+        async move {
+            let request = http::Request::get(format!("http://{admin}/v1/account"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(empty())
+                .unwrap();
+            client.request(request).await.unwrap().status()
+        }
+    };
+    assert_eq!(call(token.clone()).await, StatusCode::OK);
+    for i in 0..10 {
+        let guess = format!("burrow_{:016x}_guess{i}", i);
+        assert_eq!(call(guess).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        call("burrow_0000000000000000_more".into()).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Even the right token waits out the window: the guesser cannot tell when it got lucky.
+    assert_eq!(call(token).await, StatusCode::TOO_MANY_REQUESTS);
+    edge.stop().await;
 }
 
 #[tokio::test]
