@@ -265,10 +265,14 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
                 tunnel: String,
                 #[serde(default)]
                 overwrite: bool,
+                #[serde(default)]
+                plugins: Vec<crate::route_table::PluginBinding>,
             }
             let hostname = (*hostname).to_owned();
             let body: Put = json_body(req).await?;
-            let route = cp.route(account, &hostname, &body.tunnel, body.overwrite).await?;
+            let route = cp
+                .route(account, &hostname, &body.tunnel, body.overwrite, body.plugins)
+                .await?;
             tracing::info!(%account, hostname = %route.hostname, tunnel = %route.tunnel, "route set");
             Ok((StatusCode::OK, json!(route)))
         }

@@ -114,6 +114,9 @@ struct RunArgs {
     /// Public connections served at once; more get a 503 and are closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Load a plugin component routes can bind by name: NAME=PATH.wasm (repeatable).
+    #[arg(long = "plugin", value_name = "NAME=PATH")]
+    plugins: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +256,7 @@ async fn run(args: RunArgs) -> Result<()> {
     config.grace_period = args.grace_period;
     config.tunnel_idle_timeout = args.tunnel_idle_timeout;
     config.max_connections = args.max_connections;
+    config.plugins = load_plugins(&args.plugins)?;
     let listeners = Listeners {
         http: bind_optional(&args.listen.http, "--http").await?,
         https: bind_optional(&args.listen.https, "--https").await?,
@@ -287,6 +291,22 @@ fn open_control_plane(dir: &Path) -> Result<(RouteTable, Option<ControlPlane>)> 
         }
         Err(e) => Err(anyhow::anyhow!("opening the store in {}: {e}", dir.display())),
     }
+}
+
+/// Compile the `--plugin NAME=PATH` components (once, at start).
+fn load_plugins(specs: &[String]) -> Result<Option<Arc<crate::plugin_host::PluginHost>>> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let mut host = crate::plugin_host::PluginHost::new()?;
+    for spec in specs {
+        let (name, path) = spec
+            .split_once('=')
+            .with_context(|| format!("--plugin {spec:?}: expected NAME=PATH"))?;
+        let wasm = std::fs::read(path).with_context(|| format!("--plugin {name}: reading {path}"))?;
+        host.load(name, &wasm)?;
+    }
+    Ok(Some(Arc::new(host)))
 }
 
 /// The table of the last saved snapshot (empty if none), and whether there was one.
@@ -410,6 +430,7 @@ fn add_tunnel(args: AddArgs) -> Result<()> {
         file.routes.push(RouteEntry {
             hostname: hostname.clone(),
             tunnel: args.name.clone(),
+            plugins: Vec::new(),
         });
     }
     file.to_table()
@@ -463,7 +484,9 @@ async fn dev(args: DevArgs) -> Result<()> {
     let control = ControlPlane::new(store);
     let (account, token) = control.create_account("dev").await?;
     let (tunnel, secret) = control.create_tunnel(account.id, "dev").await?;
-    control.route(account.id, "hello.localhost", "dev", false).await?;
+    control
+        .route(account.id, "hello.localhost", "dev", false, Vec::new())
+        .await?;
 
     let tls = TlsIdentity::generate_self_signed(&self_signed_names(&[]))?;
     let edge_ca = tls.self_signed_pem.clone();

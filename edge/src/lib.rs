@@ -4,7 +4,8 @@
 //!
 //! - [`listener`]: public HTTP/1.1 + HTTP/2 listener (cleartext and TLS), one task per connection.
 //! - [`request_checks`]: refuse ambiguous request heads (Host, framing, URI length) up front.
-//! - [`proxy`]: per request: route lookup → pick a connection → open a QUIC stream → relay.
+//! - [`proxy`]: per request: route lookup → plugins → pick a connection → open a QUIC stream → relay.
+//! - [`plugin_host`]: the route's WebAssembly plugins (wasmtime components, `wit/plugin.wit`).
 //! - [`route_table`]: the immutable hostname → tunnel snapshot behind one `ArcSwap`.
 //! - [`registry`]: live tunnel connections per tunnel (least in-flight streams wins).
 //! - [`tunnel_server`]: the QUIC listener where connectors register.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config_sync;
 pub mod listener;
 pub mod metrics;
+pub mod plugin_host;
 pub mod proxy;
 pub mod rate_limit;
 pub mod registry;
@@ -47,6 +49,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::plugin_host::PluginHost;
 use crate::rate_limit::WindowLimiter;
 use crate::registry::Registry;
 use crate::resources::ControlPlane;
@@ -74,6 +77,8 @@ pub struct EdgeConfig {
     pub limits: Limits,
     /// Public connections served at once; more get a 503 and are closed.
     pub max_connections: usize,
+    /// Compiled plugins that routes may bind by name.
+    pub plugins: Option<Arc<PluginHost>>,
     /// Where the edge keeps state (config snapshot); `None` keeps nothing on disk.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -93,6 +98,7 @@ impl EdgeConfig {
             limits: Limits::default(),
             data_dir: None,
             max_connections: 10_000,
+            plugins: None,
         }
     }
 }

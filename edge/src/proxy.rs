@@ -21,9 +21,11 @@ use hyper_util::rt::TokioIo;
 use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::EdgeState;
+use crate::plugin_host::{Outcome, PluginError, PluginRequest};
 use crate::registry::InFlight;
 use crate::request_checks;
 use crate::respond::{ProxyError, error_response};
+use crate::route_table::PluginBinding;
 
 /// A client upload that sends nothing for this long is cut (slow-body attacks hold streams).
 const REQUEST_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -63,7 +65,7 @@ async fn forward(
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_checks::check(&req)?;
-    let (tunnel_id, tunnel_name) = {
+    let (tunnel_id, tunnel_name, plugins) = {
         // One atomic load; copy out what we need so no guard is held across awaits.
         let table = state.routes.load();
         if let Some(sni) = &client.sni {
@@ -73,12 +75,30 @@ async fn forward(
             .lookup(&host)
             .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
         let name = table.tunnel(&route.tunnel).map(|t| t.name.clone()).unwrap_or_default();
-        (route.tunnel, name)
+        (route.tunnel, name, route.plugins.clone())
     };
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    if !plugins.is_empty() {
+        let request = PluginRequest {
+            method: parts.method.clone(),
+            authority: host.clone(),
+            path_and_query: path.clone(),
+            headers: std::mem::take(&mut parts.headers),
+            client_addr: client.addr,
+            request_id: request_id.to_owned(),
+        };
+        match run_plugins(state, plugins, request).await? {
+            Outcome::Continue(request) => parts.headers = request.headers,
+            Outcome::Respond(response) => return Ok(response.map(Either::Right)),
+        }
+    }
     let head = RequestHead {
         kind: if websocket {
             RequestKind::WebSocket
@@ -88,10 +108,7 @@ async fn forward(
         flags: 0,
         method: parts.method,
         scheme: client.scheme,
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        path,
         headers: forwarded_headers(parts.headers, client, &host, request_id, websocket),
         authority: host,
         client_addr: client.addr,
@@ -185,6 +202,35 @@ async fn forward(
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
     Ok(response)
+}
+
+/// The route's plugin chain, before anything goes down the tunnel. Runs on the blocking pool:
+/// wasm calls are synchronous (bounded by their deadline) and WASI's sync bindings block.
+async fn run_plugins(
+    state: &EdgeState,
+    chain: Arc<[PluginBinding]>,
+    request: PluginRequest,
+) -> Result<Outcome, ProxyError> {
+    let Some(host) = state.config.plugins.clone() else {
+        if chain.iter().all(|b| b.fail_open) {
+            return Ok(Outcome::Continue(request));
+        }
+        let plugin = chain.first().map(|b| b.plugin.clone()).unwrap_or_default();
+        return Err(ProxyError::PluginFailed(PluginError {
+            plugin,
+            reason: "no plugins are loaded on this edge".into(),
+        }));
+    };
+    let first = chain.first().map(|b| b.plugin.clone()).unwrap_or_default();
+    tokio::task::spawn_blocking(move || host.on_request_headers(&chain, request))
+        .await
+        .map_err(|e| {
+            ProxyError::PluginFailed(PluginError {
+                plugin: first,
+                reason: format!("plugin task: {e}"),
+            })
+        })?
+        .map_err(ProxyError::PluginFailed)
 }
 
 /// Open a stream on the tunnel's least busy connection and write the head. A connection that

@@ -25,12 +25,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::route_table::{Route, RouteTable, TunnelRecord, hash_secret, validate_hostname};
+use crate::route_table::{PluginBinding, Route, RouteTable, TunnelRecord, hash_secret, validate_hostname};
 use crate::store::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError};
 use crate::tunnels_file::{decode_hex32, encode_hex};
 
 /// Longest tunnel or account name.
 pub const MAX_NAME_LEN: usize = 64;
+/// Plugin chain limits per route.
+pub const MAX_PLUGINS_PER_ROUTE: usize = 16;
+pub const MAX_PLUGIN_CONFIG: usize = 64 * 1024;
 /// Page size when reading a whole prefix.
 const PAGE: usize = 1000;
 
@@ -71,6 +74,9 @@ pub struct RouteDoc {
     pub account: AccountId,
     pub tunnel: TunnelId,
     pub created: u64,
+    /// Plugins run for this hostname, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginBinding>,
 }
 
 /// A live connection as recorded by the edge that holds it.
@@ -137,7 +143,7 @@ impl Snapshot {
                 }
                 owned
             })
-            .map(|r| Route { hostname: r.hostname.clone(), tunnel: r.tunnel })
+            .map(|r| Route { hostname: r.hostname.clone(), tunnel: r.tunnel, plugins: r.plugins.clone().into() })
             .collect();
         RouteTable::build(records, routes)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
@@ -411,7 +417,25 @@ impl ControlPlane {
         hostname: &str,
         tunnel_ref: &str,
         overwrite: bool,
+        plugins: Vec<PluginBinding>,
     ) -> Result<RouteDoc, CpError> {
+        if plugins.len() > MAX_PLUGINS_PER_ROUTE {
+            let reason = format!("at most {MAX_PLUGINS_PER_ROUTE} plugins per route");
+            return Err(CpError::Invalid {
+                field: "plugins",
+                reason,
+            });
+        }
+        if plugins
+            .iter()
+            .any(|p| p.config.len() > MAX_PLUGIN_CONFIG || validate_name("plugins", &p.plugin).is_err())
+        {
+            let reason = format!("each plugin needs a valid name and a config of at most {MAX_PLUGIN_CONFIG} bytes");
+            return Err(CpError::Invalid {
+                field: "plugins",
+                reason,
+            });
+        }
         let hostname = hostname.to_ascii_lowercase();
         validate_hostname(&hostname).map_err(|reason| CpError::Invalid {
             field: "hostname",
@@ -440,6 +464,7 @@ impl ControlPlane {
             account,
             tunnel: tunnel.id,
             created: now(),
+            plugins,
         };
         let result = self
             .store

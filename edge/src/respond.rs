@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// The request target is longer than the limit.
     #[error("the request target is {0} bytes long")]
     UriTooLong(usize),
+    /// A plugin bound to the route trapped, timed out or misbehaved (fail-closed).
+    #[error("{0}")]
+    PluginFailed(crate::plugin_host::PluginError),
     /// The TLS server name and the Host belong to different tenants.
     #[error("TLS server name {sni:?} and Host {host:?} are different sites")]
     Misdirected { sni: String, host: String },
@@ -46,6 +49,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
             ProxyError::TunnelUnavailable { .. }
@@ -62,6 +66,7 @@ impl ProxyError {
             ProxyError::MissingHost => "missing_host",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::PluginFailed(_) => "plugin_failed",
             ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::UnknownHost(_) => "unknown_host",
             ProxyError::TunnelUnavailable { .. } => "tunnel_unavailable",
@@ -84,6 +89,9 @@ impl ProxyError {
                 )
             }
             ProxyError::Misdirected { .. } => "Open a new connection for this site.".into(),
+            ProxyError::PluginFailed(_) => {
+                "A plugin of this site failed; its owner can see why in the edge logs.".into()
+            }
             ProxyError::UnknownHost(host) => {
                 format!("No tunnel is routed for {host}. Route it with \"burrow tunnel route dns TUNNEL {host}\".")
             }

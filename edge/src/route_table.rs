@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
 use sha2::{Digest, Sha256};
@@ -52,6 +53,24 @@ pub struct Route {
     /// The pattern as configured: `app.example.com` or `*.example.com`.
     pub hostname: String,
     pub tunnel: TunnelId,
+    /// Plugins run for this hostname, in order (shared by every request on the route).
+    pub plugins: Arc<[PluginBinding]>,
+}
+
+/// A plugin bound to a route: which plugin, its configuration, and what a failure does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginBinding {
+    pub plugin: String,
+    /// Handed to the plugin as-is (usually JSON).
+    #[serde(default)]
+    pub config: String,
+    /// On a trap or timeout, forward the request anyway instead of failing it.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Deadline per hook call in milliseconds (default 5, at most 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// One immutable snapshot of routes and tunnel records.
@@ -212,6 +231,7 @@ mod tests {
         Route {
             hostname: host.into(),
             tunnel: TunnelId(Uuid::from_u128(n)),
+            plugins: Arc::new([]),
         }
     }
 

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use burrow_protocol::{AccountId, TunnelId};
 use serde::{Deserialize, Serialize};
 
-use crate::route_table::{Route, RouteTable, TunnelRecord};
+use crate::route_table::{PluginBinding, Route, RouteTable, TunnelRecord};
 
 /// Bigger files are refused: this is config, not data.
 const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
@@ -47,6 +47,9 @@ pub struct RouteEntry {
     pub hostname: String,
     /// Tunnel name or UUID.
     pub tunnel: String,
+    /// Plugins run for this hostname, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginBinding>,
 }
 
 impl TunnelsFile {
@@ -90,6 +93,7 @@ impl TunnelsFile {
                 Some(t) => routes.push(Route {
                     hostname: r.hostname.clone(),
                     tunnel: t.id,
+                    plugins: r.plugins.clone().into(),
                 }),
                 None => problems.push(format!("routes[{i}].tunnel: no tunnel named {:?}", r.tunnel)),
             }

@@ -122,6 +122,7 @@ pub fn tunnels_file(tunnels: &[&TestTunnel], routes: &[(&str, &str)]) -> Tunnels
             .map(|(h, t)| RouteEntry {
                 hostname: (*h).into(),
                 tunnel: (*t).into(),
+                plugins: Vec::new(),
             })
             .collect(),
     }
@@ -141,6 +142,8 @@ pub struct TestEdge {
 }
 
 pub struct EdgeOptions {
+    /// Plugin components to load: (name, path to .wasm).
+    pub plugins: Vec<(&'static str, &'static str)>,
     pub max_connections: usize,
     pub tunnel_idle_timeout: Duration,
     pub origin_timeout: Duration,
@@ -150,6 +153,7 @@ pub struct EdgeOptions {
 impl Default for EdgeOptions {
     fn default() -> Self {
         Self {
+            plugins: Vec::new(),
             max_connections: 10_000,
             tunnel_idle_timeout: Duration::from_secs(3),
             origin_timeout: Duration::from_secs(10),
@@ -196,6 +200,13 @@ impl TestEdge {
         config.grace_period = options.grace_period;
         config.data_dir = data_dir;
         config.max_connections = options.max_connections;
+        if !options.plugins.is_empty() {
+            let mut host = burrow_edge::plugin_host::PluginHost::new().unwrap();
+            for (name, path) in &options.plugins {
+                host.load(name, &std::fs::read(path).unwrap()).unwrap();
+            }
+            config.plugins = Some(Arc::new(host));
+        }
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -427,7 +427,10 @@ async fn route_changes_apply_live_without_failing_requests() {
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
     let (account, _token) = control.create_account("alice").await.unwrap();
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
-    control.route(account.id, "stable.test", "web", false).await.unwrap();
+    control
+        .route(account.id, "stable.test", "web", false, Vec::new())
+        .await
+        .unwrap();
     let origin = named_origin("ok").await;
     let credentials = burrow_connector::credentials::Credentials {
         account: account.id,
@@ -463,7 +466,7 @@ async fn route_changes_apply_live_without_failing_requests() {
     };
     for i in 0..100 {
         control
-            .route(account.id, &format!("h{i}.test"), "web", false)
+            .route(account.id, &format!("h{i}.test"), "web", false, Vec::new())
             .await
             .unwrap();
     }

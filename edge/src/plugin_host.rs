@@ -1,0 +1,392 @@
+//! The wasmtime host for plugins: WebAssembly components written against `wit/plugin.wit`.
+//!
+//! One `Engine` per edge; each plugin is compiled once and linked once into an `InstancePre`.
+//! Every hook call gets a fresh instance in a fresh `Store` (no state shared between requests),
+//! a deadline by epoch interruption (a ticker thread advances the epoch every millisecond) and a
+//! memory cap. A trap, a timeout or a limit hit is an error for that request only.
+//!
+//! The request is passed as a *borrowed resource*: the plugin calls getters and setters on the
+//! edge's own `HeaderMap` instead of receiving a copy of every header.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http_body_util::Full;
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::route_table::PluginBinding;
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
+}
+
+use bindings::burrow::plugin::{host as wit_host, types};
+
+/// Time a hook may run (epoch ticks of 1 ms).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
+/// Linear memory a plugin instance may grow to.
+pub const MAX_MEMORY: usize = 16 * 1024 * 1024;
+/// Largest response body a plugin may answer with.
+const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+/// After this many failures in a row a plugin is tripped: its requests fail without running it
+/// until a later call succeeds (one probe call per 100 requests).
+const TRIP_AFTER: u32 = 20;
+
+/// What a plugin sees of the request during a hook.
+pub struct PluginRequest {
+    pub method: Method,
+    pub authority: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub client_addr: SocketAddr,
+    pub request_id: String,
+}
+
+/// What the chain decided.
+pub enum Outcome {
+    Continue(PluginRequest),
+    Respond(Response<Full<Bytes>>),
+}
+
+/// A finished call: the request (with the plugin's changes) and its answer, if it gave one.
+type CallSuccess = (PluginRequest, Option<Response<Full<Bytes>>>);
+/// A failed call: the request if it could be taken back, and why.
+type CallFailure = (Option<PluginRequest>, String);
+
+/// Why a plugin failed this request. Logged once by the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin:?}: {reason}")]
+pub struct PluginError {
+    pub plugin: String,
+    pub reason: String,
+}
+
+struct HostState {
+    table: ResourceTable,
+    /// WASI with nothing in it: no files, no environment, no sockets. Rust guests built for
+    /// wasm32-wasip2 import WASI for their standard library (panics, clocks, randomness).
+    wasi: WasiCtx,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    config: String,
+}
+
+struct LoadedPlugin {
+    name: Arc<str>,
+    pre: bindings::PluginPre<HostState>,
+    consecutive_failures: AtomicU32,
+}
+
+/// The compiled plugins of one edge, by name.
+pub struct PluginHost {
+    engine: Engine,
+    plugins: HashMap<String, LoadedPlugin>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginHost {
+    pub fn new() -> Result<Self> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(256 * 1024);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:?}"))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+                ticker_engine.increment_epoch();
+            }
+        })?;
+        Ok(Self {
+            engine,
+            plugins: HashMap::new(),
+            stop_ticker,
+        })
+    }
+
+    /// Compile and link a component under `name`; errors name what is wrong with it.
+    pub fn load(&mut self, name: &str, wasm: &[u8]) -> Result<()> {
+        let component = Component::from_binary(&self.engine, wasm)
+            .map_err(|e| anyhow::anyhow!("plugin {name:?} is not a valid WebAssembly component: {e:?}"))?;
+        let mut linker = Linker::<HostState>::new(&self.engine);
+        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| anyhow::anyhow!("linking host functions: {e:?}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("plugin {name:?} does not fit the burrow:plugin contract: {e:?}"))?;
+        let pre = bindings::PluginPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("plugin {name:?} does not export on-request-headers: {e:?}"))?;
+        let loaded = LoadedPlugin {
+            name: name.into(),
+            pre,
+            consecutive_failures: AtomicU32::new(0),
+        };
+        self.plugins.insert(name.to_owned(), loaded);
+        tracing::info!(plugin = name, "plugin loaded");
+        Ok(())
+    }
+
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.plugins.contains_key(name)
+    }
+
+    /// Run `on-request-headers` of every binding in order. Stops at the first `respond`.
+    /// A failing binding fails the request unless it is fail-open.
+    pub fn on_request_headers(
+        &self,
+        chain: &[PluginBinding],
+        mut request: PluginRequest,
+    ) -> Result<Outcome, PluginError> {
+        for binding in chain {
+            let failed = |reason: String| PluginError {
+                plugin: binding.plugin.clone(),
+                reason,
+            };
+            let Some(plugin) = self.plugins.get(&binding.plugin) else {
+                let error = failed("not loaded on this edge".into());
+                if binding.fail_open {
+                    continue;
+                }
+                return Err(error);
+            };
+            match self.call(plugin, binding, request) {
+                Ok((back, None)) => request = back,
+                Ok((_, Some(response))) => return Ok(Outcome::Respond(response)),
+                Err(failure) => {
+                    let (back, reason) = *failure;
+                    if binding.fail_open {
+                        tracing::warn!(plugin = %plugin.name, "plugin failed, continuing (fail-open): {reason}");
+                        request = back.ok_or_else(|| failed(format!("{reason}; the request was lost")))?;
+                        continue;
+                    }
+                    return Err(failed(reason));
+                }
+            }
+        }
+        Ok(Outcome::Continue(request))
+    }
+
+    /// One hook call in a fresh instance. On error, the request comes back if it could be saved.
+    fn call(
+        &self,
+        plugin: &LoadedPlugin,
+        binding: &PluginBinding,
+        request: PluginRequest,
+    ) -> Result<CallSuccess, Box<CallFailure>> {
+        let failures = plugin.consecutive_failures.load(Ordering::Relaxed);
+        if failures >= TRIP_AFTER && !failures.is_multiple_of(100) {
+            plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(Box::new((
+                Some(request),
+                format!("tripped after {failures} failures in a row"),
+            )));
+        }
+        let limits = StoreLimitsBuilder::new().memory_size(MAX_MEMORY).instances(4).build();
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = HostState {
+            table: ResourceTable::new(),
+            wasi,
+            limits,
+            plugin: plugin.name.clone(),
+            config: binding.config.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = binding
+            .deadline_ms
+            .unwrap_or(DEFAULT_DEADLINE.as_millis() as u64)
+            .clamp(1, 100);
+        store.set_epoch_deadline(ticks);
+        let handle = match store.data_mut().table.push(request) {
+            Ok(h) => h,
+            Err(e) => return Err(Box::new((None, format!("resource table: {e}")))),
+        };
+        let rep = handle.rep();
+        let result = plugin
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_on_request_headers(&mut store, Resource::new_borrow(rep)));
+        // Take the request back whatever happened, so a fail-open binding can still forward it.
+        let back = store
+            .data_mut()
+            .table
+            .delete(Resource::<PluginRequest>::new_own(rep))
+            .ok();
+        match (result, back) {
+            (Ok(action), Some(request)) => {
+                plugin.consecutive_failures.store(0, Ordering::Relaxed);
+                match action {
+                    types::Action::Continue => Ok((request, None)),
+                    types::Action::Respond(response) => match plugin_response(response) {
+                        Ok(response) => Ok((request, Some(response))),
+                        Err(reason) => Err(Box::new((Some(request), reason))),
+                    },
+                }
+            }
+            (Ok(_), None) => Err(Box::new((None, "the request resource was lost".into()))),
+            (Err(e), back) => {
+                let n = plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let reason = describe_trap(&e);
+                if n == TRIP_AFTER {
+                    tracing::error!(plugin = %plugin.name, "plugin tripped after {n} failures in a row: {reason}");
+                }
+                Err(Box::new((back, reason)))
+            }
+        }
+    }
+}
+
+fn describe_trap(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "deadline exceeded".into(),
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("{e:#}"),
+    }
+}
+
+fn plugin_response(response: types::Response) -> Result<Response<Full<Bytes>>, String> {
+    let status = StatusCode::from_u16(response.status).map_err(|_| format!("invalid status {}", response.status))?;
+    if response.body.len() > MAX_RESPONSE_BODY {
+        return Err(format!("response body over {MAX_RESPONSE_BODY} bytes"));
+    }
+    let mut out = Response::new(Full::new(Bytes::from(response.body)));
+    *out.status_mut() = status;
+    for (name, value) in response.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let value = HeaderValue::from_bytes(&value).map_err(|_| format!("invalid value for header {name}"))?;
+        out.headers_mut().append(name, value);
+    }
+    Ok(out)
+}
+
+/// The guest sees the request as `types::Request`; the table holds our `PluginRequest` under the
+/// same handle number.
+fn ours(handle: &Resource<types::Request>) -> Resource<PluginRequest> {
+    Resource::new_borrow(handle.rep())
+}
+
+impl HostState {
+    fn request(&self, handle: &Resource<types::Request>) -> Option<&PluginRequest> {
+        self.table.get(&ours(handle)).ok()
+    }
+}
+
+impl types::HostRequest for HostState {
+    fn method(&mut self, req: Resource<types::Request>) -> String {
+        self.request(&req).map(|r| r.method.to_string()).unwrap_or_default()
+    }
+
+    fn authority(&mut self, req: Resource<types::Request>) -> String {
+        self.request(&req).map(|r| r.authority.clone()).unwrap_or_default()
+    }
+
+    fn path(&mut self, req: Resource<types::Request>) -> String {
+        let Some(r) = self.request(&req) else {
+            return String::new();
+        };
+        r.path_and_query
+            .split_once('?')
+            .map_or(r.path_and_query.as_str(), |(p, _)| p)
+            .to_owned()
+    }
+
+    fn query(&mut self, req: Resource<types::Request>) -> Option<String> {
+        let r = self.request(&req)?;
+        r.path_and_query.split_once('?').map(|(_, q)| q.to_owned())
+    }
+
+    fn header(&mut self, req: Resource<types::Request>, name: String) -> Vec<Vec<u8>> {
+        let Some(r) = self.request(&req) else { return Vec::new() };
+        r.headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    }
+
+    fn set_header(&mut self, req: Resource<types::Request>, name: String, value: Vec<u8>) -> Result<(), String> {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let value = HeaderValue::from_bytes(&value).map_err(|_| format!("invalid value for header {name}"))?;
+        let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
+        r.headers.insert(name, value);
+        Ok(())
+    }
+
+    fn remove_header(&mut self, req: Resource<types::Request>, name: String) {
+        if let Ok(r) = self.table.get_mut(&ours(&req)) {
+            r.headers.remove(name.as_str());
+        }
+    }
+
+    fn entries(&mut self, req: Resource<types::Request>) -> Vec<(String, Vec<u8>)> {
+        let Some(r) = self.request(&req) else { return Vec::new() };
+        r.headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn client_addr(&mut self, req: Resource<types::Request>) -> String {
+        self.request(&req)
+            .map(|r| r.client_addr.ip().to_string())
+            .unwrap_or_default()
+    }
+
+    fn request_id(&mut self, req: Resource<types::Request>) -> String {
+        self.request(&req).map(|r| r.request_id.clone()).unwrap_or_default()
+    }
+
+    fn drop(&mut self, _req: Resource<types::Request>) -> wasmtime::Result<()> {
+        // Only ever lent to the guest: the host takes it back after the call.
+        Ok(())
+    }
+}
+
+impl types::Host for HostState {}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit_host::Host for HostState {
+    fn log(&mut self, level: wit_host::Level, message: String) {
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            wit_host::Level::Debug => tracing::debug!(plugin = %self.plugin, "{message}"),
+            wit_host::Level::Info => tracing::info!(plugin = %self.plugin, "{message}"),
+            wit_host::Level::Warn => tracing::warn!(plugin = %self.plugin, "{message}"),
+            wit_host::Level::Error => tracing::error!(plugin = %self.plugin, "{message}"),
+        }
+    }
+
+    fn config(&mut self) -> String {
+        self.config.clone()
+    }
+}

@@ -1,0 +1,19 @@
+//! Test plugin: loops forever on paths containing `/spin`. Proves the deadline stops it.
+
+wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+
+struct Spin;
+
+impl Guest for Spin {
+    fn on_request_headers(req: &Request) -> Action {
+        if req.path().contains("/spin") {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        Action::Continue
+    }
+}
+
+export!(Spin);

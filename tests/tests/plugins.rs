@@ -1,0 +1,152 @@
+//! WebAssembly plugins at the edge: real components (built from `plugins/` by `build.rs`) run by
+//! wasmtime for the routes they are bound to.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use burrow_edge::route_table::PluginBinding;
+use burrow_edge::tunnels_file::RouteEntry;
+use burrow_tests::*;
+use http::{Response, StatusCode};
+
+const HEADER_AUTH: &str = env!("PLUGIN_HEADER_AUTH");
+const TEST_TRAP: &str = env!("PLUGIN_TEST_TRAP");
+const TEST_SPIN: &str = env!("PLUGIN_TEST_SPIN");
+
+fn binding(plugin: &str, config: &str, fail_open: bool) -> PluginBinding {
+    PluginBinding {
+        plugin: plugin.into(),
+        config: config.into(),
+        fail_open,
+        deadline_ms: None,
+    }
+}
+
+/// An edge with the three test plugins loaded, each route bound to a chain, one connector to an
+/// origin that echoes a few headers and counts requests.
+async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
+    init_logging();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let origin = serve_origin(move |req| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let h = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        let text = format!("user={} key={}", h("x-user"), h("x-api-key"));
+        async move { Response::new(full(text)) }
+    })
+    .await;
+    let tunnel = TestTunnel::new("app");
+    let mut file = tunnels_file(&[&tunnel], &[]);
+    let auth = r#"{"header": "x-api-key", "keys": ["alpha", "beta"], "forward-as": "x-user"}"#;
+    for (host, plugins) in [
+        ("auth.test", vec![binding("header-auth", auth, false)]),
+        ("trap.test", vec![binding("test-trap", "", false)]),
+        ("open.test", vec![binding("test-trap", "", true)]),
+        ("spin.test", vec![binding("test-spin", "", false)]),
+        ("missing.test", vec![binding("not-loaded", "", false)]),
+    ] {
+        file.routes.push(RouteEntry {
+            hostname: host.into(),
+            tunnel: "app".into(),
+            plugins,
+        });
+    }
+    let options = EdgeOptions {
+        plugins: vec![
+            ("header-auth", HEADER_AUTH),
+            ("test-trap", TEST_TRAP),
+            ("test-spin", TEST_SPIN),
+        ],
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&file, options).await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    connector.wait_ready(1).await;
+    edge.wait_connections(&tunnel, 1).await;
+    (edge, connector, hits)
+}
+
+#[tokio::test]
+async fn header_auth_plugin_guards_a_route() {
+    let (edge, connector, hits) = setup().await;
+    let client = http1_client();
+    let denied = get(&client, edge.http, "auth.test", "/").await.unwrap();
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(denied.text(), "missing or invalid API key\n");
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        0,
+        "a denied request never reaches the origin"
+    );
+
+    let request = http::Request::get(format!("http://{}/", edge.http))
+        .header("host", "auth.test")
+        .header("x-api-key", "beta")
+        .body(empty())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        &body[..],
+        b"user=1 key=",
+        "the plugin's header changes reach the origin; the key does not"
+    );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
+    let (edge, connector, hits) = setup().await;
+    let client = http1_client();
+    let trapped = get(&client, edge.http, "trap.test", "/trap").await.unwrap();
+    assert_eq!(trapped.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(trapped.headers["burrow-error"], "plugin_failed");
+    // The same plugin serves the next request: each call gets a fresh instance.
+    assert_eq!(
+        get(&client, edge.http, "trap.test", "/fine").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // An endless loop is stopped by the deadline rather than holding the request.
+    let spun = tokio::time::timeout(Duration::from_secs(5), get(&client, edge.http, "spin.test", "/spin"))
+        .await
+        .expect("the deadline stops a runaway plugin")
+        .unwrap();
+    assert_eq!(spun.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        spun.text().contains("deadline exceeded") || spun.text().contains("test-spin"),
+        "{}",
+        spun.text()
+    );
+    assert_eq!(
+        get(&client, edge.http, "spin.test", "/fine").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // Fail-open: the trap is logged and the request goes through.
+    let open = get(&client, edge.http, "open.test", "/trap").await.unwrap();
+    assert_eq!(open.status, StatusCode::OK);
+    // A binding to a plugin this edge does not have fails closed, with the reason.
+    let missing = get(&client, edge.http, "missing.test", "/").await.unwrap();
+    assert_eq!(missing.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(missing.text().contains("not-loaded"), "{}", missing.text());
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        3,
+        "only the passing requests reached the origin"
+    );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
