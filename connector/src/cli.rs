@@ -25,11 +25,32 @@ use crate::tunnel_client::{self, Status, TunnelOptions};
     about = "Burrow connector: serve a local origin through a named tunnel"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Logging flags shared by both binaries.
+#[derive(Args)]
+pub struct LogArgs {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info", env = "BURROW_LOG_LEVEL")]
     log_level: String,
-    #[command(subcommand)]
-    command: Command,
+}
+
+impl LogArgs {
+    /// Log to stderr; `RUST_LOG` wins over the flag.
+    pub fn init(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&self.log_level));
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
 }
 
 #[derive(Subcommand)]
@@ -149,7 +170,7 @@ enum IngressCommand {
 /// Entry point of the `burrow` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    cli.log.init();
     let result = match cli.command {
         Command::Login { api, token } => manage::login(api, token),
         Command::Tunnel(TunnelCommand::Create { name }) => manage::create(&name),
@@ -176,18 +197,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Log to stderr; `RUST_LOG` wins over the flag.
-pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn run_tunnel(args: RunArgs) -> Result<()> {

@@ -28,9 +28,8 @@ use crate::{EdgeConfig, EdgeState, Listeners};
     about = "Burrow edge node: public HTTP in, named tunnels out"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", env = "BURROW_LOG_LEVEL")]
-    log_level: String,
+    #[command(flatten)]
+    log: burrow_connector::cli::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -190,7 +189,7 @@ struct DevArgs {
 /// Entry point of the `burrow-edge` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    burrow_connector::cli::init_logging(&cli.log_level);
+    cli.log.init();
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(*args))),
         Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),

@@ -97,14 +97,19 @@ async fn account(dir: &Path, ports: &Ports, name: &str, home: &Path) {
         ],
     )
     .await;
-    let token = output
+    let token = shown_once(&output);
+    std::fs::create_dir_all(home).unwrap();
+    ok(BURROW, home, &["login", "--api", &ports.api(), "--token", &token]).await;
+}
+
+/// The secret a CLI printed once (`… (shown once, keep it secret): SECRET`).
+fn shown_once(output: &str) -> String {
+    output
         .lines()
         .find_map(|l| l.split("keep it secret): ").nth(1))
         .unwrap()
         .trim()
-        .to_owned();
-    std::fs::create_dir_all(home).unwrap();
-    ok(BURROW, home, &["login", "--api", &ports.api(), "--token", &token]).await;
+        .to_owned()
 }
 
 async fn served(ports: &Ports, host: &str) -> Option<(StatusCode, String)> {
@@ -509,12 +514,7 @@ async fn edge_only_node_survives_a_control_plane_outage() {
         ],
     )
     .await;
-    let node_token = output
-        .lines()
-        .find_map(|l| l.split("keep it secret): ").nth(1))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let node_token = shown_once(&output);
 
     // The edge-only node shares the control-plane node's certificate (as operators would).
     let (cert, key) = (cp_dir.join("edge/edge-cert.pem"), cp_dir.join("edge/edge-key.pem"));
