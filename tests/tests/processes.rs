@@ -365,3 +365,99 @@ async fn example_tunnels_file_loads() {
     assert_eq!((table.tunnel_count(), table.route_count()), (1, 2));
     assert!(table.lookup("www.example.com").is_some());
 }
+
+#[tokio::test]
+async fn a_connector_killed_mid_response_is_an_error_not_a_short_body() {
+    init_logging();
+    let dir = TempDir::new();
+    let tunnel = TestTunnel::new("dying");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("dying.test", "dying")])).await;
+    // 1 MiB announced with Content-Length, sent slowly: the connector dies in the middle.
+    let origin = serve_origin(|_req| async move {
+        let chunks = futures_util::stream::unfold(0u32, |i| async move {
+            (i < 64).then_some(())?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some((
+                Ok::<_, BoxError>(http_body::Frame::data(bytes::Bytes::from(vec![b'x'; 16 * 1024]))),
+                i + 1,
+            ))
+        });
+        let mut response = Response::new(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(chunks)));
+        response
+            .headers_mut()
+            .insert("content-length", http::HeaderValue::from(64 * 16 * 1024));
+        response
+    })
+    .await;
+    let connector = connector_process(
+        dir.path(),
+        "c",
+        &edge.credentials(&tunnel),
+        &format!("http://{origin}"),
+        &[],
+    );
+    edge.wait_connections(&tunnel, 1).await;
+
+    let request = http::Request::get(format!("http://{}/big", edge.http))
+        .header("host", "dying.test")
+        .body(empty())
+        .unwrap();
+    let response = http1_client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
+    assert!(first.is_data());
+    let _ = connector.kill9().await;
+    let rest = tokio::time::timeout(Duration::from_secs(20), http_body_util::BodyExt::collect(body))
+        .await
+        .expect("the edge notices the dead connector and ends the response");
+    assert!(
+        rest.is_err(),
+        "a truncated body must be an error, never a complete-looking response"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn a_tunnels_file_that_fails_to_load_keeps_the_old_table() {
+    init_logging();
+    let dir = TempDir::new();
+    let (http, tunnel_port, admin) = (free_tcp_port(), free_udp_port(), free_tcp_port());
+    let tunnel = TestTunnel::new("web");
+    let tunnels = dir.path().join("tunnels.yml");
+    tunnels_file(&[&tunnel], &[("web.test", "web")]).save(&tunnels).unwrap();
+    let edge = edge_process(dir.path(), http, tunnel_port, admin);
+    edge.wait_for_output("tunnel listener ready").await;
+    let edge_http: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let status = |host: &'static str| async move { get(&http1_client(), edge_http, host, "/").await.unwrap().status };
+    // No connector: a routed host is 502, an unrouted one 404 — enough to see which table serves.
+    assert_eq!(status("web.test").await, StatusCode::BAD_GATEWAY);
+
+    std::fs::write(&tunnels, "tunnels: [ this is not yaml").unwrap();
+    edge.signal("HUP");
+    edge.wait_for_output("not reloaded").await;
+    assert_eq!(
+        status("web.test").await,
+        StatusCode::BAD_GATEWAY,
+        "the old table keeps serving"
+    );
+
+    // A file that parses but does not build (route to an unknown tunnel) is refused the same way.
+    std::fs::write(&tunnels, "routes:\n  - hostname: new.test\n    tunnel: nobody\n").unwrap();
+    edge.signal("HUP");
+    eventually(Duration::from_secs(10), "the second refusal in the log", || async {
+        edge.output().matches("not reloaded").count() >= 2
+    })
+    .await;
+    assert_eq!(status("web.test").await, StatusCode::BAD_GATEWAY);
+
+    // A good file is applied.
+    tunnels_file(&[&tunnel], &[("new.test", "web")]).save(&tunnels).unwrap();
+    edge.signal("HUP");
+    eventually(Duration::from_secs(10), "the new table", || async {
+        status("new.test").await == StatusCode::BAD_GATEWAY
+    })
+    .await;
+    assert_eq!(status("web.test").await, StatusCode::NOT_FOUND);
+    drop(edge);
+}
