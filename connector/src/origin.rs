@@ -142,7 +142,7 @@ impl Origins {
         body: RequestBody,
         send: &mut quinn::SendStream,
     ) -> Result<(), Failure> {
-        let request = origin_request(rule, &head, body)?;
+        let request = origin_request(rule, head, body)?;
         let response = match (&origin.client, &rule.service) {
             (Some(client), _) => client
                 .request(request)
@@ -174,7 +174,7 @@ impl Origins {
         frames: FramedRead<TunnelRecv, TunnelCodec>,
         send: &mut quinn::SendStream,
     ) -> Result<(), Failure> {
-        let request = origin_request(rule, &head, Empty::<Bytes>::new())?;
+        let request = origin_request(rule, head, Empty::<Bytes>::new())?;
         let io = dial(rule, origin).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
@@ -271,17 +271,17 @@ fn http_client(settings: &OriginRequest, tls: Arc<rustls::ClientConfig>, https: 
 
 /// The request as the origin receives it: the rule's base path prefixed, Host kept from the
 /// visitor unless `httpHostHeader` overrides it (what cloudflared does).
-fn origin_request<B>(rule: &Rule, head: &RequestHead, body: B) -> Result<Request<B>, Failure> {
+fn origin_request<B>(rule: &Rule, head: RequestHead, body: B) -> Result<Request<B>, Failure> {
     let uri = match &rule.service {
         Service::Http {
             scheme,
             authority,
             base_path,
         } => format!("{}://{authority}{base_path}{}", scheme.as_str(), head.path),
-        _ => head.path.clone(),
+        _ => head.path,
     };
     let mut request = Request::builder()
-        .method(head.method.clone())
+        .method(head.method)
         .uri(uri)
         .body(body)
         .map_err(|e| Failure {
@@ -289,7 +289,7 @@ fn origin_request<B>(rule: &Rule, head: &RequestHead, body: B) -> Result<Request
             message: format!("building origin request: {e}"),
         })?;
     let headers = request.headers_mut();
-    *headers = head.headers.clone();
+    *headers = head.headers;
     let host = rule.origin.http_host_header.as_deref().unwrap_or(&head.authority);
     if let Ok(host) = HeaderValue::from_str(host) {
         headers.insert(header::HOST, host);
