@@ -113,6 +113,10 @@ struct RunArgs {
     /// Public connections served at once; more get a 503 and are closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Tunnel registrations accepted per source address per minute (connectors behind one NAT
+    /// share it; rejected ones retry after 5 s).
+    #[arg(long, default_value_t = 600)]
+    registrations_per_minute: u32,
     /// Load a plugin component routes can bind by name: NAME=PATH.wasm (repeatable).
     #[arg(long = "plugin", value_name = "NAME=PATH")]
     plugins: Vec<String>,
@@ -255,6 +259,7 @@ async fn run(args: RunArgs) -> Result<()> {
     config.grace_period = args.grace_period;
     config.tunnel_idle_timeout = args.tunnel_idle_timeout;
     config.max_connections = args.max_connections;
+    config.registrations_per_minute = args.registrations_per_minute;
     config.plugins = load_plugins(&args.plugins)?;
     let listeners = Listeners {
         http: bind_optional(&args.listen.http, "--http").await?,

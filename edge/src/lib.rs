@@ -79,6 +79,8 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Compiled plugins that routes may bind by name.
     pub plugins: Option<Arc<PluginHost>>,
+    /// Tunnel registrations accepted per source address per minute.
+    pub registrations_per_minute: u32,
     /// Where the edge keeps state (config snapshot); `None` keeps nothing on disk.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -99,6 +101,7 @@ impl EdgeConfig {
             data_dir: None,
             max_connections: 10_000,
             plugins: None,
+            registrations_per_minute: 600,
         }
     }
 }
@@ -134,6 +137,7 @@ impl EdgeState {
     }
 
     pub fn with_control(config: EdgeConfig, table: RouteTable, control: Option<ControlPlane>) -> Arc<Self> {
+        let registrations = WindowLimiter::new(config.registrations_per_minute, Duration::from_secs(60));
         Arc::new(Self {
             config,
             routes: ArcSwap::from_pointee(table),
@@ -142,7 +146,7 @@ impl EdgeState {
             control,
             node_lease: AtomicU64::new(0),
             auth_failures: WindowLimiter::new(10, Duration::from_secs(60)),
-            registrations: WindowLimiter::new(600, Duration::from_secs(60)),
+            registrations,
         })
     }
 

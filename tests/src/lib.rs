@@ -145,6 +145,7 @@ pub struct EdgeOptions {
     /// Plugin components to load: (name, path to .wasm).
     pub plugins: Vec<(&'static str, &'static str)>,
     pub max_connections: usize,
+    pub registrations_per_minute: u32,
     pub tunnel_idle_timeout: Duration,
     pub origin_timeout: Duration,
     pub grace_period: Duration,
@@ -155,6 +156,7 @@ impl Default for EdgeOptions {
         Self {
             plugins: Vec::new(),
             max_connections: 10_000,
+            registrations_per_minute: 600,
             tunnel_idle_timeout: Duration::from_secs(3),
             origin_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(5),
@@ -200,6 +202,7 @@ impl TestEdge {
         config.grace_period = options.grace_period;
         config.data_dir = data_dir;
         config.max_connections = options.max_connections;
+        config.registrations_per_minute = options.registrations_per_minute;
         if !options.plugins.is_empty() {
             let mut host = burrow_edge::plugin_host::PluginHost::new().unwrap();
             for (name, path) in &options.plugins {

@@ -157,3 +157,32 @@ async fn connections_over_the_limit_get_a_503() {
     drop(_held);
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn registrations_from_one_address_are_rate_limited() {
+    init_logging();
+    let tunnel = TestTunnel::new("app");
+    let options = EdgeOptions {
+        registrations_per_minute: 2,
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
+    let origin = named_origin("ok").await;
+    // Three connections from one address; the edge takes two and tells the third to wait.
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 3);
+    connector.wait_ready(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(edge.connections(&tunnel), 2);
+    assert_eq!(
+        connector.status.ready_connections(),
+        2,
+        "the third waits out the limit instead of registering"
+    );
+    assert_eq!(
+        get(&http1_client(), edge.http, "app.test", "/").await.unwrap().text(),
+        "ok",
+        "the tunnel still serves"
+    );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
