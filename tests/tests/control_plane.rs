@@ -102,6 +102,16 @@ async fn account(dir: &Path, ports: &Ports, name: &str, home: &Path) {
     ok(BURROW, home, &["login", "--api", &ports.api(), "--token", &token]).await;
 }
 
+/// An edge process on fresh ports with an account "alice" logged in at `<dir>/alice`.
+async fn edge_with_alice(dir: &Path) -> (Ports, std::path::PathBuf, Process) {
+    let ports = Ports::new();
+    let alice = dir.join("alice");
+    let edge = edge(dir, &ports);
+    edge.wait_for_output("tunnel listener ready").await;
+    account(dir, &ports, "alice", &alice).await;
+    (ports, alice, edge)
+}
+
 /// The secret a CLI printed once (`… (shown once, keep it secret): SECRET`).
 fn shown_once(output: &str) -> String {
     output
@@ -123,11 +133,7 @@ async fn served(ports: &Ports, host: &str) -> Option<(StatusCode, String)> {
 async fn tunnel_lifecycle_through_the_cli() {
     init_logging();
     let dir = TempDir::new();
-    let ports = Ports::new();
-    let alice = dir.path().join("alice");
-    let edge = edge(dir.path(), &ports);
-    edge.wait_for_output("tunnel listener ready").await;
-    account(dir.path(), &ports, "alice", &alice).await;
+    let (ports, alice, edge) = edge_with_alice(dir.path()).await;
 
     let created = ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
     assert!(created.contains("Created tunnel web with id"), "{created}");
@@ -317,11 +323,7 @@ async fn api_token_guessing_is_rate_limited() {
 async fn edge_serves_from_its_snapshot_when_the_store_is_gone() {
     init_logging();
     let dir = TempDir::new();
-    let ports = Ports::new();
-    let alice = dir.path().join("alice");
-    let first = edge(dir.path(), &ports);
-    first.wait_for_output("tunnel listener ready").await;
-    account(dir.path(), &ports, "alice", &alice).await;
+    let (ports, alice, first) = edge_with_alice(dir.path()).await;
     ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
     ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
     let origin = named_origin("web").await;
@@ -357,11 +359,7 @@ async fn edge_serves_from_its_snapshot_when_the_store_is_gone() {
 async fn acknowledged_writes_survive_kill_9() {
     init_logging();
     let dir = TempDir::new();
-    let ports = Ports::new();
-    let alice = dir.path().join("alice");
-    let first = edge(dir.path(), &ports);
-    first.wait_for_output("tunnel listener ready").await;
-    account(dir.path(), &ports, "alice", &alice).await;
+    let (ports, alice, first) = edge_with_alice(dir.path()).await;
     ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
     let login: serde_json::Value = serde_json::from_slice(&std::fs::read(alice.join("cert.json")).unwrap()).unwrap();
     let token = login["token"].as_str().unwrap().to_owned();
