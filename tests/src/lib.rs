@@ -502,10 +502,13 @@ impl Process {
 
     /// Wait for the process to exit by itself; returns its exit code and output.
     pub async fn wait(mut self, timeout: Duration) -> (Option<i32>, String) {
-        let status = tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .expect("process did not exit in time")
-            .unwrap();
+        let Ok(status) = tokio::time::timeout(timeout, self.child.wait()).await else {
+            panic!(
+                "process did not exit within {timeout:?}; its output:\n{}",
+                self.output()
+            );
+        };
+        let status = status.unwrap();
         // Let the readers drain the pipes.
         tokio::time::sleep(Duration::from_millis(50)).await;
         (status.code(), self.output())

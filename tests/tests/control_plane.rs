@@ -153,7 +153,7 @@ async fn tunnel_lifecycle_through_the_cli() {
     for _ in 0..3 {
         let connector = Process::spawn(
             BURROW,
-            &["tunnel", "run", "web", "--url", &url],
+            &["tunnel", "run", "web", "--url", &url, "--grace-period", "5s"],
             &[("BURROW_HOME", &alice)],
         );
         eventually(Duration::from_secs(20), "web.test to be served", || async {
