@@ -224,46 +224,54 @@ async fn connect_and_serve(
 ) -> Result<Ended, AttemptError> {
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     let limits = client.options.limits;
-    let addr = resolve(edge).await?;
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
-    endpoint.set_default_client_config(client.quic.clone());
-    let server_name = host_of(edge);
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, server_name)?)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??;
+    // Connecting and registering give way to a shutdown (nothing is in flight yet).
+    let attempt = async {
+        let addr = resolve(edge).await?;
+        let bind: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+        endpoint.set_default_client_config(client.quic.clone());
+        let server_name = host_of(edge);
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, server_name)?)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??;
 
-    // Register on the control stream.
-    let (mut control_send, control_recv) = conn.open_bi().await?;
-    let register = Register {
-        protocol: PROTOCOL_VERSION,
-        account: client.credentials.account,
-        tunnel_id: client.credentials.tunnel_id,
-        secret: client.credentials.secret.clone(),
-        conn_index: index,
-        connector_id: client.options.connector_id,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        os: std::env::consts::OS.to_owned(),
-        arch: std::env::consts::ARCH.to_owned(),
+        // Register on the control stream.
+        let (mut control_send, control_recv) = conn.open_bi().await?;
+        let register = Register {
+            protocol: PROTOCOL_VERSION,
+            account: client.credentials.account,
+            tunnel_id: client.credentials.tunnel_id,
+            secret: client.credentials.secret.clone(),
+            conn_index: index,
+            connector_id: client.options.connector_id,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            os: std::env::consts::OS.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+        };
+        write_frame(
+            &mut control_send,
+            Frame::Control(ControlMessage::Register(register)),
+            &limits,
+        )
+        .await?;
+        let mut control = FramedRead::new(control_recv, TunnelCodec::new(limits));
+        let registered = match read_frame(&mut control, &limits).await? {
+            Some(Frame::Control(ControlMessage::Registered(r))) => r,
+            Some(Frame::Control(ControlMessage::Rejected(r))) => {
+                conn.close(error_code::NO_ERROR.into(), b"rejected");
+                return Err(AttemptError::Rejected(r));
+            }
+            other => return Err(anyhow::anyhow!("edge answered the registration with {other:?}").into()),
+        };
+        Ok::<_, AttemptError>((endpoint, conn, control_send, control, registered))
     };
-    write_frame(
-        &mut control_send,
-        Frame::Control(ControlMessage::Register(register)),
-        &limits,
-    )
-    .await?;
-    let mut control = FramedRead::new(control_recv, TunnelCodec::new(limits));
-    let registered = match read_frame(&mut control, &limits).await? {
-        Some(Frame::Control(ControlMessage::Registered(r))) => r,
-        Some(Frame::Control(ControlMessage::Rejected(r))) => {
-            conn.close(error_code::NO_ERROR.into(), b"rejected");
-            return Err(AttemptError::Rejected(r));
-        }
-        other => return Err(anyhow::anyhow!("edge answered the registration with {other:?}").into()),
+    let (endpoint, conn, mut control_send, mut control, registered) = tokio::select! {
+        result = attempt => result?,
+        () = shutdown.cancelled() => return Ok(Ended::Shutdown),
     };
     *ever_registered = true;
     let _ready = ReadyGuard::new(client.status.clone());
