@@ -149,8 +149,13 @@ async fn tunnel_lifecycle_through_the_cli() {
 
     let origin = named_origin("web").await;
     let url = format!("http://{origin}");
-    // Restart the connector a few times: the tunnel and its route never change.
-    for _ in 0..3 {
+    // Restart the connector 5 times: the tunnel and its route never change, and nothing that
+    // routing depends on is written (the edge's snapshot keeps its revision).
+    let snapshot_path = dir.path().join("edge").join("snapshot.json");
+    let routing_state =
+        || serde_json::from_slice::<serde_json::Value>(&std::fs::read(&snapshot_path).unwrap()).unwrap();
+    let mut before = None;
+    for _ in 0..5 {
         let connector = Process::spawn(
             BURROW,
             &["tunnel", "run", "web", "--url", &url, "--grace-period", "5s"],
@@ -164,6 +169,13 @@ async fn tunnel_lifecycle_through_the_cli() {
         let tunnels: serde_json::Value = serde_json::from_str(&list).unwrap();
         assert_eq!(tunnels.as_array().unwrap().len(), 1, "{list}");
         assert_eq!(tunnels[0]["id"], id.as_str(), "the tunnel keeps its UUID");
+        let state = routing_state();
+        assert_eq!(state["routes"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            before.get_or_insert_with(|| state.clone()),
+            &state,
+            "no routing write across restarts"
+        );
         connector.signal("TERM");
         let (code, output) = connector.wait(Duration::from_secs(20)).await;
         assert_eq!(code, Some(0), "{output}");
