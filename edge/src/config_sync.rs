@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
 use crate::registry::ConnectionInfo;
-use crate::resources::{Connection, ControlPlane, Snapshot, affects_routing};
+use crate::resources::{Connection, ControlPlane, CpError, Snapshot, affects_routing};
 
 /// How long connection records outlive a silent edge.
 const NODE_LEASE_TTL: Duration = Duration::from_secs(15);
@@ -55,30 +55,25 @@ pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: Cancella
 /// `/v1/watch` stream of edge-only nodes alike.
 pub async fn snapshots(cp: ControlPlane, tx: tokio::sync::mpsc::Sender<Snapshot>, shutdown: CancellationToken) {
     loop {
-        let snapshot = match cp.snapshot().await {
-            Ok(snapshot) => snapshot,
+        // Read and watch from the same revision, so no change falls between them.
+        let started = async {
+            let snapshot = cp.snapshot().await?;
+            let watch = cp.store().watch("", snapshot.revision).await?;
+            Ok::<_, CpError>((snapshot, watch))
+        };
+        let (snapshot, mut watch) = match started.await {
+            Ok(started) => started,
             Err(e) => {
-                tracing::warn!("cannot read the store, serving the current table: {e}");
+                tracing::warn!("cannot follow the store, serving the current table: {e}");
                 if pause(&shutdown, Duration::from_secs(1)).await {
                     return;
                 }
                 continue;
             }
         };
-        let revision = snapshot.revision;
         if tx.send(snapshot).await.is_err() {
             return;
         }
-        let mut watch = match cp.store().watch("", revision).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("cannot watch the store: {e}");
-                if pause(&shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
         loop {
             tokio::select! {
                 batch = watch.recv() => match batch {
