@@ -10,7 +10,9 @@
 //! | GET, DELETE | /v1/tunnels/{name or id} | one tunnel with its connections; delete (`?force=true`) |
 //! | DELETE | /v1/tunnels/{ref}/connections | drop stale connection records |
 //! | GET | /v1/routes | the caller's hostname routes |
-//! | PUT, DELETE | /v1/routes/{hostname} | route `{"tunnel", "overwrite"}`; unroute |
+//! | PUT, DELETE | /v1/routes/{hostname} | route `{"tunnel" or "pool", "overwrite", "plugins"}`; unroute |
+//! | GET | /v1/pools | the caller's pools |
+//! | GET, PUT, DELETE | /v1/pools/{name} | one pool with each origin's health on this edge; create or replace (body: the pool spec; `If-Match: "REV"`, or `If-None-Match: *` to only create); delete |
 //! | GET | /v1/watch | node token: NDJSON stream of routing snapshots, for edge-only nodes |
 
 use std::convert::Infallible;
@@ -28,7 +30,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
-use crate::resources::{ControlPlane, CpError, Tunnel};
+use crate::resources::{ControlPlane, CpError, PoolDoc, RouteTo, Tunnel};
 use burrow_protocol::AccountId;
 
 /// API request bodies are small JSON documents.
@@ -262,7 +264,10 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct Put {
-                tunnel: String,
+                #[serde(default)]
+                tunnel: Option<String>,
+                #[serde(default)]
+                pool: Option<String>,
                 #[serde(default)]
                 overwrite: bool,
                 #[serde(default)]
@@ -270,16 +275,47 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             }
             let hostname = (*hostname).to_owned();
             let body: Put = json_body(req).await?;
-            let route = cp
-                .route(account, &hostname, &body.tunnel, body.overwrite, body.plugins)
-                .await?;
-            tracing::info!(%account, hostname = %route.hostname, tunnel = %route.tunnel, "route set");
+            let to = match (&body.tunnel, &body.pool) {
+                (Some(tunnel), None) => RouteTo::Tunnel(tunnel),
+                (None, Some(pool)) => RouteTo::Pool(pool),
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid",
+                        "set exactly one of \"tunnel\" and \"pool\"",
+                    ));
+                }
+            };
+            let route = cp.route(account, &hostname, to, body.overwrite, body.plugins).await?;
+            tracing::info!(%account, hostname = %route.hostname, tunnel = ?route.tunnel, pool = ?route.pool, "route set");
             Ok((StatusCode::OK, json!(route)))
         }
         (&Method::DELETE, ["routes", hostname]) => {
             cp.delete_route(account, hostname).await?;
             tracing::info!(%account, %hostname, "route deleted");
             Ok((StatusCode::OK, json!({ "deleted": hostname })))
+        }
+        (&Method::GET, ["pools"]) => {
+            let pools = cp.list_pools(account).await?;
+            let items: Vec<Value> = pools.iter().map(|p| pool_json(state, p, None)).collect();
+            Ok((StatusCode::OK, json!({ "items": items })))
+        }
+        (&Method::GET, ["pools", name]) => {
+            let (pool, revision) = cp.pool(account, name).await?;
+            Ok((StatusCode::OK, pool_json(state, &pool, Some(revision))))
+        }
+        (&Method::PUT, ["pools", name]) => {
+            let name = (*name).to_owned();
+            let expect = precondition(&req)?;
+            let spec: crate::pool::PoolSpec<String> = json_body(req).await?;
+            let pool = cp.put_pool(account, &name, spec, expect).await?;
+            tracing::info!(%account, pool = %name, origins = pool.spec.origins.len(), "pool set");
+            Ok((StatusCode::OK, pool_json(state, &pool, None)))
+        }
+        (&Method::DELETE, ["pools", name]) => {
+            cp.delete_pool(account, name).await?;
+            tracing::info!(%account, pool = %name, "pool deleted");
+            Ok((StatusCode::OK, json!({ "deleted": name })))
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -320,6 +356,69 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// `If-None-Match: *` → must not exist (`Some(0)`); `If-Match: "REV"` → unchanged since REV.
+fn precondition(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
+    if req.headers().get(header::IF_NONE_MATCH).is_some_and(|v| v == "*") {
+        return Ok(Some(0));
+    }
+    let Some(value) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().trim_matches('"').parse::<u64>().ok())
+        .filter(|&rev| rev > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_precondition",
+                "If-Match must be a revision like \"42\"",
+            )
+        })
+}
+
+/// A pool with each origin's tunnel name and health as this edge sees it.
+fn pool_json(state: &EdgeState, pool: &PoolDoc, revision: Option<u64>) -> Value {
+    let table = state.routes.load();
+    let live = table.pool(pool.account, &pool.name).map(|(_, p)| p);
+    let origins: Vec<Value> = pool
+        .spec
+        .origins
+        .iter()
+        .map(|o| {
+            let name = table.tunnel(&o.tunnel).map(|t| t.name.clone());
+            let health = live.and_then(|p| {
+                let i = p.spec.origins.iter().position(|x| x.tunnel == o.tunnel)?;
+                let connected = state.registry.is_connected(&o.tunnel);
+                Some(p.health[i].reason(p.spec.origins[i].enabled, connected))
+            });
+            json!({
+                "tunnel": o.tunnel,
+                "name": name,
+                "weight": o.weight,
+                "enabled": o.enabled,
+                "health": [{
+                    "edge": state.config.node_name,
+                    "healthy": health.as_ref().map(Option::is_none),
+                    "reason": health.flatten().unwrap_or_else(|| if live.is_none() { "not applied on this edge yet".into() } else { String::new() }),
+                }],
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "name": pool.name,
+        "created": pool.created,
+        "spec": pool.spec,
+        "origins": origins,
+    });
+    if let Some(revision) = revision {
+        body["revision"] = json!(revision);
+    }
+    body
 }
 
 /// A tunnel without its secret hash.

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config_sync;
-use crate::resources::ControlPlane;
+use crate::resources::{ControlPlane, RouteTo};
 use crate::route_table::{RouteTable, hash_secret};
 use crate::store::sqlite::SqliteStore;
 use crate::tls::TlsIdentity;
@@ -433,7 +433,8 @@ fn add_tunnel(args: AddArgs) -> Result<()> {
     for hostname in &args.hostnames {
         file.routes.push(RouteEntry {
             hostname: hostname.clone(),
-            tunnel: args.name.clone(),
+            tunnel: Some(args.name.clone()),
+            pool: None,
             plugins: Vec::new(),
         });
     }
@@ -489,7 +490,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     let (account, token) = control.create_account("dev").await?;
     let (tunnel, secret) = control.create_tunnel(account.id, "dev").await?;
     control
-        .route(account.id, "hello.localhost", "dev", false, Vec::new())
+        .route(account.id, "hello.localhost", RouteTo::Tunnel("dev"), false, Vec::new())
         .await?;
 
     let tls = TlsIdentity::generate_self_signed(&self_signed_names(&[]))?;

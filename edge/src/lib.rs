@@ -21,9 +21,11 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config_sync;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod plugin_host;
+pub mod pool;
 pub mod proxy;
 pub mod rate_limit;
 pub mod registry;
@@ -151,7 +153,8 @@ impl EdgeState {
     }
 
     /// Replace the routing snapshot. Requests in flight finish on the table they loaded.
-    pub fn swap_routes(&self, table: RouteTable) {
+    pub fn swap_routes(&self, mut table: RouteTable) {
+        table.inherit_health(&self.routes.load());
         tracing::info!(
             routes = table.route_count(),
             tunnels = table.tunnel_count(),
@@ -183,6 +186,7 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tunnel_server::serve(endpoint, state.clone(), shutdown.clone()));
+    tasks.spawn(health::run(state.clone(), shutdown.clone()));
     if let Some(http) = listeners.http {
         tasks.spawn(listener::serve(http, None, state.clone(), shutdown.clone()));
     }

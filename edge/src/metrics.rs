@@ -17,12 +17,19 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolOriginLabels {
+    pub pool: String,
+    pub origin: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
     pub request_duration: Histogram,
     pub tunnel_connections: Gauge,
     pub registrations: Family<ResultLabels, Counter>,
+    pool_origin_healthy: Family<PoolOriginLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -49,7 +56,14 @@ impl Default for Metrics {
             "Connector registrations by result",
             registrations.clone(),
         );
+        let pool_origin_healthy = Family::<PoolOriginLabels, Gauge>::default();
+        registry.register(
+            "pool_origin_healthy",
+            "1 when a pool origin takes traffic on this edge, 0 when it is down",
+            pool_origin_healthy.clone(),
+        );
         Self {
+            pool_origin_healthy,
             registry,
             requests,
             request_duration,
@@ -73,6 +87,14 @@ impl Metrics {
 
     pub fn count_registration(&self, result: &'static str) {
         self.registrations.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn set_pool_origin_healthy(&self, pool: &str, origin: &str, healthy: bool) {
+        let labels = PoolOriginLabels {
+            pool: pool.to_owned(),
+            origin: origin.to_owned(),
+        };
+        self.pool_origin_healthy.get_or_create(&labels).set(i64::from(healthy));
     }
 
     pub fn encode(&self) -> String {

@@ -13,7 +13,7 @@ use burrow_protocol::{
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -22,10 +22,11 @@ use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::EdgeState;
 use crate::plugin_host::{Outcome, PluginError, PluginRequest};
+use crate::pool::{self, RequestKey};
 use crate::registry::InFlight;
 use crate::request_checks;
 use crate::respond::{ProxyError, error_response};
-use crate::route_table::PluginBinding;
+use crate::route_table::{PluginBinding, RouteTable, Target};
 
 /// A client upload that sends nothing for this long is cut (slow-body attacks hold streams).
 const REQUEST_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -58,6 +59,26 @@ pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: Clien
     response
 }
 
+/// Where the route sends this request, resolved before any await.
+enum Destination {
+    Tunnel {
+        id: TunnelId,
+        name: String,
+    },
+    /// A pool of the table (kept alive for the request; pools hold their health state).
+    Pool {
+        table: Arc<RouteTable>,
+        index: usize,
+    },
+}
+
+/// What goes to the origin besides the head: the client's body (`None` when empty) and, for a
+/// WebSocket, the client side of the upgrade.
+struct Upstream {
+    body: Option<Incoming>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
 async fn forward(
     state: &EdgeState,
     mut req: Request<Incoming>,
@@ -65,7 +86,7 @@ async fn forward(
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_checks::check(&req)?;
-    let (tunnel_id, tunnel_name, plugins) = {
+    let (destination, plugins) = {
         // One atomic load; copy out what we need so no guard is held across awaits.
         let table = state.routes.load();
         if let Some(sni) = &client.sni {
@@ -74,8 +95,17 @@ async fn forward(
         let route = table
             .lookup(&host)
             .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
-        let name = table.tunnel(&route.tunnel).map(|t| t.name.clone()).unwrap_or_default();
-        (route.tunnel, name, route.plugins.clone())
+        let destination = match route.target {
+            Target::Tunnel(id) => Destination::Tunnel {
+                id,
+                name: table.tunnel(&id).map(|t| t.name.clone()).unwrap_or_default(),
+            },
+            Target::Pool(index) => Destination::Pool {
+                table: state.routes.load_full(),
+                index,
+            },
+        };
+        (destination, route.plugins.clone())
     };
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
@@ -99,6 +129,11 @@ async fn forward(
             Outcome::Respond(response) => return Ok(response.map(Either::Right)),
         }
     }
+    let steering_key = match &destination {
+        Destination::Pool { table, index } => table.pools()[*index].request_key(&parts.headers, client.addr.ip()),
+        Destination::Tunnel { .. } => RequestKey::default(),
+    };
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
     let head = RequestHead {
         kind: if websocket {
             RequestKind::WebSocket
@@ -117,20 +152,106 @@ async fn forward(
     let mut head_bytes = BytesMut::with_capacity(512);
     TunnelCodec::new(state.config.limits)
         .encode(Frame::RequestHead(Box::new(head)), &mut head_bytes)
-        .map_err(|e| ProxyError::TunnelStream {
-            name: tunnel_name.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| ProxyError::BadRequest(format!("request head: {e}")))?;
+    let upstream = Upstream {
+        body: (!body.is_end_stream()).then_some(body),
+        on_upgrade,
+    };
+    match destination {
+        Destination::Tunnel { id, name } => exchange(state, id, &name, &head_bytes, upstream).await,
+        Destination::Pool { table, index } => {
+            let retry = idempotent && !websocket;
+            to_pool(
+                state,
+                &table,
+                index,
+                &steering_key,
+                client,
+                &head_bytes,
+                upstream,
+                retry,
+            )
+            .await
+        }
+    }
+}
 
-    let (in_flight, mut send, recv) = open_stream(state, tunnel_id, &tunnel_name, &head_bytes).await?;
+/// Send a request to a pool: steer, record the outcome for passive health, and retry an
+/// idempotent request once on another origin when it failed before any response byte.
+#[allow(clippy::too_many_arguments, reason = "one request's parts, passed once")]
+async fn to_pool(
+    state: &EdgeState,
+    table: &RouteTable,
+    index: usize,
+    key: &RequestKey,
+    client: &ClientInfo,
+    head: &[u8],
+    mut upstream: Upstream,
+    retry: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let pools = table.pools();
+    let load = |t: &TunnelId| state.registry.load(t);
+    let mut exclude = None;
+    loop {
+        let choice = pool::choose(pools, index, &load, key, exclude).ok_or_else(|| ProxyError::NoHealthyOrigin {
+            pool: pools[index].name.clone(),
+        })?;
+        let pool = &pools[choice.pool];
+        let tunnel = pool.spec.origins[choice.origin].tunnel;
+        let name = &pool.origin_names[choice.origin];
+        let health = &pool.health[choice.origin];
+        let attempt = std::mem::replace(
+            &mut upstream,
+            Upstream {
+                body: None,
+                on_upgrade: None,
+            },
+        );
+        match exchange(state, tunnel, name, head, attempt).await {
+            Ok(mut response) => {
+                health.record_request(!response.status().is_server_error());
+                if let (true, Some(ttl)) = (choice.pin, pool.spec.affinity_ttl_secs) {
+                    let cookie = pool::affinity_cookie(tunnel, ttl, client.scheme == Scheme::Https);
+                    if let Ok(value) = HeaderValue::from_str(&cookie) {
+                        response.headers_mut().append(http::header::SET_COOKIE, value);
+                    }
+                }
+                return Ok(response);
+            }
+            Err(e) => {
+                health.record_request(false);
+                let before_response = matches!(
+                    e,
+                    ProxyError::TunnelUnavailable { .. }
+                        | ProxyError::TunnelStream { .. }
+                        | ProxyError::OriginUnreachable { .. }
+                        | ProxyError::ConnectorRefused { .. }
+                );
+                if !(retry && before_response && exclude.is_none()) {
+                    return Err(e);
+                }
+                tracing::debug!(pool = %pool.name, origin = %name, "retrying on another origin: {e}");
+                exclude = Some(tunnel);
+            }
+        }
+    }
+}
+
+/// One request/response exchange over a stream of `tunnel`.
+async fn exchange(
+    state: &EdgeState,
+    tunnel_id: TunnelId,
+    tunnel_name: &str,
+    head_bytes: &[u8],
+    upstream: Upstream,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (in_flight, mut send, recv) = open_stream(state, tunnel_id, tunnel_name, head_bytes).await?;
 
     // A WebSocket keeps its send half for the raw bytes after the 101.
     let mut upgrade_send = None;
-    if websocket {
+    if upstream.on_upgrade.is_some() {
         upgrade_send = Some(send);
-    } else if body.is_end_stream() {
-        let _ = send.finish();
-    } else {
+    } else if let Some(body) = upstream.body {
         let limits = state.config.limits;
         tokio::spawn(async move {
             match send_body(body, &mut send, &limits, Some(REQUEST_BODY_IDLE_TIMEOUT)).await {
@@ -144,17 +265,19 @@ async fn forward(
                 }
             }
         });
+    } else {
+        let _ = send.finish();
     }
 
     let mut frames = FramedRead::new(recv, TunnelCodec::new(state.config.limits));
     let stream_failed = |reason: String| ProxyError::TunnelStream {
-        name: tunnel_name.clone(),
+        name: tunnel_name.to_owned(),
         reason,
     };
     let first = tokio::time::timeout(state.config.origin_timeout, frames.next())
         .await
         .map_err(|_| ProxyError::OriginTimeout {
-            name: tunnel_name.clone(),
+            name: tunnel_name.to_owned(),
             timeout: state.config.origin_timeout,
         })?;
     let ResponseHead {
@@ -163,7 +286,7 @@ async fn forward(
     } = match first {
         Some(Ok(Frame::ResponseHead(head))) => *head,
         Some(Ok(Frame::Error(err))) => {
-            let name = tunnel_name.clone();
+            let name = tunnel_name.to_owned();
             return Err(match err.code {
                 StreamErrorCode::OriginUnreachable => ProxyError::OriginUnreachable {
                     name,
@@ -184,7 +307,8 @@ async fn forward(
         None => return Err(stream_failed("connector closed the stream without answering".into())),
     };
 
-    if let (Some(on_upgrade), Some(send), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, upgrade_send, status) {
+    if let (Some(on_upgrade), Some(send), StatusCode::SWITCHING_PROTOCOLS) = (upstream.on_upgrade, upgrade_send, status)
+    {
         // Tunnel the upgraded connection only once the origin agreed (101).
         strip_hop_by_hop(&mut response_headers, true);
         tokio::spawn(bridge_upgrade(on_upgrade, send, frames, in_flight));
@@ -235,7 +359,7 @@ async fn run_plugins(
 
 /// Open a stream on the tunnel's least busy connection and write the head. A connection that
 /// fails here has seen nothing of the request, so one other connection is tried.
-async fn open_stream(
+pub(crate) async fn open_stream(
     state: &EdgeState,
     tunnel: TunnelId,
     tunnel_name: &str,

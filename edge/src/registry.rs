@@ -96,6 +96,17 @@ impl Registry {
         Some(InFlight(best))
     }
 
+    /// Streams in flight over the tunnel's live connections; `None` when it has none.
+    pub fn load(&self, tunnel: &TunnelId) -> Option<usize> {
+        self.tunnels
+            .get(tunnel)
+            .map(|conns| conns.iter().map(|c| c.in_flight()).sum())
+    }
+
+    pub fn is_connected(&self, tunnel: &TunnelId) -> bool {
+        self.tunnels.contains_key(tunnel)
+    }
+
     pub fn connections(&self, tunnel: &TunnelId) -> Vec<Arc<TunnelConnection>> {
         self.tunnels.get(tunnel).map(|c| c.clone()).unwrap_or_default()
     }

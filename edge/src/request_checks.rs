@@ -73,12 +73,7 @@ pub fn check_sni(table: &RouteTable, sni: &str, host: &str) -> Result<(), ProxyE
     if sni.eq_ignore_ascii_case(host_only) {
         return Ok(());
     }
-    let account = |name: &str| {
-        table
-            .lookup(name)
-            .and_then(|r| table.tunnel(&r.tunnel))
-            .map(|t| t.account)
-    };
+    let account = |name: &str| table.lookup(name).and_then(|r| table.route_account(r));
     match (account(sni), account(host)) {
         (Some(a), Some(b)) if a != b => Err(ProxyError::Misdirected {
             sni: sni.to_owned(),

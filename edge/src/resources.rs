@@ -9,6 +9,7 @@
 //! tunnels/<account>/<tunnel>         Tunnel (secret hash only)
 //! tunnel-names/<account>/<name>      tunnel id — keeps names unique per account
 //! routes/<hostname>                  Route — hostnames are global, owned by one account
+//! pools/<account>/<name>             Pool — origins are tunnels of the same account
 //! connections/<tunnel>/<connection>  Connection, attached to the edge node's lease
 //! ```
 //!
@@ -25,7 +26,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::route_table::{PluginBinding, Route, RouteTable, TunnelRecord, hash_secret, validate_hostname};
+use crate::pool::PoolSpec;
+use crate::route_table::{
+    PluginBinding, PoolDef, Route, RouteTable, Target, TunnelRecord, hash_secret, validate_hostname,
+};
 use crate::store::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError};
 use crate::tunnels_file::{decode_hex32, encode_hex};
 
@@ -72,11 +76,33 @@ pub struct Tunnel {
 pub struct RouteDoc {
     pub hostname: String,
     pub account: AccountId,
-    pub tunnel: TunnelId,
+    /// The route's target: a tunnel, or a pool of tunnels (exactly one is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     pub created: u64,
     /// Plugins run for this hostname, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginBinding>,
+}
+
+/// A load-balanced pool of the account's tunnels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolDoc {
+    pub account: AccountId,
+    pub name: String,
+    pub created: u64,
+    pub spec: PoolSpec<TunnelId>,
+}
+
+/// What a hostname route points at, as the caller names it.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteTo<'a> {
+    /// A tunnel name or UUID.
+    Tunnel(&'a str),
+    /// A pool name.
+    Pool(&'a str),
 }
 
 /// A live connection as recorded by the edge that holds it.
@@ -114,6 +140,8 @@ pub struct Snapshot {
     pub revision: Revision,
     pub tunnels: Vec<Tunnel>,
     pub routes: Vec<RouteDoc>,
+    #[serde(default)]
+    pub pools: Vec<PoolDoc>,
 }
 
 impl Snapshot {
@@ -133,19 +161,37 @@ impl Snapshot {
         }
         let owners: std::collections::HashMap<TunnelId, AccountId> =
             self.tunnels.iter().map(|t| (t.id, t.account)).collect();
+        let mut pools = Vec::with_capacity(self.pools.len());
+        let mut pool_index = std::collections::HashMap::new();
+        for p in &self.pools {
+            let mut spec = p.spec.clone();
+            // A tunnel deleted in a race with a pool edit is dropped, not fatal for the table.
+            spec.origins.retain(|o| owners.get(&o.tunnel) == Some(&p.account));
+            pool_index.insert((p.account, p.name.as_str()), pools.len());
+            pools.push(PoolDef {
+                account: p.account,
+                name: p.name.clone(),
+                spec,
+            });
+        }
         let routes = self
             .routes
             .iter()
-            .filter(|r| {
-                let owned = owners.get(&r.tunnel) == Some(&r.account);
-                if !owned {
-                    tracing::warn!(hostname = %r.hostname, tunnel = %r.tunnel, "route skipped: its account does not own the tunnel");
-                }
-                owned
+            .filter_map(|r| {
+                let target = match (r.tunnel, &r.pool) {
+                    (Some(t), None) if owners.get(&t) == Some(&r.account) => Target::Tunnel(t),
+                    (None, Some(pool)) if pool_index.contains_key(&(r.account, pool.as_str())) => {
+                        Target::Pool(pool_index[&(r.account, pool.as_str())])
+                    }
+                    _ => {
+                        tracing::warn!(hostname = %r.hostname, "route skipped: its account does not own its tunnel or pool");
+                        return None;
+                    }
+                };
+                Some(Route { hostname: r.hostname.clone(), target, plugins: r.plugins.clone().into() })
             })
-            .map(|r| Route { hostname: r.hostname.clone(), tunnel: r.tunnel, plugins: r.plugins.clone().into() })
             .collect();
-        RouteTable::build(records, routes)
+        RouteTable::build(records, routes, pools)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
     }
 }
@@ -388,6 +434,20 @@ impl ControlPlane {
                 live.len()
             )));
         }
+        let (pools, _) = self.list_all::<PoolDoc>(&format!("pools/{account}/")).await?;
+        let member_of: Vec<&str> = pools
+            .iter()
+            .filter(|p| p.spec.origins.iter().any(|o| o.tunnel == tunnel.id))
+            .map(|p| p.name.as_str())
+            .collect();
+        if let Some(pool) = member_of.first() {
+            return Err(CpError::Conflict(format!(
+                "tunnel {:?} is an origin of pool(s) {}; remove it first with `burrow pool origin remove {pool} {}`",
+                tunnel.name,
+                member_of.join(", "),
+                tunnel.name
+            )));
+        }
         let (routes, _) = self.list_all::<RouteDoc>("routes/").await?;
         let mut ops = vec![
             Op::Delete {
@@ -400,9 +460,14 @@ impl ControlPlane {
                 prefix: format!("connections/{}/", tunnel.id),
             },
         ];
-        ops.extend(routes.iter().filter(|r| r.tunnel == tunnel.id).map(|r| Op::Delete {
-            key: format!("routes/{}", r.hostname),
-        }));
+        ops.extend(
+            routes
+                .iter()
+                .filter(|r| r.tunnel == Some(tunnel.id))
+                .map(|r| Op::Delete {
+                    key: format!("routes/{}", r.hostname),
+                }),
+        );
         self.store.txn(vec![], ops).await?;
         Ok(tunnel)
     }
@@ -415,7 +480,7 @@ impl ControlPlane {
         &self,
         account: AccountId,
         hostname: &str,
-        tunnel_ref: &str,
+        to: RouteTo<'_>,
         overwrite: bool,
         plugins: Vec<PluginBinding>,
     ) -> Result<RouteDoc, CpError> {
@@ -441,7 +506,10 @@ impl ControlPlane {
             field: "hostname",
             reason,
         })?;
-        let tunnel = self.find_tunnel(account, tunnel_ref).await?;
+        let (tunnel, pool) = match to {
+            RouteTo::Tunnel(reference) => (Some(self.find_tunnel(account, reference).await?.id), None),
+            RouteTo::Pool(name) => (None, Some(self.pool(account, name).await?.0.name)),
+        };
         let key = format!("routes/{hostname}");
         let existing = self.store.get(&key).await?;
         let compare = match &existing {
@@ -451,9 +519,9 @@ impl ControlPlane {
                 if current.account != account {
                     return Err(CpError::Conflict(format!("{hostname} is routed by another account")));
                 }
-                if current.tunnel != tunnel.id && !overwrite {
+                if (current.tunnel != tunnel || current.pool != pool) && !overwrite {
                     return Err(CpError::Conflict(format!(
-                        "{hostname} already routes to another of your tunnels; pass --overwrite-dns to move it"
+                        "{hostname} already routes elsewhere in your account; pass --overwrite-dns to move it"
                     )));
                 }
                 Compare::ModRevision(key.clone(), kv.mod_revision)
@@ -462,7 +530,8 @@ impl ControlPlane {
         let doc = RouteDoc {
             hostname: hostname.clone(),
             account,
-            tunnel: tunnel.id,
+            tunnel,
+            pool,
             created: now(),
             plugins,
         };
@@ -506,6 +575,114 @@ impl ControlPlane {
     pub async fn list_routes(&self, account: AccountId) -> Result<Vec<RouteDoc>, CpError> {
         let (routes, _) = self.list_all::<RouteDoc>("routes/").await?;
         Ok(routes.into_iter().filter(|r| r.account == account).collect())
+    }
+
+    // --- pools --------------------------------------------------------------------------------
+
+    /// A pool and the revision it was last written at (for `If-Match`).
+    pub async fn pool(&self, account: AccountId, name: &str) -> Result<(PoolDoc, Revision), CpError> {
+        let kv = self.store.get(&format!("pools/{account}/{name}")).await?;
+        let kv = kv.ok_or_else(|| CpError::NotFound(format!("pool {name:?}")))?;
+        Ok((from_json(&kv)?, kv.mod_revision))
+    }
+
+    pub async fn list_pools(&self, account: AccountId) -> Result<Vec<PoolDoc>, CpError> {
+        Ok(self.list_all(&format!("pools/{account}/")).await?.0)
+    }
+
+    /// Create or replace a pool. Origins name tunnels of `account` (name or UUID). `expect`:
+    /// `Some(0)` = must not exist yet, `Some(rev)` = must be unchanged since `rev`.
+    pub async fn put_pool(
+        &self,
+        account: AccountId,
+        name: &str,
+        spec: PoolSpec<String>,
+        expect: Option<Revision>,
+    ) -> Result<PoolDoc, CpError> {
+        validate_name("name", name)?;
+        let invalid = |reason: String| CpError::Invalid { field: "pool", reason };
+        if spec.origins.len() > crate::pool::MAX_ORIGINS_PER_POOL {
+            return Err(invalid(format!(
+                "a pool has at most {} origins",
+                crate::pool::MAX_ORIGINS_PER_POOL
+            )));
+        }
+        let mut ids = Vec::with_capacity(spec.origins.len());
+        for origin in &spec.origins {
+            ids.push(self.find_tunnel(account, &origin.tunnel).await?.id);
+        }
+        let mut ids = ids.into_iter();
+        let spec = spec
+            .resolve(|_| ids.next().ok_or(()))
+            .map_err(|()| invalid("origins changed while resolving".into()))?;
+        spec.validate().map_err(invalid)?;
+        if let Some(fallback) = &spec.fallback {
+            if fallback == name {
+                return Err(invalid("a pool cannot be its own fallback".into()));
+            }
+            self.pool(account, fallback).await?;
+        }
+        let key = format!("pools/{account}/{name}");
+        let existing = self.store.get(&key).await?;
+        let created = match &existing {
+            Some(kv) => from_json::<PoolDoc>(kv)?.created,
+            None => now(),
+        };
+        let compare = match (expect, &existing) {
+            (Some(0), _) => vec![Compare::Missing(key.clone())],
+            (Some(rev), _) => vec![Compare::ModRevision(key.clone(), rev)],
+            (None, Some(kv)) => vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+            (None, None) => vec![Compare::Missing(key.clone())],
+        };
+        let doc = PoolDoc {
+            account,
+            name: name.to_owned(),
+            created,
+            spec,
+        };
+        let put = Op::Put {
+            key,
+            value: to_json(&doc),
+            lease: None,
+        };
+        if !self.store.txn(compare, vec![put]).await?.succeeded {
+            return Err(CpError::Conflict(match expect {
+                Some(0) => format!("a pool named {name:?} already exists"),
+                _ => format!("pool {name:?} changed concurrently; read it again and retry"),
+            }));
+        }
+        Ok(doc)
+    }
+
+    /// Delete a pool that no route and no other pool (as fallback) uses.
+    pub async fn delete_pool(&self, account: AccountId, name: &str) -> Result<(), CpError> {
+        let (_, revision) = self.pool(account, name).await?;
+        let routes = self.list_routes(account).await?;
+        if let Some(r) = routes.iter().find(|r| r.pool.as_deref() == Some(name)) {
+            return Err(CpError::Conflict(format!(
+                "{} routes to pool {name:?}; route it elsewhere or delete the route first",
+                r.hostname
+            )));
+        }
+        if let Some(p) = self
+            .list_pools(account)
+            .await?
+            .iter()
+            .find(|p| p.spec.fallback.as_deref() == Some(name))
+        {
+            return Err(CpError::Conflict(format!(
+                "pool {:?} falls back to {name:?}; change its fallback first",
+                p.name
+            )));
+        }
+        let key = format!("pools/{account}/{name}");
+        self.store
+            .txn(
+                vec![Compare::ModRevision(key.clone(), revision)],
+                vec![Op::Delete { key }],
+            )
+            .await?;
+        Ok(())
     }
 
     // --- connections --------------------------------------------------------------------------
@@ -555,16 +732,18 @@ impl ControlPlane {
     pub async fn snapshot(&self) -> Result<Snapshot, CpError> {
         let (tunnels, rev_t) = self.list_all::<Tunnel>("tunnels/").await?;
         let (routes, rev_r) = self.list_all::<RouteDoc>("routes/").await?;
-        // Two reads: if a write landed between them, the watch will deliver it and we rebuild.
+        let (pools, rev_p) = self.list_all::<PoolDoc>("pools/").await?;
+        // Separate reads: if a write landed between them, the watch delivers it and we rebuild.
         Ok(Snapshot {
-            revision: rev_t.min(rev_r),
+            revision: rev_t.min(rev_r).min(rev_p),
             tunnels,
             routes,
+            pools,
         })
     }
 }
 
 /// Whether a changed key affects what edges serve.
 pub fn affects_routing(key: &str) -> bool {
-    key.starts_with("tunnels/") || key.starts_with("routes/")
+    key.starts_with("tunnels/") || key.starts_with("routes/") || key.starts_with("pools/")
 }

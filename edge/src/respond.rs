@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// No response head within the origin timeout.
     #[error("tunnel {name:?}: origin did not answer within {timeout:?}")]
     OriginTimeout { name: String, timeout: std::time::Duration },
+    /// Every origin of the pool (and of its fallbacks) is down, disabled or disconnected.
+    #[error("pool {pool:?} has no healthy origin")]
+    NoHealthyOrigin { pool: String },
     /// The connector refused the request (unsupported service, draining).
     #[error("tunnel {name:?}: connector refused the request: {message}")]
     ConnectorRefused { name: String, message: String },
@@ -57,6 +60,7 @@ impl ProxyError {
             | ProxyError::OriginUnreachable { .. }
             | ProxyError::ConnectorRefused { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyOrigin { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -74,6 +78,7 @@ impl ProxyError {
             ProxyError::OriginUnreachable { .. } => "origin_unreachable",
             ProxyError::OriginTimeout { .. } => "origin_timeout",
             ProxyError::ConnectorRefused { .. } => "connector_refused",
+            ProxyError::NoHealthyOrigin { .. } => "no_healthy_origin",
         }
     }
 
@@ -108,6 +113,10 @@ impl ProxyError {
             }
             ProxyError::OriginTimeout { .. } => "The origin is too slow to answer; check its load and logs.".into(),
             ProxyError::ConnectorRefused { .. } => "Check the connector's ingress rules for this hostname.".into(),
+            ProxyError::NoHealthyOrigin { pool } => format!(
+                "Every origin of pool {pool} is down or disabled, and so is its fallback. \
+                 \"burrow pool show {pool}\" says why."
+            ),
         }
     }
 }

@@ -12,6 +12,8 @@ use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::pool::{Pool, PoolSpec};
+
 /// A tunnel as the edge knows it: enough to route to it and to check a connector's secret.
 #[derive(Clone)]
 pub struct TunnelRecord {
@@ -52,9 +54,25 @@ pub fn hash_secret(secret: &TunnelSecret) -> [u8; 32] {
 pub struct Route {
     /// The pattern as configured: `app.example.com` or `*.example.com`.
     pub hostname: String,
-    pub tunnel: TunnelId,
+    pub target: Target,
     /// Plugins run for this hostname, in order (shared by every request on the route).
     pub plugins: Arc<[PluginBinding]>,
+}
+
+/// What a route sends its requests to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Tunnel(TunnelId),
+    /// Index into the pools given to [`RouteTable::build`] (and then into [`RouteTable::pools`]).
+    Pool(usize),
+}
+
+/// A pool handed to [`RouteTable::build`]: its origins must be tunnels of the same account.
+#[derive(Debug, Clone)]
+pub struct PoolDef {
+    pub account: AccountId,
+    pub name: String,
+    pub spec: PoolSpec<TunnelId>,
 }
 
 /// A plugin bound to a route: which plugin, its configuration, and what a failure does.
@@ -80,6 +98,8 @@ pub struct RouteTable {
     /// Keyed by the suffix after `*`, e.g. `.example.com`.
     wildcard: HashMap<String, Route>,
     tunnels: HashMap<TunnelId, TunnelRecord>,
+    pools: Vec<Pool>,
+    pool_index: HashMap<(AccountId, String), usize>,
 }
 
 /// A problem that stops a table from being built; the old table keeps serving.
@@ -93,11 +113,19 @@ pub enum BuildError {
     UnknownTunnel { hostname: String, tunnel: TunnelId },
     #[error("tunnel {0} is defined twice")]
     DuplicateTunnel(TunnelId),
+    #[error("pool {pool:?}: {reason}")]
+    BadPool { pool: String, reason: String },
+    #[error("route {hostname:?} points to a pool that does not exist")]
+    UnknownPool { hostname: String },
 }
 
 impl RouteTable {
     /// Build a table, reporting every problem at once.
-    pub fn build(tunnels: Vec<TunnelRecord>, routes: Vec<Route>) -> Result<RouteTable, Vec<BuildError>> {
+    pub fn build(
+        tunnels: Vec<TunnelRecord>,
+        routes: Vec<Route>,
+        pools: Vec<PoolDef>,
+    ) -> Result<RouteTable, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut table = RouteTable::default();
         for record in tunnels {
@@ -106,6 +134,7 @@ impl RouteTable {
                 errors.push(BuildError::DuplicateTunnel(id));
             }
         }
+        table.build_pools(pools, &mut errors);
         for mut route in routes {
             route.hostname = route.hostname.to_ascii_lowercase();
             if let Err(reason) = validate_hostname(&route.hostname) {
@@ -115,12 +144,21 @@ impl RouteTable {
                 });
                 continue;
             }
-            if !table.tunnels.contains_key(&route.tunnel) {
-                errors.push(BuildError::UnknownTunnel {
-                    hostname: route.hostname,
-                    tunnel: route.tunnel,
-                });
-                continue;
+            match route.target {
+                Target::Tunnel(tunnel) if !table.tunnels.contains_key(&tunnel) => {
+                    errors.push(BuildError::UnknownTunnel {
+                        hostname: route.hostname,
+                        tunnel,
+                    });
+                    continue;
+                }
+                Target::Pool(i) if i >= table.pools.len() => {
+                    errors.push(BuildError::UnknownPool {
+                        hostname: route.hostname,
+                    });
+                    continue;
+                }
+                _ => {}
             }
             let (map, key) = match route.hostname.strip_prefix('*') {
                 Some(suffix) => (&mut table.wildcard, suffix.to_owned()),
@@ -131,6 +169,7 @@ impl RouteTable {
                 errors.push(BuildError::DuplicateRoute { hostname });
             }
         }
+        table.set_probe_hosts();
         if errors.is_empty() { Ok(table) } else { Err(errors) }
     }
 
@@ -166,6 +205,120 @@ impl RouteTable {
 
     pub fn tunnel(&self, id: &TunnelId) -> Option<&TunnelRecord> {
         self.tunnels.get(id)
+    }
+
+    /// Every pool, indexed by [`Target::Pool`] and [`Pool::fallback`].
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// A pool by account and name, with its index.
+    pub fn pool(&self, account: AccountId, name: &str) -> Option<(usize, &Pool)> {
+        let i = *self.pool_index.get(&(account, name.to_owned()))?;
+        Some((i, &self.pools[i]))
+    }
+
+    /// The account that owns a route's target.
+    pub fn route_account(&self, route: &Route) -> Option<AccountId> {
+        match route.target {
+            Target::Tunnel(id) => self.tunnel(&id).map(|t| t.account),
+            Target::Pool(i) => self.pools.get(i).map(|p| p.account),
+        }
+    }
+
+    /// Keep the health of origins that are in both tables: a config change must not forget
+    /// that an origin is down (or make a healthy one wait for probes again).
+    pub fn inherit_health(&mut self, old: &RouteTable) {
+        for pool in &mut self.pools {
+            let Some((_, previous)) = old.pool(pool.account, &pool.name) else {
+                continue;
+            };
+            for (i, origin) in pool.spec.origins.iter().enumerate() {
+                if let Some(j) = previous.spec.origins.iter().position(|o| o.tunnel == origin.tunnel) {
+                    pool.health[i] = previous.health[j].clone();
+                }
+            }
+        }
+    }
+
+    /// Monitors without a `host` probe with a hostname routed to their pool (exact names first;
+    /// `*.example.com` gives `burrow-health.example.com`).
+    fn set_probe_hosts(&mut self) {
+        let routes = self.exact.values().chain(self.wildcard.values());
+        for route in routes {
+            if let Target::Pool(i) = route.target
+                && self.pools[i].probe_host.is_none()
+            {
+                let host = match route.hostname.strip_prefix('*') {
+                    Some(suffix) => format!("burrow-health{suffix}"),
+                    None => route.hostname.clone(),
+                };
+                self.pools[i].probe_host = Some(host);
+            }
+        }
+    }
+
+    /// Check pools (origins owned by the pool's account, fallbacks that exist and do not loop)
+    /// and add them in order, so that route targets can index them.
+    fn build_pools(&mut self, pools: Vec<PoolDef>, errors: &mut Vec<BuildError>) {
+        for (i, def) in pools.iter().enumerate() {
+            if self.pool_index.insert((def.account, def.name.clone()), i).is_some() {
+                errors.push(BuildError::BadPool {
+                    pool: def.name.clone(),
+                    reason: "defined twice".into(),
+                });
+            }
+        }
+        let mut built = Vec::with_capacity(pools.len());
+        for def in pools {
+            let bad = |reason: String| BuildError::BadPool {
+                pool: def.name.clone(),
+                reason,
+            };
+            if let Err(reason) = def.spec.validate() {
+                errors.push(bad(reason));
+            }
+            let mut names = Vec::with_capacity(def.spec.origins.len());
+            for origin in &def.spec.origins {
+                match self.tunnels.get(&origin.tunnel) {
+                    Some(t) if t.account == def.account => names.push(t.name.clone()),
+                    _ => {
+                        errors.push(bad(format!(
+                            "origin {} is not a tunnel of the pool's account",
+                            origin.tunnel
+                        )));
+                        names.push(String::new());
+                    }
+                }
+            }
+            let fallback = def.spec.fallback.as_ref().and_then(|name| {
+                let found = self.pool_index.get(&(def.account, name.clone())).copied();
+                if found.is_none() {
+                    errors.push(bad(format!("fallback pool {name:?} does not exist")));
+                }
+                found
+            });
+            built.push(Pool::new(def.account, def.name, def.spec, names, fallback));
+        }
+        for (i, pool) in built.iter().enumerate() {
+            let mut hops = 0;
+            let mut next = pool.fallback;
+            while let Some(j) = next {
+                hops += 1;
+                if j == i || hops > crate::pool::MAX_FALLBACK_DEPTH {
+                    errors.push(BuildError::BadPool {
+                        pool: pool.name.clone(),
+                        reason: format!(
+                            "its fallback chain loops or is longer than {}",
+                            crate::pool::MAX_FALLBACK_DEPTH
+                        ),
+                    });
+                    break;
+                }
+                next = built[j].fallback;
+            }
+        }
+        self.pools = built;
     }
 
     pub fn route_count(&self) -> usize {
@@ -230,7 +383,7 @@ mod tests {
     fn route(host: &str, n: u128) -> Route {
         Route {
             hostname: host.into(),
-            tunnel: TunnelId(Uuid::from_u128(n)),
+            target: Target::Tunnel(TunnelId(Uuid::from_u128(n))),
             plugins: Arc::new([]),
         }
     }
@@ -244,6 +397,7 @@ mod tests {
                 route("*.example.com", 2),
                 route("*.b.example.com", 3),
             ],
+            vec![],
         )
         .unwrap();
         let cases = [
@@ -260,7 +414,10 @@ mod tests {
             ("", None),
         ];
         for (host, want) in cases {
-            let got = table.lookup(host).map(|r| r.tunnel.0.as_u128());
+            let got = table.lookup(host).map(|r| match r.target {
+                Target::Tunnel(t) => t.0.as_u128(),
+                Target::Pool(_) => unreachable!(),
+            });
             assert_eq!(got, want, "host {host:?}");
         }
     }
@@ -276,6 +433,7 @@ mod tests {
                 route("dup.com", 1),
                 route("Bad_Host", 1),
             ],
+            vec![],
         )
         .unwrap_err();
         assert_eq!(errors.len(), 4, "{errors:?}");

@@ -9,6 +9,13 @@
 //! routes:
 //!   - hostname: app.example.com
 //!     tunnel: web            # name or id
+//!   - hostname: lb.example.com
+//!     pool: web-pool
+//! pools:
+//!   - name: web-pool
+//!     spec:                  # the same document as the API's PUT /v1/pools/NAME
+//!       origins: [{tunnel: web, weight: 2}, {tunnel: web-eu}]
+//!       steering: least-outstanding
 //! ```
 
 use std::path::Path;
@@ -17,7 +24,8 @@ use anyhow::{Context, Result};
 use burrow_protocol::{AccountId, TunnelId};
 use serde::{Deserialize, Serialize};
 
-use crate::route_table::{PluginBinding, Route, RouteTable, TunnelRecord};
+use crate::pool::PoolSpec;
+use crate::route_table::{PluginBinding, PoolDef, Route, RouteTable, Target, TunnelRecord};
 
 /// Bigger files are refused: this is config, not data.
 const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
@@ -29,6 +37,15 @@ pub struct TunnelsFile {
     pub tunnels: Vec<TunnelEntry>,
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolEntry {
+    pub name: String,
+    pub spec: PoolSpec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,8 +62,12 @@ pub struct TunnelEntry {
 #[serde(deny_unknown_fields)]
 pub struct RouteEntry {
     pub hostname: String,
-    /// Tunnel name or UUID.
-    pub tunnel: String,
+    /// Tunnel name or UUID (or set `pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
+    /// Pool name (or set `tunnel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Plugins run for this hostname, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginBinding>,
@@ -85,20 +106,65 @@ impl TunnelsFile {
                 None => problems.push(format!("tunnels[{i}].secret-sha256: must be 64 hex characters")),
             }
         }
+        let find_tunnel = |reference: &str| {
+            let by_id = reference.parse::<TunnelId>().ok();
+            self.tunnels.iter().find(|t| Some(t.id) == by_id || t.name == reference)
+        };
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for (i, p) in self.pools.iter().enumerate() {
+            let resolved = p.spec.clone().resolve(|reference| {
+                find_tunnel(reference).ok_or_else(|| format!("pools[{i}].spec.origins: no tunnel named {reference:?}"))
+            });
+            let spec = match resolved {
+                Ok(spec) => spec,
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            };
+            // The file has no accounts of its own: a pool belongs to its tunnels' account.
+            let Some(first) = spec.origins.first() else {
+                problems.push(format!(
+                    "pools[{i}]: a pool in a tunnels file needs at least one origin"
+                ));
+                continue;
+            };
+            let account = first.tunnel.account;
+            pools.push(PoolDef {
+                account,
+                name: p.name.clone(),
+                spec: spec.resolve(|t| Ok::<_, ()>(t.id)).unwrap_or_default(),
+            });
+        }
         let mut routes = Vec::with_capacity(self.routes.len());
         for (i, r) in self.routes.iter().enumerate() {
-            let by_id = r.tunnel.parse::<TunnelId>().ok();
-            let found = self.tunnels.iter().find(|t| Some(t.id) == by_id || t.name == r.tunnel);
-            match found {
-                Some(t) => routes.push(Route {
-                    hostname: r.hostname.clone(),
-                    tunnel: t.id,
-                    plugins: r.plugins.clone().into(),
-                }),
-                None => problems.push(format!("routes[{i}].tunnel: no tunnel named {:?}", r.tunnel)),
-            }
+            let target = match (&r.tunnel, &r.pool) {
+                (Some(tunnel), None) => match find_tunnel(tunnel) {
+                    Some(t) => Target::Tunnel(t.id),
+                    None => {
+                        problems.push(format!("routes[{i}].tunnel: no tunnel named {tunnel:?}"));
+                        continue;
+                    }
+                },
+                (None, Some(pool)) => match pools.iter().position(|p| &p.name == pool) {
+                    Some(index) => Target::Pool(index),
+                    None => {
+                        problems.push(format!("routes[{i}].pool: no pool named {pool:?}"));
+                        continue;
+                    }
+                },
+                _ => {
+                    problems.push(format!("routes[{i}]: set exactly one of tunnel and pool"));
+                    continue;
+                }
+            };
+            routes.push(Route {
+                hostname: r.hostname.clone(),
+                target,
+                plugins: r.plugins.clone().into(),
+            });
         }
-        match RouteTable::build(records, routes) {
+        match RouteTable::build(records, routes, pools) {
             Ok(table) if problems.is_empty() => Ok(table),
             Ok(_) => anyhow::bail!("{}", problems.join("\n")),
             Err(errors) => {

@@ -34,7 +34,7 @@ pub mod ids;
 
 pub use control::{ControlMessage, Register, Registered, RejectCode, Rejected};
 pub use frame::{Frame, FrameError, Limits, TunnelCodec};
-pub use head::{RequestHead, RequestKind, ResponseHead, Scheme, StreamError, StreamErrorCode};
+pub use head::{FLAG_HEALTH_CHECK, RequestHead, RequestKind, ResponseHead, Scheme, StreamError, StreamErrorCode};
 pub use ids::{AccountId, ConnIndex, ConnectorId, TunnelId, TunnelSecret};
 
 /// ALPN protocol id for the tunnel transport. The trailing number is the protocol version.

@@ -116,12 +116,14 @@ impl TestTunnel {
 /// Tunnels file contents: the tunnels plus `(hostname, tunnel name)` routes.
 pub fn tunnels_file(tunnels: &[&TestTunnel], routes: &[(&str, &str)]) -> TunnelsFile {
     TunnelsFile {
+        pools: Vec::new(),
         tunnels: tunnels.iter().map(|t| t.entry()).collect(),
         routes: routes
             .iter()
             .map(|(h, t)| RouteEntry {
                 hostname: (*h).into(),
-                tunnel: (*t).into(),
+                tunnel: Some((*t).into()),
+                pool: None,
                 plugins: Vec::new(),
             })
             .collect(),

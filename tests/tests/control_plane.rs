@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use burrow_edge::resources::RouteTo;
 use burrow_tests::*;
 use http::StatusCode;
 
@@ -443,7 +444,7 @@ async fn route_changes_apply_live_without_failing_requests() {
     let (account, _token) = control.create_account("alice").await.unwrap();
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
     control
-        .route(account.id, "stable.test", "web", false, Vec::new())
+        .route(account.id, "stable.test", RouteTo::Tunnel("web"), false, Vec::new())
         .await
         .unwrap();
     let origin = named_origin("ok").await;
@@ -481,7 +482,13 @@ async fn route_changes_apply_live_without_failing_requests() {
     };
     for i in 0..100 {
         control
-            .route(account.id, &format!("h{i}.test"), "web", false, Vec::new())
+            .route(
+                account.id,
+                &format!("h{i}.test"),
+                RouteTo::Tunnel("web"),
+                false,
+                Vec::new(),
+            )
             .await
             .unwrap();
     }

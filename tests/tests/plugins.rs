@@ -54,7 +54,8 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
     ] {
         file.routes.push(RouteEntry {
             hostname: host.into(),
-            tunnel: "app".into(),
+            tunnel: Some("app".into()),
+            pool: None,
             plugins,
         });
     }

@@ -1,0 +1,284 @@
+//! Health of pool origins as this edge sees it. Three signals, one verdict per (pool, origin):
+//!
+//! - **connected**: a tunnel with no live connection is down at once (the registry says so);
+//! - **active**: the pool's monitor, sent *through the tunnel* as a request flagged as a health
+//!   check, so the connector's ingress rules pick the service; `unhealthy-threshold` failures in a
+//!   row take the origin out, `healthy-threshold` passes bring it back;
+//! - **passive**: [`PASSIVE_FAILURES`] failed requests in a row (tunnel or origin errors, 5xx)
+//!   eject the origin for [`PASSIVE_EJECTION`].
+//!
+//! The state lives in [`OriginHealth`] objects that table swaps carry over. Transitions are logged
+//! once and exported as `burrow_pool_origin_healthy{pool,origin}`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use burrow_protocol::{FLAG_HEALTH_CHECK, Frame, RequestHead, RequestKind, Scheme, TunnelCodec};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Method};
+use http_body_util::BodyExt;
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use crate::EdgeState;
+use crate::pool::{MonitorType, Pool};
+use crate::route_table::RouteTable;
+
+/// Failed requests in a row that eject an origin.
+pub const PASSIVE_FAILURES: u32 = 5;
+/// How long a passively ejected origin stays out (then it gets traffic again).
+pub const PASSIVE_EJECTION: Duration = Duration::from_secs(10);
+/// How often the prober looks for due probes and reports transitions.
+const TICK: Duration = Duration::from_millis(200);
+/// Monitors read at most this much of a response body.
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    CLOCK.elapsed().as_millis() as u64
+}
+
+/// The health state of one origin of one pool.
+#[derive(Debug, Default)]
+pub struct OriginHealth {
+    /// The monitor's verdict; origins start up so that a new pool serves at once.
+    probe_down: AtomicBool,
+    probe_passes: AtomicU32,
+    probe_failures: AtomicU32,
+    probing: AtomicBool,
+    next_probe_ms: AtomicU64,
+    passive_failures: AtomicU32,
+    /// Passive ejection ends at this time (ms on [`CLOCK`]); 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Last reported verdict: 0 none yet, 1 up, 2 down.
+    reported: AtomicU8,
+    /// Why the last probe failed, for `burrow pool show`.
+    last_error: Mutex<Option<String>>,
+}
+
+impl OriginHealth {
+    /// Not taken out by the monitor or by passive ejection (connection state is the registry's).
+    pub fn is_up(&self) -> bool {
+        if self.probe_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || now_ms() >= until
+    }
+
+    /// The outcome of one proxied request (passive health).
+    pub fn record_request(&self, ok: bool) {
+        if ok {
+            if self.passive_failures.load(Ordering::Relaxed) != 0 {
+                self.passive_failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        if self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1 >= PASSIVE_FAILURES {
+            self.passive_failures.store(0, Ordering::Relaxed);
+            let until = now_ms() + PASSIVE_EJECTION.as_millis() as u64;
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// The outcome of one monitor probe.
+    fn record_probe(&self, result: Result<(), String>, healthy_threshold: u32, unhealthy_threshold: u32) {
+        match result {
+            Ok(()) => {
+                self.probe_failures.store(0, Ordering::Relaxed);
+                if self.probe_passes.fetch_add(1, Ordering::Relaxed) + 1 >= healthy_threshold {
+                    self.probe_down.store(false, Ordering::Relaxed);
+                    self.set_error(None);
+                }
+            }
+            Err(reason) => {
+                self.probe_passes.store(0, Ordering::Relaxed);
+                if self.probe_failures.fetch_add(1, Ordering::Relaxed) + 1 >= unhealthy_threshold {
+                    self.probe_down.store(true, Ordering::Relaxed);
+                }
+                self.set_error(Some(reason));
+            }
+        }
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = error;
+        }
+    }
+
+    /// Why the origin is down, in words (`None` when it is up).
+    pub fn reason(&self, enabled: bool, connected: bool) -> Option<String> {
+        if !enabled {
+            return Some("disabled".into());
+        }
+        if !connected {
+            return Some("tunnel has no live connection".into());
+        }
+        if self.probe_down.load(Ordering::Relaxed) {
+            let last = self.last_error.lock().ok().and_then(|e| e.clone());
+            return Some(format!("monitor failing: {}", last.unwrap_or_default()));
+        }
+        if !self.is_up() {
+            return Some(format!("ejected after {PASSIVE_FAILURES} failed requests in a row"));
+        }
+        None
+    }
+
+    #[cfg(test)]
+    pub fn force_down_for_test(&self) {
+        self.probe_down.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Probe every monitored origin when due and report health transitions, until shutdown.
+pub async fn run(state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let table = state.routes.load_full();
+        for (p, pool) in table.pools().iter().enumerate() {
+            for (i, origin) in pool.spec.origins.iter().enumerate() {
+                report(&state, pool, i);
+                let Some(monitor) = &pool.spec.monitor else { continue };
+                let health = &pool.health[i];
+                let now = now_ms();
+                if !origin.enabled
+                    || now < health.next_probe_ms.load(Ordering::Relaxed)
+                    || health.probing.swap(true, Ordering::Relaxed)
+                {
+                    continue;
+                }
+                health
+                    .next_probe_ms
+                    .store(now + monitor.interval_secs * 1000, Ordering::Relaxed);
+                tokio::spawn(probe(state.clone(), table.clone(), p, i));
+            }
+        }
+    }
+}
+
+/// Log and export a change of an origin's verdict.
+fn report(state: &EdgeState, pool: &Pool, i: usize) {
+    let up = pool.usable(i, &|t| state.registry.load(t));
+    let health = &pool.health[i];
+    let verdict = if up { 1 } else { 2 };
+    let previous = health.reported.swap(verdict, Ordering::Relaxed);
+    if previous == verdict {
+        return;
+    }
+    let origin = &pool.origin_names[i];
+    state.metrics.set_pool_origin_healthy(&pool.name, origin, up);
+    let connected = state.registry.is_connected(&pool.spec.origins[i].tunnel);
+    match health.reason(pool.spec.origins[i].enabled, connected) {
+        None if previous != 0 => tracing::info!(pool = %pool.name, origin = %origin, "pool origin is healthy again"),
+        None => {}
+        Some(reason) => tracing::warn!(pool = %pool.name, origin = %origin, "pool origin is unhealthy: {reason}"),
+    }
+}
+
+/// One monitor request through the origin's tunnel.
+async fn probe(state: Arc<EdgeState>, table: Arc<RouteTable>, p: usize, i: usize) {
+    let pool = &table.pools()[p];
+    let health = &pool.health[i];
+    let tunnel = pool.spec.origins[i].tunnel;
+    // A tunnel without connections is already down; its probes would only add noise.
+    if state.registry.is_connected(&tunnel)
+        && let Some(monitor) = &pool.spec.monitor
+    {
+        let timeout = Duration::from_secs(monitor.timeout_secs);
+        let result = match tokio::time::timeout(timeout, send_probe(&state, pool, i)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(pool = %pool.name, origin = %pool.origin_names[i], "probe failed: {e}");
+        }
+        health.record_probe(result, monitor.healthy_threshold, monitor.unhealthy_threshold);
+        report(&state, pool, i);
+    }
+    health.probing.store(false, Ordering::Relaxed);
+}
+
+async fn send_probe(state: &EdgeState, pool: &Pool, i: usize) -> Result<(), String> {
+    let Some(monitor) = &pool.spec.monitor else {
+        return Ok(());
+    };
+    let tunnel = pool.spec.origins[i].tunnel;
+    let authority = monitor
+        .host
+        .clone()
+        .or_else(|| pool.probe_host.clone())
+        .unwrap_or_else(|| pool.name.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(concat!("burrow-health-check/", env!("CARGO_PKG_VERSION"))),
+    );
+    let head = RequestHead {
+        kind: RequestKind::Http,
+        flags: FLAG_HEALTH_CHECK,
+        method: Method::from_bytes(monitor.method.as_bytes()).map_err(|e| e.to_string())?,
+        scheme: match monitor.kind {
+            MonitorType::Http => Scheme::Http,
+            MonitorType::Https => Scheme::Https,
+        },
+        authority,
+        path: monitor.path.clone(),
+        headers,
+        client_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        request_id: format!("{:032x}", rand::random::<u128>()),
+    };
+    let mut bytes = BytesMut::with_capacity(256);
+    TunnelCodec::new(state.config.limits)
+        .encode(Frame::RequestHead(Box::new(head)), &mut bytes)
+        .map_err(|e| e.to_string())?;
+    let name = &pool.origin_names[i];
+    let (_in_flight, mut send, recv) = crate::proxy::open_stream(state, tunnel, name, &bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let mut frames = FramedRead::new(recv, TunnelCodec::new(state.config.limits));
+    let status = match frames.next().await {
+        Some(Ok(Frame::ResponseHead(head))) => head.status,
+        Some(Ok(Frame::Error(err))) => return Err(err.message),
+        Some(Ok(_)) => return Err("unexpected frame".into()),
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("stream closed without an answer".into()),
+    };
+    if !monitor.expects(status) {
+        return Err(format!(
+            "status {} is not in {}",
+            status.as_u16(),
+            monitor.expected_codes
+        ));
+    }
+    if let Some(expected) = &monitor.expected_body {
+        let mut body = burrow_protocol::body::FramedBody::new(frames);
+        let mut seen = Vec::new();
+        while seen.len() < MAX_PROBE_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        seen.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("reading the body: {e}")),
+                None => break,
+            }
+        }
+        let found = seen.windows(expected.len()).any(|w| w == expected.as_bytes());
+        if !found {
+            return Err(format!("the body does not contain {expected:?}"));
+        }
+    }
+    Ok(())
+}
