@@ -77,14 +77,28 @@ impl ApiClient {
 
     /// Call the API; a non-2xx answer becomes an error carrying the API's message.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::call`] with extra request headers (e.g. `If-Match`).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.login.api.trim_end_matches('/'));
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&url)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.login.token))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(body))?;
         let response = tokio::time::timeout(TIMEOUT, self.client.request(request))
             .await
             .with_context(|| format!("{url}: no answer within {TIMEOUT:?}"))?

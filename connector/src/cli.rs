@@ -67,6 +67,9 @@ enum Command {
     /// Work with named tunnels.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// Load-balanced pools of tunnels: origins, steering, health checks, fallback.
+    #[command(subcommand)]
+    Pool(crate::pools::PoolCommand),
 }
 
 #[derive(Subcommand)]
@@ -116,6 +119,15 @@ enum RouteCommand {
         tunnel: String,
         hostname: String,
         /// Move the hostname from another of your tunnels.
+        #[arg(long)]
+        overwrite_dns: bool,
+    },
+    /// Route HOSTNAME to POOL and add TUNNEL to the pool (creating the pool if needed).
+    Lb {
+        tunnel: String,
+        hostname: String,
+        pool: String,
+        /// Move the hostname from another of your tunnels or pools.
         #[arg(long)]
         overwrite_dns: bool,
     },
@@ -186,6 +198,13 @@ pub fn main() -> ExitCode {
             hostname,
             overwrite_dns,
         })) => manage::route_dns(&tunnel, &hostname, overwrite_dns),
+        Command::Tunnel(TunnelCommand::Route(RouteCommand::Lb {
+            tunnel,
+            hostname,
+            pool,
+            overwrite_dns,
+        })) => crate::pools::route_lb(&tunnel, &hostname, &pool, overwrite_dns),
+        Command::Pool(command) => crate::pools::run(command),
         Command::Tunnel(TunnelCommand::Run(args)) => run_tunnel(args),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Validate { config })) => validate(config),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Rule { url, config })) => rule(&url, config),

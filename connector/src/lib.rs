@@ -9,7 +9,8 @@
 //! - [`config_file`], [`credentials`]: what `burrow tunnel run` reads.
 //! - [`tls`]: TLS towards the edge and towards origins.
 //! - [`status`]: `/ready` and `/metrics`.
-//! - [`cli`]: the command line; [`manage`] and [`api_client`]: the verbs that use the control-plane API.
+//! - [`cli`]: the command line; [`manage`], [`pools`] and [`api_client`]: the verbs that use the
+//!   control-plane API.
 
 pub mod api_client;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod credentials;
 pub mod ingress;
 pub mod manage;
 pub mod origin;
+pub mod pools;
 pub mod status;
 pub mod tls;
 pub mod tunnel_client;

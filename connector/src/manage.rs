@@ -17,7 +17,7 @@ pub enum Output {
     Yaml,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
@@ -26,7 +26,7 @@ fn client() -> Result<ApiClient> {
 }
 
 /// Names and hostnames go into URL paths; refuse anything that would change the path.
-fn path_segment(what: &str, value: &str) -> Result<String> {
+pub(crate) fn path_segment(what: &str, value: &str) -> Result<String> {
     anyhow::ensure!(
         !value.is_empty()
             && value.len() <= 253
@@ -145,7 +145,7 @@ pub fn resolve_tunnel_id(tunnel: &str) -> Result<Option<burrow_protocol::TunnelI
     Ok(body["id"].as_str().and_then(|id| id.parse().ok()))
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -175,7 +175,7 @@ fn connection_summary(v: &Value) -> String {
         .join(", ")
 }
 
-fn print_value(output: Output, value: &Value) -> Result<()> {
+pub(crate) fn print_value(output: Output, value: &Value) -> Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
@@ -184,7 +184,12 @@ fn print_value(output: Output, value: &Value) -> Result<()> {
     Ok(())
 }
 
-fn print_items(output: Output, items: &[Value], header: &[&str], row: impl Fn(&Value) -> Vec<String>) -> Result<()> {
+pub(crate) fn print_items(
+    output: Output,
+    items: &[Value],
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<()> {
     if !matches!(output, Output::Table) {
         return print_value(output, &Value::Array(items.to_vec()));
     }

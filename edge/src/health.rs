@@ -85,6 +85,11 @@ impl OriginHealth {
         }
     }
 
+    fn forget_passive(&self) {
+        self.passive_failures.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+    }
+
     /// The outcome of one monitor probe.
     fn record_probe(&self, result: Result<(), String>, healthy_threshold: u32, unhealthy_threshold: u32) {
         match result {
@@ -170,6 +175,10 @@ pub async fn run(state: Arc<EdgeState>, shutdown: CancellationToken) {
 fn report(state: &EdgeState, pool: &Pool, i: usize) {
     let up = pool.usable(i, &|t| state.registry.load(t));
     let health = &pool.health[i];
+    if !state.registry.is_connected(&pool.spec.origins[i].tunnel) {
+        // Failures seen on a dead connection say nothing about the connector that comes next.
+        health.forget_passive();
+    }
     let verdict = if up { 1 } else { 2 };
     let previous = health.reported.swap(verdict, Ordering::Relaxed);
     if previous == verdict {

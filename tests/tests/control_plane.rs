@@ -456,6 +456,12 @@ async fn route_changes_apply_live_without_failing_requests() {
         edges: vec![format!("127.0.0.1:{}", edge.tunnel.port())],
         edge_ca: Some(edge.ca_pem.clone()),
     };
+    // A connector refused at its first registration gives up (wrong credentials), so start it
+    // once the edge has applied the table that holds the new tunnel.
+    eventually(Duration::from_secs(10), "the edge to know the tunnel", || async {
+        edge.state.routes.load().tunnel(&tunnel.id).is_some()
+    })
+    .await;
     let connector = TestConnector::to_url(credentials, &format!("http://{origin}"), 2);
     connector.wait_ready(2).await;
     let http = edge.http;
@@ -588,4 +594,126 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     eventually(Duration::from_secs(30), "web.test served by the restarted node", serves).await;
     drop(connector);
     drop(node);
+}
+
+#[tokio::test]
+async fn pools_through_the_cli() {
+    init_logging();
+    let dir = TempDir::new();
+    let (ports, alice, edge) = edge_with_alice(dir.path()).await;
+    for name in ["east", "west"] {
+        ok(BURROW, &alice, &["tunnel", "create", name]).await;
+    }
+    let create = [
+        "pool",
+        "create",
+        "web",
+        "--origin",
+        "east=2",
+        "--steering",
+        "round-robin",
+    ];
+    ok(BURROW, &alice, &create).await;
+    let (code, again) = cli(BURROW, &alice, &create).await;
+    assert_eq!(code, Some(1), "{again}");
+    assert!(again.contains("already exists"), "{again}");
+    // cloudflared's verb: adds west to the pool and routes the hostname to the pool.
+    ok(BURROW, &alice, &["tunnel", "route", "lb", "west", "lb.test", "web"]).await;
+    let monitor = [
+        "pool",
+        "monitor",
+        "set",
+        "web",
+        "--path",
+        "/",
+        "--interval",
+        "1",
+        "--timeout",
+        "1",
+    ];
+    ok(BURROW, &alice, &monitor).await;
+
+    // Bad input is refused with the field to fix, and changes nothing.
+    let (code, bad) = cli(BURROW, &alice, &["pool", "origin", "add", "web", "nosuch"]).await;
+    assert_eq!(code, Some(1), "{bad}");
+    assert!(bad.contains("tunnel \"nosuch\" not found"), "{bad}");
+    let (code, bad) = cli(
+        BURROW,
+        &alice,
+        &["pool", "monitor", "set", "web", "--expected-codes", "7xx"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{bad}");
+    assert!(bad.contains("expected-codes"), "{bad}");
+
+    let mut connectors = Vec::new();
+    for name in ["east", "west"] {
+        let url = format!("http://{}", named_origin(name).await);
+        let run = ["tunnel", "run", name, "--url", &url, "--ha-connections", "1"];
+        connectors.push(Process::spawn(BURROW, &run, &[("BURROW_HOME", &alice)]));
+    }
+    eventually(Duration::from_secs(20), "both origins to serve lb.test", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..6 {
+            if let Some((StatusCode::OK, body)) = served(&ports, "lb.test").await {
+                seen.insert(body);
+            }
+        }
+        seen.len() == 2
+    })
+    .await;
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..30 {
+        let (status, body) = served(&ports, "lb.test").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        *counts.entry(body).or_default() += 1;
+    }
+    assert_eq!((counts["east"], counts["west"]), (20, 10), "weights 2:1 round robin");
+
+    let show = ok(BURROW, &alice, &["pool", "show", "web"]).await;
+    assert!(show.contains("STEERING:  round-robin"), "{show}");
+    assert!(show.contains("MONITOR:   http GET / every 1s"), "{show}");
+    assert_eq!(show.matches("healthy").count(), 2, "{show}");
+
+    ok(
+        BURROW,
+        &alice,
+        &["pool", "origin", "set", "web", "east", "--enabled", "false"],
+    )
+    .await;
+    eventually(Duration::from_secs(10), "only west to serve", || async {
+        let mut all_west = true;
+        for _ in 0..6 {
+            all_west &= served(&ports, "lb.test").await == Some((StatusCode::OK, "west".into()));
+        }
+        all_west
+    })
+    .await;
+    let west = connectors.pop().unwrap();
+    west.signal("TERM");
+    let _ = west.wait(Duration::from_secs(20)).await;
+    eventually(Duration::from_secs(10), "503 once no origin is left", || async {
+        served(&ports, "lb.test")
+            .await
+            .is_some_and(|(s, _)| s == StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    let show = ok(BURROW, &alice, &["pool", "show", "web"]).await;
+    assert!(show.contains("unhealthy: disabled"), "{show}");
+    assert!(show.contains("unhealthy: tunnel has no live connection"), "{show}");
+
+    // What is in use cannot be deleted from under it.
+    let (code, refused) = cli(BURROW, &alice, &["pool", "delete", "web"]).await;
+    assert_eq!(code, Some(1));
+    assert!(refused.contains("lb.test routes to pool"), "{refused}");
+    let (code, refused) = cli(BURROW, &alice, &["tunnel", "delete", "east", "--force"]).await;
+    assert_eq!(code, Some(1));
+    assert!(refused.contains("origin of pool(s) web"), "{refused}");
+    let list = ok(BURROW, &alice, &["pool", "list"]).await;
+    assert!(
+        list.contains("web") && list.contains("round-robin") && list.contains("0/2"),
+        "{list}"
+    );
+    drop(connectors);
+    drop(edge);
 }
