@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [&str; 3] = ["header_auth", "test_trap", "test_spin"];
+const PLUGINS: [&str; 4] = ["header_auth", "balancer_latency", "test_trap", "test_spin"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -12,6 +12,7 @@ fn main() {
     for watched in [
         "../plugins/Cargo.toml",
         "../plugins/header-auth",
+        "../plugins/balancer-latency",
         "../plugins/test-trap",
         "../plugins/test-spin",
         "../wit",

@@ -54,6 +54,8 @@ pub struct OriginHealth {
     passive_failures: AtomicU32,
     /// Passive ejection ends at this time (ms on [`CLOCK`]); 0 = not ejected.
     ejected_until_ms: AtomicU64,
+    /// Smoothed time to response head in µs (EWMA, α = 1/5); 0 until measured.
+    latency_us: AtomicU64,
     /// Last reported verdict: 0 none yet, 1 up, 2 down.
     reported: AtomicU8,
     /// Why the last probe failed, for `burrow pool show`.
@@ -70,9 +72,19 @@ impl OriginHealth {
         until == 0 || now_ms() >= until
     }
 
-    /// The outcome of one proxied request (passive health).
-    pub fn record_request(&self, ok: bool) {
+    /// Smoothed time to response head in µs; 0 until measured.
+    pub fn latency_us(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+
+    /// The outcome of one proxied request (passive health), and how long its head took.
+    pub fn record_request(&self, ok: bool, elapsed: Duration) {
         if ok {
+            let sample = (elapsed.as_micros() as u64).max(1);
+            let old = self.latency_us.load(Ordering::Relaxed);
+            // Racy read-modify-write on purpose: a lost sample does not matter for an estimate.
+            let new = if old == 0 { sample } else { (old * 4 + sample) / 5 };
+            self.latency_us.store(new, Ordering::Relaxed);
             if self.passive_failures.load(Ordering::Relaxed) != 0 {
                 self.passive_failures.store(0, Ordering::Relaxed);
             }

@@ -28,7 +28,20 @@ mod bindings {
     wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
 }
 
+/// The `balancer` world shares the `types` and `host` interfaces (one host implementation).
+mod balancer_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "balancer",
+        with: {
+            "burrow:plugin/types": super::bindings::burrow::plugin::types,
+            "burrow:plugin/host": super::bindings::burrow::plugin::host,
+        },
+    });
+}
+
 use bindings::burrow::plugin::{host as wit_host, types};
+pub use types::Candidate;
 
 /// Time a hook may run (epoch ticks of 1 ms).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
@@ -81,8 +94,16 @@ struct HostState {
 
 struct LoadedPlugin {
     name: Arc<str>,
-    pre: bindings::PluginPre<HostState>,
+    world: World,
     consecutive_failures: AtomicU32,
+}
+
+/// Which world a component implements, ready to instantiate.
+enum World {
+    /// Request hooks, bound to routes.
+    Hooks(bindings::PluginPre<HostState>),
+    /// `select-origin`, bound to pools.
+    Balancer(balancer_bindings::BalancerPre<HostState>),
 }
 
 /// The compiled plugins of one edge, by name.
@@ -132,15 +153,26 @@ impl PluginHost {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow::anyhow!("plugin {name:?} does not fit the burrow:plugin contract: {e:?}"))?;
-        let pre = bindings::PluginPre::new(pre)
-            .map_err(|e| anyhow::anyhow!("plugin {name:?} does not export on-request-headers: {e:?}"))?;
+        let world = match bindings::PluginPre::new(pre.clone()) {
+            Ok(hooks) => World::Hooks(hooks),
+            Err(hooks_error) => World::Balancer(balancer_bindings::BalancerPre::new(pre).map_err(|e| {
+                anyhow::anyhow!(
+                    "plugin {name:?} exports neither on-request-headers (world plugin: {hooks_error:?}) \
+                     nor select-origin (world balancer: {e:?})"
+                )
+            })?),
+        };
+        let kind = match world {
+            World::Hooks(_) => "request hooks",
+            World::Balancer(_) => "balancer",
+        };
         let loaded = LoadedPlugin {
             name: name.into(),
-            pre,
+            world,
             consecutive_failures: AtomicU32::new(0),
         };
         self.plugins.insert(name.to_owned(), loaded);
-        tracing::info!(plugin = name, "plugin loaded");
+        tracing::info!(plugin = name, kind, "plugin loaded");
         Ok(())
     }
 
@@ -184,21 +216,67 @@ impl PluginHost {
         Ok(Outcome::Continue(request))
     }
 
-    /// One hook call in a fresh instance. On error, the request comes back if it could be saved.
-    fn call(
+    /// Ask a balancer plugin which candidate serves this request (`None`: let the edge choose).
+    pub fn select_origin(
         &self,
-        plugin: &LoadedPlugin,
         binding: &PluginBinding,
         request: PluginRequest,
-    ) -> Result<CallSuccess, Box<CallFailure>> {
+        candidates: Vec<Candidate>,
+    ) -> Result<Option<u32>, PluginError> {
+        let failed = |reason: String| PluginError {
+            plugin: binding.plugin.clone(),
+            reason,
+        };
+        let plugin = self
+            .plugins
+            .get(&binding.plugin)
+            .ok_or_else(|| failed("not loaded on this edge".into()))?;
+        let World::Balancer(pre) = &plugin.world else {
+            return Err(failed("is not a balancer (it does not export select-origin)".into()));
+        };
+        if let Some(reason) = self.tripped(plugin) {
+            return Err(failed(reason));
+        }
+        let mut store = self.store(plugin, binding);
+        let handle = store
+            .data_mut()
+            .table
+            .push(request)
+            .map_err(|e| failed(format!("resource table: {e}")))?;
+        let rep = handle.rep();
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_select_origin(&mut store, Resource::new_borrow(rep), &candidates));
+        self.record(plugin, result.as_ref().err()).map_err(failed)?;
+        result.map_err(|e| failed(describe_trap(&e)))
+    }
+
+    /// `Some(reason)` when the plugin is tripped and this call should not run it.
+    fn tripped(&self, plugin: &LoadedPlugin) -> Option<String> {
         let failures = plugin.consecutive_failures.load(Ordering::Relaxed);
         if failures >= TRIP_AFTER && !failures.is_multiple_of(100) {
             plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-            return Err(Box::new((
-                Some(request),
-                format!("tripped after {failures} failures in a row"),
-            )));
+            return Some(format!("tripped after {failures} failures in a row"));
         }
+        None
+    }
+
+    /// Count a call's failure (tripping the plugin after too many in a row) or reset on success.
+    fn record(&self, plugin: &LoadedPlugin, error: Option<&wasmtime::Error>) -> Result<(), String> {
+        let Some(e) = error else {
+            plugin.consecutive_failures.store(0, Ordering::Relaxed);
+            return Ok(());
+        };
+        let n = plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let reason = describe_trap(e);
+        if n == TRIP_AFTER {
+            tracing::error!(plugin = %plugin.name, "plugin tripped after {n} failures in a row: {reason}");
+        }
+        Err(reason)
+    }
+
+    /// A fresh store for one call: empty WASI, memory cap, deadline.
+    fn store(&self, plugin: &LoadedPlugin, binding: &PluginBinding) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new().memory_size(MAX_MEMORY).instances(4).build();
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -219,13 +297,32 @@ impl PluginHost {
             .unwrap_or(DEFAULT_DEADLINE.as_millis() as u64)
             .clamp(1, 100);
         store.set_epoch_deadline(ticks);
+        store
+    }
+
+    /// One hook call in a fresh instance. On error, the request comes back if it could be saved.
+    fn call(
+        &self,
+        plugin: &LoadedPlugin,
+        binding: &PluginBinding,
+        request: PluginRequest,
+    ) -> Result<CallSuccess, Box<CallFailure>> {
+        let World::Hooks(pre) = &plugin.world else {
+            return Err(Box::new((
+                Some(request),
+                "is a balancer: bind it to a pool (steering: plugin), not to a route".into(),
+            )));
+        };
+        if let Some(reason) = self.tripped(plugin) {
+            return Err(Box::new((Some(request), reason)));
+        }
+        let mut store = self.store(plugin, binding);
         let handle = match store.data_mut().table.push(request) {
             Ok(h) => h,
             Err(e) => return Err(Box::new((None, format!("resource table: {e}")))),
         };
         let rep = handle.rep();
-        let result = plugin
-            .pre
+        let result = pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_on_request_headers(&mut store, Resource::new_borrow(rep)));
         // Take the request back whatever happened, so a fail-open binding can still forward it.
@@ -234,26 +331,17 @@ impl PluginHost {
             .table
             .delete(Resource::<PluginRequest>::new_own(rep))
             .ok();
+        let recorded = self.record(plugin, result.as_ref().err());
         match (result, back) {
-            (Ok(action), Some(request)) => {
-                plugin.consecutive_failures.store(0, Ordering::Relaxed);
-                match action {
-                    types::Action::Continue => Ok((request, None)),
-                    types::Action::Respond(response) => match plugin_response(response) {
-                        Ok(response) => Ok((request, Some(response))),
-                        Err(reason) => Err(Box::new((Some(request), reason))),
-                    },
-                }
-            }
+            (Ok(action), Some(request)) => match action {
+                types::Action::Continue => Ok((request, None)),
+                types::Action::Respond(response) => match plugin_response(response) {
+                    Ok(response) => Ok((request, Some(response))),
+                    Err(reason) => Err(Box::new((Some(request), reason))),
+                },
+            },
             (Ok(_), None) => Err(Box::new((None, "the request resource was lost".into()))),
-            (Err(e), back) => {
-                let n = plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                let reason = describe_trap(&e);
-                if n == TRIP_AFTER {
-                    tracing::error!(plugin = %plugin.name, "plugin tripped after {n} failures in a row: {reason}");
-                }
-                Err(Box::new((back, reason)))
-            }
+            (Err(_), back) => Err(Box::new((back, recorded.err().unwrap_or_default()))),
         }
     }
 }

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderName, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use crate::health::OriginHealth;
+use crate::plugin_host::Candidate;
 use crate::route_table::PluginBinding;
 
 pub const MAX_ORIGINS_PER_POOL: usize = 64;
@@ -406,7 +407,16 @@ impl Pool {
 
     /// Whether origin `i` may take requests now: enabled, connected, not marked down.
     pub fn usable(&self, i: usize, load: &Load<'_>) -> bool {
-        self.spec.origins[i].enabled && self.health[i].is_up() && load(&self.spec.origins[i].tunnel).is_some()
+        self.load_if_usable(i, load).is_some()
+    }
+
+    /// Origin `i`'s streams in flight, if it may take requests now.
+    fn load_if_usable(&self, i: usize, load: &Load<'_>) -> Option<u64> {
+        let origin = &self.spec.origins[i];
+        if !origin.enabled || !self.health[i].is_up() {
+            return None;
+        }
+        load(&origin.tunnel).map(|n| n as u64)
     }
 
     /// What steering needs from the request, read before its headers move into the tunnel head.
@@ -427,29 +437,62 @@ impl Pool {
                 None => hash_of(&client),
             },
         });
-        RequestKey { pinned, hash }
+        RequestKey {
+            pinned,
+            hash,
+            preferred: None,
+        }
+    }
+
+    /// Every enabled origin as a balancer plugin sees it (`index` = position in the pool).
+    pub fn candidates(&self, load: &Load<'_>, exclude: Option<TunnelId>) -> Vec<Candidate> {
+        self.spec
+            .origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.enabled && Some(o.tunnel) != exclude)
+            .map(|(i, o)| {
+                let in_flight = load(&o.tunnel);
+                Candidate {
+                    index: i as u32,
+                    name: self.origin_names[i].clone(),
+                    tunnel: o.tunnel.to_string(),
+                    weight: o.weight,
+                    healthy: self.usable(i, load),
+                    in_flight: in_flight.unwrap_or_default() as u32,
+                    latency_us: self.health[i].latency_us(),
+                }
+            })
+            .collect()
+    }
+
+    /// Usable origins other than `exclude`, with their streams in flight.
+    fn usable_origins(&self, load: &Load<'_>, exclude: Option<TunnelId>) -> smallvec::SmallVec<[(usize, u64); 8]> {
+        (0..self.spec.origins.len())
+            .filter(|&i| Some(self.spec.origins[i].tunnel) != exclude)
+            .filter_map(|i| Some((i, self.load_if_usable(i, load)?)))
+            .collect()
     }
 
     /// Steer among this pool's usable origins; `None` when none is usable.
     fn steer(&self, load: &Load<'_>, key: &RequestKey, exclude: Option<TunnelId>) -> Option<Pick> {
-        // (origin index, streams in flight) of every usable origin.
-        let mut usable: smallvec::SmallVec<[(usize, u64); 8]> = smallvec::SmallVec::new();
-        for (i, origin) in self.spec.origins.iter().enumerate() {
-            if origin.enabled
-                && Some(origin.tunnel) != exclude
-                && self.health[i].is_up()
-                && let Some(in_flight) = load(&origin.tunnel)
-            {
-                usable.push((i, in_flight as u64));
-            }
-        }
+        let usable = self.usable_origins(load, exclude);
         if usable.is_empty() {
             return None;
         }
-        if let Some(pinned) = key.pinned
-            && let Some(&(i, _)) = usable.iter().find(|&&(i, _)| self.spec.origins[i].tunnel == pinned)
-        {
+        let find = |tunnel: Option<TunnelId>| {
+            let tunnel = tunnel?;
+            usable
+                .iter()
+                .find(|&&(i, _)| self.spec.origins[i].tunnel == tunnel)
+                .map(|&(i, _)| i)
+        };
+        if let Some(i) = find(key.pinned) {
             return Some(Pick { origin: i, pin: false });
+        }
+        let pin = self.spec.affinity_ttl_secs.is_some();
+        if let Some(i) = find(key.preferred) {
+            return Some(Pick { origin: i, pin });
         }
         let candidates: smallvec::SmallVec<[usize; 8]> = usable.iter().map(|&(i, _)| i).collect();
         let weight = |i: usize| u64::from(self.spec.origins[i].weight);
@@ -490,10 +533,7 @@ impl Pool {
                     .unwrap_or(candidates[0])
             }
         };
-        Some(Pick {
-            origin,
-            pin: self.spec.affinity_ttl_secs.is_some(),
-        })
+        Some(Pick { origin, pin })
     }
 }
 
@@ -504,6 +544,8 @@ pub struct RequestKey {
     pub pinned: Option<TunnelId>,
     /// Hash of the `hash-on` value, for hash steering.
     pub hash: Option<u64>,
+    /// The origin a balancer plugin chose (used when usable).
+    pub preferred: Option<TunnelId>,
 }
 
 /// Streams in flight on a tunnel's live connections; `None` when it has none.
@@ -642,8 +684,8 @@ mod tests {
         for steering in [Steering::Random, Steering::RoundRobin, Steering::Hash] {
             let pool = pool(&[1, 2, 1], steering);
             let key = |i: usize| RequestKey {
-                pinned: None,
                 hash: Some(hash_of(&i)),
+                ..Default::default()
             };
             let got = counts(&pool, 40_000, key);
             for (c, want) in got.iter().zip([0.25, 0.5, 0.25]) {
@@ -657,8 +699,8 @@ mod tests {
     fn hash_keeps_a_key_on_its_origin_and_moves_only_the_lost_ones() {
         let pool = pool(&[1, 1, 1, 1], Steering::Hash);
         let key = |i: usize| RequestKey {
-            pinned: None,
             hash: Some(hash_of(&i)),
+            ..Default::default()
         };
         let before = (0..1000).map(|i| pick(&pool, &key(i)).origin).collect::<Vec<_>>();
         let again = (0..1000).map(|i| pick(&pool, &key(i)).origin).collect::<Vec<_>>();

@@ -129,10 +129,24 @@ async fn forward(
             Outcome::Respond(response) => return Ok(response.map(Either::Right)),
         }
     }
-    let steering_key = match &destination {
-        Destination::Pool { table, index } => table.pools()[*index].request_key(&parts.headers, client.addr.ip()),
-        Destination::Tunnel { .. } => RequestKey::default(),
-    };
+    let mut steering_key = RequestKey::default();
+    if let Destination::Pool { table, index } = &destination {
+        let pool = &table.pools()[*index];
+        steering_key = pool.request_key(&parts.headers, client.addr.ip());
+        if let Some(binding) = &pool.spec.balancer {
+            let request = PluginRequest {
+                method: parts.method.clone(),
+                authority: host.clone(),
+                path_and_query: path.clone(),
+                headers: parts.headers.clone(),
+                client_addr: client.addr,
+                request_id: request_id.to_owned(),
+            };
+            let candidates = pool.candidates(&|t| state.registry.load(t), None);
+            let chosen = balance(state, binding.clone(), request, candidates).await;
+            steering_key.preferred = chosen.and_then(|i| pool.spec.origins.get(i as usize)).map(|o| o.tunnel);
+        }
+    }
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
     let head = RequestHead {
         kind: if websocket {
@@ -207,9 +221,10 @@ async fn to_pool(
                 on_upgrade: None,
             },
         );
+        let started = Instant::now();
         match exchange(state, tunnel, name, head, attempt).await {
             Ok(mut response) => {
-                health.record_request(!response.status().is_server_error());
+                health.record_request(!response.status().is_server_error(), started.elapsed());
                 if let (true, Some(ttl)) = (choice.pin, pool.spec.affinity_ttl_secs) {
                     let cookie = pool::affinity_cookie(tunnel, ttl, client.scheme == Scheme::Https);
                     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -219,7 +234,7 @@ async fn to_pool(
                 return Ok(response);
             }
             Err(e) => {
-                health.record_request(false);
+                health.record_request(false, started.elapsed());
                 let before_response = matches!(
                     e,
                     ProxyError::TunnelUnavailable { .. }
@@ -355,6 +370,29 @@ async fn run_plugins(
             })
         })?
         .map_err(ProxyError::PluginFailed)
+}
+
+/// Ask the pool's balancer plugin for an origin. A failing balancer does not fail the request:
+/// the edge chooses instead (the plugin host trips a balancer that keeps failing).
+async fn balance(
+    state: &EdgeState,
+    binding: PluginBinding,
+    request: PluginRequest,
+    candidates: Vec<crate::plugin_host::Candidate>,
+) -> Option<u32> {
+    let host = state.config.plugins.clone()?;
+    let chosen = tokio::task::spawn_blocking(move || host.select_origin(&binding, request, candidates)).await;
+    match chosen {
+        Ok(Ok(choice)) => choice,
+        Ok(Err(e)) => {
+            tracing::debug!("{e}; the edge chooses the origin");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("balancer task: {e}; the edge chooses the origin");
+            None
+        }
+    }
 }
 
 /// Open a stream on the tunnel's least busy connection and write the head. A connection that

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use burrow_edge::pool::{Monitor, PoolOrigin, PoolSpec, Steering};
+use burrow_edge::route_table::PluginBinding;
 use burrow_edge::tunnels_file::{PoolEntry, RouteEntry, TunnelsFile};
 use burrow_tests::*;
 use http::{Response, StatusCode};
@@ -17,6 +18,11 @@ const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");
 
 /// An origin answering its name, with a `/health` whose status the test sets.
 async fn origin(name: &'static str) -> (SocketAddr, Arc<AtomicU16>) {
+    slow_origin(name, Duration::ZERO).await
+}
+
+/// [`origin`] that takes `delay` to answer.
+async fn slow_origin(name: &'static str, delay: Duration) -> (SocketAddr, Arc<AtomicU16>) {
     let status = Arc::new(AtomicU16::new(200));
     let health = status.clone();
     let addr = serve_origin(move |req| {
@@ -26,6 +32,7 @@ async fn origin(name: &'static str) -> (SocketAddr, Arc<AtomicU16>) {
                 let code = StatusCode::from_u16(health.load(Ordering::Relaxed)).unwrap();
                 return Response::builder().status(code).body(full("health")).unwrap();
             }
+            tokio::time::sleep(delay).await;
             Response::new(full(name))
         }
     })
@@ -80,6 +87,17 @@ struct Lab {
 }
 
 async fn lab(names: &[&'static str], pools: Vec<(&str, PoolSpec<String>)>, routes: &[(&str, &str)]) -> Lab {
+    lab_with(names, pools, routes, EdgeOptions::default(), &HashMap::new()).await
+}
+
+/// [`lab`] with edge options and per-origin answer delays.
+async fn lab_with(
+    names: &[&'static str],
+    pools: Vec<(&str, PoolSpec<String>)>,
+    routes: &[(&str, &str)],
+    options: EdgeOptions,
+    delays: &HashMap<&str, Duration>,
+) -> Lab {
     init_logging();
     let tunnels = same_account(names);
     let mut file = tunnels_file(&tunnels.iter().collect::<Vec<_>>(), &[]);
@@ -99,11 +117,12 @@ async fn lab(names: &[&'static str], pools: Vec<(&str, PoolSpec<String>)>, route
             plugins: Vec::new(),
         })
         .collect();
-    let edge = TestEdge::start(&file).await;
+    let edge = TestEdge::start_with(&file, options).await;
     let mut health = HashMap::new();
     let mut connectors = Vec::new();
     for (name, tunnel) in names.iter().zip(&tunnels) {
-        let (addr, status) = origin(name).await;
+        let delay = delays.get(name).copied().unwrap_or_default();
+        let (addr, status) = slow_origin(name, delay).await;
         health.insert(*name, status);
         connectors.push(TestConnector::to_url(
             edge.credentials(tunnel),
@@ -286,6 +305,39 @@ async fn hash_keeps_a_client_on_one_origin_and_affinity_survives_a_table_swap() 
     for _ in 0..10 {
         assert_eq!(with_cookie().await, pinned, "pinned across the swap");
     }
+}
+
+#[tokio::test]
+async fn a_balancer_plugin_chooses_the_origin() {
+    let mut fast_first = spec(&[("slow", 1), ("fast", 1)], Steering::Plugin);
+    fast_first.balancer = Some(PluginBinding {
+        plugin: "latency".into(),
+        config: r#"{"explore-percent": 0}"#.into(),
+        fail_open: false,
+        deadline_ms: None,
+    });
+    let options = EdgeOptions {
+        plugins: vec![("latency", env!("PLUGIN_BALANCER_LATENCY"))],
+        ..Default::default()
+    };
+    let delays = HashMap::from([("slow", Duration::from_millis(40))]);
+    let lab = lab_with(
+        &["slow", "fast"],
+        vec![("web", fast_first)],
+        &[("lb.test", "web")],
+        options,
+        &delays,
+    )
+    .await;
+    // Both get measured first (the plugin tries unmeasured origins), then the fast one wins.
+    let warmup = spread(lab.edge.http, "lb.test", 4, 1).await;
+    assert!(warmup.contains_key("slow") && warmup.contains_key("fast"), "{warmup:?}");
+    let seen = spread(lab.edge.http, "lb.test", 40, 2).await;
+    assert_eq!(
+        seen.get("fast"),
+        Some(&40),
+        "the plugin sends everything to the fast origin: {seen:?}"
+    );
 }
 
 type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;

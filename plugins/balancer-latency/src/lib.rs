@@ -1,0 +1,57 @@
+//! `balancer-latency`: send each request to the healthy origin that has been answering fastest.
+//!
+//! The edge keeps a smoothed time-to-response-head per origin and passes it with each candidate.
+//! Origins not measured yet are tried first; a small share of requests (`explore-percent`, default
+//! 5) goes to another healthy origin so that a slow origin that got faster is noticed.
+//!
+//! Config (JSON, optional): `{"explore-percent": 5}`.
+
+wit_bindgen::generate!({ path: "../../wit", world: "balancer" });
+
+use burrow::plugin::host::{Level, config, log};
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_explore")]
+    explore_percent: u32,
+}
+
+fn default_explore() -> u32 {
+    5
+}
+
+struct LatencyBalancer;
+
+impl Guest for LatencyBalancer {
+    fn select_origin(req: &Request, candidates: Vec<Candidate>) -> Option<u32> {
+        let text = config();
+        let config: Config = if text.trim().is_empty() {
+            Config {
+                explore_percent: default_explore(),
+            }
+        } else {
+            match serde_json::from_str(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    log(Level::Error, &format!("bad config: {e}"));
+                    return None;
+                }
+            }
+        };
+        let healthy: Vec<&Candidate> = candidates.iter().filter(|c| c.healthy).collect();
+        if let Some(unmeasured) = healthy.iter().filter(|c| c.latency_us == 0).min_by_key(|c| c.in_flight) {
+            return Some(unmeasured.index);
+        }
+        // The request id is random: its low bits decide exploration without a random import.
+        let roll = u32::from_str_radix(req.request_id().get(28..).unwrap_or("0"), 16).unwrap_or(0) % 100;
+        let fastest = healthy.iter().min_by_key(|c| (c.latency_us, c.in_flight))?;
+        if roll < config.explore_percent && healthy.len() > 1 {
+            let others: Vec<&&Candidate> = healthy.iter().filter(|c| c.index != fastest.index).collect();
+            return others.get(roll as usize % others.len()).map(|c| c.index);
+        }
+        Some(fastest.index)
+    }
+}
+
+export!(LatencyBalancer);
