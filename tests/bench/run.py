@@ -2,13 +2,15 @@
 """Burrow load harness: every target on loopback, interleaved rounds, ratios to direct.
 
 Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk]
-                          [--targets direct,nginx-proxy,haproxy,burrow] [--no-build]
+                          [--targets direct,nginx-proxy,haproxy,burrow,burrow-pool] [--no-build]
 
 Targets (all behind/around one nginx origin with one worker):
   direct       the origin itself (the physical limit of this machine)
   nginx-proxy  one nginx reverse-proxy hop (one worker, upstream keep-alive)
   haproxy      one haproxy hop (one thread, keep-alive)
   burrow       burrow-edge + burrow connector (QUIC+TLS tunnel, no plugin)
+  burrow-pool  the same edge and connector through a hostname routed to a pool holding that
+               tunnel (least-outstanding steering): the per-request cost of steering
 
 Profiles (wrk):
   small  64 keep-alive connections, 1 KiB GET: req/s, p50, p99
@@ -194,7 +196,7 @@ backend b
         wait_port(ports["haproxy"], "haproxy")
         targets["haproxy"] = Target("haproxy", ports["haproxy"], None, [p])
 
-    if "burrow" in args.targets:
+    if "burrow" in args.targets or "burrow-pool" in args.targets:
         edge_bin = ROOT / "target" / "release" / "burrow-edge"
         burrow_bin = ROOT / "target" / "release" / "burrow"
         env = dict(os.environ, BURROW_HOME=str(work / "home"), RUST_LOG="warn")
@@ -203,6 +205,11 @@ backend b
                         "--edge", f"127.0.0.1:{tunnel_port}", "--credentials-dir", str(work / "creds"),
                         "--data-dir", str(work / "edge")], env=env, check=True, stdout=subprocess.DEVNULL)
         creds = next((work / "creds").glob("*.json"))
+        # `routes` is the file's last list: append a route to a pool, then the pool.
+        with open(tunnels, "a") as f:
+            f.write(f"- hostname: pool.{HOST}\n  pool: bench-pool\n"
+                    "pools:\n- name: bench-pool\n  spec:\n    origins:\n    - tunnel: bench\n"
+                    "    steering: least-outstanding\n")
         edge = start([str(edge_bin), "run", "--http", f"127.0.0.1:{ports['burrow']}", "--https", "off",
                       "--admin", "off", "--tunnel", f"127.0.0.1:{tunnel_port}", "--tunnels", str(tunnels),
                       "--data-dir", str(work / "edge")], logs, env=env)
@@ -219,6 +226,7 @@ backend b
                 raise RuntimeError(f"the burrow tunnel did not come up (last status {r.stdout!r})")
             time.sleep(0.2)
         targets["burrow"] = Target("burrow", ports["burrow"], HOST, [edge, connector])
+        targets["burrow-pool"] = Target("burrow-pool", ports["burrow"], f"pool.{HOST}", [edge, connector])
 
     return targets, [origin] + [p for t in targets.values() for p in t.procs]
 
@@ -289,7 +297,7 @@ def main():
     for tool in ["wrk", "nginx", "curl"] + (["haproxy"] if "haproxy" in args.targets else []):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl")
-    if "burrow" in args.targets and not args.no_build:
+    if any(t.startswith("burrow") for t in args.targets) and not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "burrow-edge", "-p", "burrow-connector"], cwd=ROOT, check=True)
 
     work = Path(tempfile.mkdtemp(prefix="burrow-bench-"))
