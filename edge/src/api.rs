@@ -14,6 +14,7 @@
 //! | GET | /v1/pools | the caller's pools |
 //! | GET, PUT, DELETE | /v1/pools/{name} | one pool with each origin's health on this edge; create or replace (body: the pool spec; `If-Match: "REV"`, or `If-None-Match: *` to only create); delete |
 //! | GET | /v1/watch | node token: NDJSON stream of routing snapshots, for edge-only nodes |
+//! | PUT | /v1/health/{node} | node token: that node's view of every pool origin (for `pool show`) |
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -30,11 +31,16 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
+use crate::health::{HealthReport, origin_report};
 use crate::resources::{ControlPlane, CpError, PoolDoc, RouteTo, Tunnel};
 use burrow_protocol::AccountId;
 
 /// API request bodies are small JSON documents.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Health reports of edge-only nodes list every pool origin.
+const MAX_HEALTH_BODY: usize = 8 * 1024 * 1024;
+/// A node whose last health report is older than this is shown as stale.
+const STALE_HEALTH: Duration = Duration::from_secs(180);
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
@@ -110,6 +116,17 @@ async fn serve(state: &EdgeState, req: Request<Incoming>) -> Response<ApiBody> {
             Err(e) => error_response(e),
         };
     }
+    if let (Some(cp), Some(node), &Method::PUT) = (
+        &state.control,
+        req.uri().path().strip_prefix("/v1/health/"),
+        req.method(),
+    ) {
+        let node = node.to_owned();
+        return match put_health(cp, &node, req).await {
+            Ok(()) => json_response(StatusCode::OK, &json!({ "node": node })),
+            Err(e) => error_response(e),
+        };
+    }
     let result = match &state.control {
         Some(cp) => route(state, cp, req).await,
         None => Err(ApiError::new(
@@ -170,6 +187,25 @@ async fn watch(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Response<Ap
         http::HeaderValue::from_static("application/x-ndjson"),
     );
     Ok(response)
+}
+
+/// `PUT /v1/health/{node}` (node token): store an edge-only node's pool-health view.
+async fn put_health(cp: &ControlPlane, node: &str, req: Request<Incoming>) -> Result<(), ApiError> {
+    let denied = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let token = bearer(&req).ok_or_else(|| denied("a node token is required"))?;
+    if !cp.authenticate_node(token).await? {
+        return Err(denied("invalid node token"));
+    }
+    let report: HealthReport = json_body_limited(req, MAX_HEALTH_BODY).await?;
+    if report.node != node {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "the report's node does not match the path",
+        ));
+    }
+    cp.put_node_health(&report, None).await?;
+    Ok(())
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
@@ -297,12 +333,14 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
         }
         (&Method::GET, ["pools"]) => {
             let pools = cp.list_pools(account).await?;
-            let items: Vec<Value> = pools.iter().map(|p| pool_json(state, p, None)).collect();
+            let reports = cp.node_health().await?;
+            let items: Vec<Value> = pools.iter().map(|p| pool_json(state, p, None, &reports)).collect();
             Ok((StatusCode::OK, json!({ "items": items })))
         }
         (&Method::GET, ["pools", name]) => {
             let (pool, revision) = cp.pool(account, name).await?;
-            Ok((StatusCode::OK, pool_json(state, &pool, Some(revision))))
+            let reports = cp.node_health().await?;
+            Ok((StatusCode::OK, pool_json(state, &pool, Some(revision), &reports)))
         }
         (&Method::PUT, ["pools", name]) => {
             let name = (*name).to_owned();
@@ -310,7 +348,7 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             let spec: crate::pool::PoolSpec<String> = json_body(req).await?;
             let pool = cp.put_pool(account, &name, spec, expect).await?;
             tracing::info!(%account, pool = %name, origins = pool.spec.origins.len(), "pool set");
-            Ok((StatusCode::OK, pool_json(state, &pool, None)))
+            Ok((StatusCode::OK, pool_json(state, &pool, None, &[])))
         }
         (&Method::DELETE, ["pools", name]) => {
             cp.delete_pool(account, name).await?;
@@ -338,13 +376,21 @@ async fn authenticate(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Acco
 }
 
 async fn json_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY).collect().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request bodies are limited to {MAX_BODY} bytes"),
-        )
-    })?;
+    json_body_limited(req, MAX_BODY).await
+}
+
+async fn json_body_limited<T: for<'de> Deserialize<'de>>(req: Request<Incoming>, limit: usize) -> Result<T, ApiError> {
+    let read = Limited::new(req.into_body(), limit).collect();
+    let bytes = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body took over 30s"))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {limit} bytes"),
+            )
+        })?;
     serde_json::from_slice(&bytes.to_bytes())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("request body: {e}")))
 }
@@ -381,31 +427,51 @@ fn precondition(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
         })
 }
 
-/// A pool with each origin's tunnel name and health as this edge sees it.
-fn pool_json(state: &EdgeState, pool: &PoolDoc, revision: Option<u64>) -> Value {
+/// A pool with each origin's tunnel name and its health as each edge sees it: this edge's live
+/// view, then the last report of every other edge.
+fn pool_json(state: &EdgeState, pool: &PoolDoc, revision: Option<u64>, reports: &[HealthReport]) -> Value {
     let table = state.routes.load();
     let live = table.pool(pool.account, &pool.name).map(|(_, p)| p);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let origins: Vec<Value> = pool
         .spec
         .origins
         .iter()
         .map(|o| {
             let name = table.tunnel(&o.tunnel).map(|t| t.name.clone());
-            let health = live.and_then(|p| {
-                let i = p.spec.origins.iter().position(|x| x.tunnel == o.tunnel)?;
-                let connected = state.registry.is_connected(&o.tunnel);
-                Some(p.health[i].reason(p.spec.origins[i].enabled, connected))
-            });
+            let here = live
+                .and_then(|p| {
+                    let i = p.spec.origins.iter().position(|x| x.tunnel == o.tunnel)?;
+                    Some(origin_report(state, p, i))
+                })
+                .map_or_else(
+                    || json!({ "edge": state.config.node_name, "healthy": null, "reason": "not applied on this edge yet" }),
+                    |r| json!({ "edge": state.config.node_name, "healthy": r.healthy, "reason": r.reason }),
+                );
+            let mut health = vec![here];
+            for report in reports.iter().filter(|r| r.node != state.config.node_name) {
+                let seen = report
+                    .pools
+                    .iter()
+                    .find(|p| p.account == pool.account && p.pool == pool.name)
+                    .and_then(|p| p.origins.iter().find(|x| x.tunnel == o.tunnel));
+                let age = now.saturating_sub(report.updated);
+                health.push(match seen {
+                    _ if age > STALE_HEALTH.as_secs() => {
+                        json!({ "edge": report.node, "healthy": null, "reason": format!("stale: last report {age}s ago") })
+                    }
+                    Some(r) => json!({ "edge": report.node, "healthy": r.healthy, "reason": r.reason }),
+                    None => json!({ "edge": report.node, "healthy": null, "reason": "not applied on this edge yet" }),
+                });
+            }
             json!({
                 "tunnel": o.tunnel,
                 "name": name,
                 "weight": o.weight,
                 "enabled": o.enabled,
-                "health": [{
-                    "edge": state.config.node_name,
-                    "healthy": health.as_ref().map(Option::is_none),
-                    "reason": health.flatten().unwrap_or_else(|| if live.is_none() { "not applied on this edge yet".into() } else { String::new() }),
-                }],
+                "health": health,
             })
         })
         .collect();

@@ -43,6 +43,7 @@ pub fn load_snapshot(data_dir: &Path) -> Result<Option<Snapshot>> {
 pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: CancellationToken) {
     let Some(cp) = state.control.clone() else { return };
     tokio::spawn(keep_node_lease(state.clone(), shutdown.clone()));
+    tokio::spawn(publish_health(state.clone(), shutdown.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(snapshots(cp, tx, shutdown));
     while let Some(snapshot) = rx.recv().await {
@@ -149,6 +150,27 @@ async fn keep_node_lease(state: Arc<EdgeState>, shutdown: CancellationToken) {
                 tracing::warn!("store lease lost ({e}); taking a new one");
                 break;
             }
+        }
+    }
+}
+
+/// Keep this edge's pool-health view in the store (for `burrow pool show`).
+async fn publish_health(state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let Some(cp) = state.control.clone() else { return };
+    let mut schedule = crate::health::ReportSchedule::default();
+    loop {
+        if pause(&shutdown, Duration::from_secs(1)).await {
+            return;
+        }
+        let lease = state.node_lease.load(Ordering::Relaxed);
+        if lease == 0 {
+            continue;
+        }
+        if let Some(report) = schedule.due(&state)
+            && let Err(e) = cp.put_node_health(&report, Some(lease)).await
+        {
+            tracing::debug!("health report not written: {e}");
+            schedule.failed();
         }
     }
 }

@@ -8,18 +8,21 @@
 //!   eject the origin for [`PASSIVE_EJECTION`].
 //!
 //! The state lives in [`OriginHealth`] objects that table swaps carry over. Transitions are logged
-//! once and exported as `burrow_pool_origin_healthy{pool,origin}`.
+//! once and exported as `burrow_pool_origin_healthy{pool,origin}`. Each edge also publishes its
+//! whole view ([`HealthReport`], when it changes and every minute) to the control plane, so that
+//! `burrow pool show` can print every origin's health as each edge sees it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use burrow_protocol::{FLAG_HEALTH_CHECK, Frame, RequestHead, RequestKind, Scheme, TunnelCodec};
+use burrow_protocol::{AccountId, FLAG_HEALTH_CHECK, Frame, RequestHead, RequestKind, Scheme, TunnelCodec, TunnelId};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +38,96 @@ pub const PASSIVE_EJECTION: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(200);
 /// Monitors read at most this much of a response body.
 const MAX_PROBE_BODY: usize = 64 * 1024;
+/// An unchanged health view is published again this often (so a silent edge shows as stale).
+pub const REPORT_REFRESH: Duration = Duration::from_secs(60);
+/// Most origins one health report may carry.
+pub const MAX_REPORTED_ORIGINS: usize = 100_000;
+
+/// One edge's view of every pool origin, kept in the store under `health/<node>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub node: String,
+    /// Unix seconds when the edge published it.
+    pub updated: u64,
+    pub pools: Vec<PoolReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolReport {
+    pub account: AccountId,
+    pub pool: String,
+    pub origins: Vec<OriginReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OriginReport {
+    pub tunnel: TunnelId,
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Every pool origin's verdict on this edge now.
+pub fn pool_view(state: &EdgeState) -> Vec<PoolReport> {
+    let table = state.routes.load();
+    table
+        .pools()
+        .iter()
+        .map(|pool| PoolReport {
+            account: pool.account,
+            pool: pool.name.clone(),
+            origins: (0..pool.spec.origins.len())
+                .map(|i| origin_report(state, pool, i))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Origin `i` of `pool` as this edge sees it.
+pub fn origin_report(state: &EdgeState, pool: &Pool, i: usize) -> OriginReport {
+    let origin = &pool.spec.origins[i];
+    let connected = state.registry.is_connected(&origin.tunnel);
+    let reason = pool.health[i].reason(origin.enabled, connected);
+    OriginReport {
+        tunnel: origin.tunnel,
+        healthy: reason.is_none(),
+        reason,
+    }
+}
+
+/// Decides when this edge's health view is published: when it changed, or after
+/// [`REPORT_REFRESH`].
+#[derive(Default)]
+pub struct ReportSchedule {
+    last: Option<Vec<PoolReport>>,
+    sent: Option<Instant>,
+}
+
+impl ReportSchedule {
+    /// The report to publish now, if any.
+    pub fn due(&mut self, state: &EdgeState) -> Option<HealthReport> {
+        let view = pool_view(state);
+        let fresh = self.sent.is_some_and(|t| t.elapsed() < REPORT_REFRESH);
+        if fresh && self.last.as_ref() == Some(&view) {
+            return None;
+        }
+        self.last = Some(view.clone());
+        self.sent = Some(Instant::now());
+        let updated = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Some(HealthReport {
+            node: state.config.node_name.clone(),
+            updated,
+            pools: view,
+        })
+    }
+
+    /// Publishing failed: try again at the next check.
+    pub fn failed(&mut self) {
+        self.last = None;
+    }
+}
 
 static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -164,7 +257,7 @@ pub async fn run(state: Arc<EdgeState>, shutdown: CancellationToken) {
         let table = state.routes.load_full();
         for (p, pool) in table.pools().iter().enumerate() {
             for (i, origin) in pool.spec.origins.iter().enumerate() {
-                report(&state, pool, i);
+                log_transition(&state, pool, i);
                 let Some(monitor) = &pool.spec.monitor else { continue };
                 let health = &pool.health[i];
                 let now = now_ms();
@@ -184,7 +277,7 @@ pub async fn run(state: Arc<EdgeState>, shutdown: CancellationToken) {
 }
 
 /// Log and export a change of an origin's verdict.
-fn report(state: &EdgeState, pool: &Pool, i: usize) {
+fn log_transition(state: &EdgeState, pool: &Pool, i: usize) {
     let up = pool.usable(i, &|t| state.registry.load(t));
     let health = &pool.health[i];
     if !state.registry.is_connected(&pool.spec.origins[i].tunnel) {
@@ -224,7 +317,7 @@ async fn probe(state: Arc<EdgeState>, table: Arc<RouteTable>, p: usize, i: usize
             tracing::debug!(pool = %pool.name, origin = %pool.origin_names[i], "probe failed: {e}");
         }
         health.record_probe(result, monitor.healthy_threshold, monitor.unhealthy_threshold);
-        report(&state, pool, i);
+        log_transition(&state, pool, i);
     }
     health.probing.store(false, Ordering::Relaxed);
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -36,13 +36,19 @@ pub async fn follow_remote(
     data_dir: PathBuf,
     shutdown: CancellationToken,
 ) {
-    let client = match client() {
+    let client: HttpClient = match client() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("cannot build the control-plane client: {e:#}");
             return;
         }
     };
+    tokio::spawn(publish_health(
+        state.clone(),
+        control_plane.clone(),
+        token.clone(),
+        shutdown.clone(),
+    ));
     let mut failures: u32 = 0;
     loop {
         let result = tokio::select! {
@@ -66,7 +72,11 @@ pub async fn follow_remote(
     }
 }
 
-fn client() -> Result<HttpClient> {
+fn client<B>() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let tls = burrow_connector::tls::origin_tls_config(&Default::default())?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls).clone())
@@ -74,6 +84,51 @@ fn client() -> Result<HttpClient> {
         .enable_http1()
         .build();
     Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Send this node's pool-health view to the control plane (`PUT /v1/health/NODE`) when it
+/// changes and every minute, for `burrow pool show`.
+async fn publish_health(state: Arc<EdgeState>, base: String, token: String, shutdown: CancellationToken) {
+    let client = match client::<Full<Bytes>>() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot build the control-plane client: {e:#}");
+            return;
+        }
+    };
+    let url = format!("{}/v1/health/{}", base.trim_end_matches('/'), state.config.node_name);
+    let mut schedule = crate::health::ReportSchedule::default();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(report) = schedule.due(&state) else { continue };
+        let body = Bytes::from(serde_json::to_vec(&report).unwrap_or_default());
+        let request = Request::put(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body));
+        let sent = match request {
+            Ok(request) => tokio::time::timeout(Duration::from_secs(10), client.request(request)).await,
+            Err(e) => {
+                tracing::warn!("health report: {e}");
+                continue;
+            }
+        };
+        match sent {
+            Ok(Ok(response)) if response.status().is_success() => {}
+            Ok(Ok(response)) => {
+                tracing::debug!("health report refused: HTTP {}", response.status());
+                schedule.failed();
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("health report not sent: {e}");
+                schedule.failed();
+            }
+            Err(_) => schedule.failed(),
+        }
+    }
 }
 
 /// One watch stream: apply every snapshot until the stream ends or goes silent.

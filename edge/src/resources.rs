@@ -11,6 +11,7 @@
 //! routes/<hostname>                  Route — hostnames are global, owned by one account
 //! pools/<account>/<name>             Pool — origins are tunnels of the same account
 //! connections/<tunnel>/<connection>  Connection, attached to the edge node's lease
+//! health/<node>                      HealthReport: that edge's view of every pool origin
 //! ```
 //!
 //! Every multi-key change is one store transaction with compares, so two API calls racing for
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::health::HealthReport;
 use crate::pool::PoolSpec;
 use crate::route_table::{
     PluginBinding, PoolDef, Route, RouteTable, Target, TunnelRecord, hash_secret, validate_hostname,
@@ -683,6 +685,32 @@ impl ControlPlane {
             )
             .await?;
         Ok(())
+    }
+
+    // --- pool health as each edge sees it --------------------------------------------------
+
+    /// Store an edge's health view (under its lease, if it has one: it vanishes with the edge).
+    pub async fn put_node_health(&self, report: &HealthReport, lease: Option<LeaseId>) -> Result<(), CpError> {
+        validate_name("node", &report.node)?;
+        let origins: usize = report.pools.iter().map(|p| p.origins.len()).sum();
+        if origins > crate::health::MAX_REPORTED_ORIGINS {
+            return Err(CpError::Invalid {
+                field: "pools",
+                reason: format!("at most {} origins per report", crate::health::MAX_REPORTED_ORIGINS),
+            });
+        }
+        let put = Op::Put {
+            key: format!("health/{}", report.node),
+            value: to_json(report),
+            lease,
+        };
+        self.store.txn(vec![], vec![put]).await?;
+        Ok(())
+    }
+
+    /// Every edge's last health view.
+    pub async fn node_health(&self) -> Result<Vec<HealthReport>, CpError> {
+        Ok(self.list_all("health/").await?.0)
     }
 
     // --- connections --------------------------------------------------------------------------

@@ -542,6 +542,8 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     // The edge-only node shares the control-plane node's certificate (as operators would).
     let (cert, key) = (cp_dir.join("edge/edge-cert.pem"), cp_dir.join("edge/edge-key.pem"));
     let node_args = [
+        "--node-name",
+        "node-b",
         "--control-plane",
         &cp_ports.api(),
         "--node-token",
@@ -573,6 +575,16 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     let connector = Process::spawn(BURROW, &run, &[("BURROW_HOME", &alice)]);
     let serves = || async { served(&node_ports, "web.test").await == Some((StatusCode::OK, "web".into())) };
     eventually(Duration::from_secs(20), "the edge-only node to serve web.test", serves).await;
+
+    // `pool show` prints each origin's health as each edge sees it: the connector is connected
+    // to the edge-only node only.
+    ok(BURROW, &alice, &["tunnel", "route", "lb", "web", "lb.test", "web-pool"]).await;
+    eventually(Duration::from_secs(20), "both edges' views in pool show", || async {
+        let show = ok(BURROW, &alice, &["pool", "show", "web-pool"]).await;
+        let line = |needle: &str| show.lines().find(|l| l.contains(needle)).unwrap_or_default().to_owned();
+        line("node-b").trim_end().ends_with(" healthy") && line("unhealthy").contains("tunnel has no live connection")
+    })
+    .await;
 
     // Control plane down: the node keeps serving, and a restarted connector still registers.
     let _ = control_plane.kill9().await;

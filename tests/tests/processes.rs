@@ -362,7 +362,10 @@ async fn example_tunnels_file_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tunnels.yml");
     let file = burrow_edge::tunnels_file::TunnelsFile::load(&path).unwrap();
     let table = file.to_table().unwrap();
-    assert_eq!((table.tunnel_count(), table.route_count(), table.pools().len()), (2, 3, 1));
+    assert_eq!(
+        (table.tunnel_count(), table.route_count(), table.pools().len()),
+        (2, 3, 1)
+    );
     assert!(table.lookup("www.example.com").is_some());
     let shop = table.lookup("shop.example.com").unwrap();
     assert_eq!(shop.target, burrow_edge::route_table::Target::Pool(0));
