@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use burrow_protocol::Scheme;
@@ -25,6 +26,65 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Idle HTTP/2 connections are pinged; one that does not answer is closed.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connection is closed once it is this old (after its in-flight requests), so no client
+/// holds one connection — and whatever state it carries — forever.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+/// Premature resets: a connection is closed when at least half of at least this many recent
+/// requests were cancelled by the client before their response (HTTP/2 "rapid reset" paced to
+/// slip under h2's own limits).
+const RESET_WINDOW: u32 = 100;
+
+/// Counts one connection's requests and those the client cancelled before their response.
+#[derive(Default)]
+struct ResetWatch {
+    started: AtomicU32,
+    cancelled: AtomicU32,
+    tripped: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl ResetWatch {
+    fn start(self: &Arc<Self>) -> EarlyReset {
+        // Decay: only recent requests count.
+        if self.started.fetch_add(1, Ordering::Relaxed) + 1 >= 2 * RESET_WINDOW {
+            self.started.store(RESET_WINDOW, Ordering::Relaxed);
+            let cancelled = self.cancelled.load(Ordering::Relaxed);
+            self.cancelled.store(cancelled / 2, Ordering::Relaxed);
+        }
+        EarlyReset {
+            watch: self.clone(),
+            answered: false,
+        }
+    }
+
+    fn cancelled(&self) {
+        let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = self.started.load(Ordering::Relaxed);
+        if started >= RESET_WINDOW && cancelled * 2 >= started && !self.tripped.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Dropped before `answered`: the client cancelled the request before its response head.
+struct EarlyReset {
+    watch: Arc<ResetWatch>,
+    answered: bool,
+}
+
+impl EarlyReset {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for EarlyReset {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.watch.cancelled();
+        }
+    }
+}
 
 pub async fn serve(
     listener: TcpListener,
@@ -111,10 +171,17 @@ async fn serve_connection(
     state: Arc<EdgeState>,
     shutdown: CancellationToken,
 ) {
+    let resets = Arc::new(ResetWatch::default());
     let service = |client: ClientInfo| {
+        let resets = resets.clone();
         service_fn(move |req| {
             let (state, client) = (state.clone(), client.clone());
-            async move { Ok::<_, Infallible>(proxy::handle(state, req, client).await) }
+            let guard = resets.start();
+            async move {
+                let response = proxy::handle(state, req, client).await;
+                guard.answered();
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let result = match tls {
@@ -125,6 +192,7 @@ async fn serve_connection(
                 drive(
                     builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service),
                     &shutdown,
+                    &resets,
                 )
                 .await
             }
@@ -142,12 +210,17 @@ async fn serve_connection(
             drive(
                 builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
                 &shutdown,
+                &resets,
             )
             .await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(client = %client.addr, "connection ended: {e}");
+    match result {
+        Err(e) if resets.tripped.load(Ordering::Relaxed) => {
+            tracing::warn!(client = %client.addr, "connection closed: {e}");
+        }
+        Err(e) => tracing::debug!(client = %client.addr, "connection ended: {e}"),
+        Ok(()) => {}
     }
 }
 
@@ -164,8 +237,13 @@ async fn refuse_over_limit(mut stream: TcpStream, scheme: Scheme) {
     let _ = stream.shutdown().await;
 }
 
-/// Run a connection; on shutdown, finish in-flight requests and close (GOAWAY / Connection: close).
-async fn drive<C>(conn: C, shutdown: &CancellationToken) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+/// Run a connection. On shutdown or at its maximum age, finish in-flight requests and close
+/// (GOAWAY / Connection: close); on a premature-reset flood, drop it at once.
+async fn drive<C>(
+    conn: C,
+    shutdown: &CancellationToken,
+    resets: &ResetWatch,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
 {
@@ -176,6 +254,16 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = resets.notify.notified() => Err(format!(
+            "too many requests cancelled before their response ({} of the last {})",
+            resets.cancelled.load(Ordering::Relaxed),
+            resets.started.load(Ordering::Relaxed)
+        )
+        .into()),
     }
 }
 

@@ -186,3 +186,65 @@ async fn registrations_from_one_address_are_rate_limited() {
     connector.stop().await.unwrap();
     edge.stop().await;
 }
+
+/// Paced HTTP/2 "rapid reset" on one connection: rounds of 50 requests, a `pause` long enough
+/// for the edge to start them, then a reset of each. Returns how many requests went out and
+/// whether the edge closed the connection within 5 s.
+async fn rapid_reset(edge: std::net::SocketAddr, pause: Duration) -> (usize, bool) {
+    let tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sent = 0;
+    'attack: for _round in 0..20 {
+        let mut streams = Vec::new();
+        for _ in 0..50 {
+            client = match client.ready().await {
+                Ok(c) => c,
+                Err(_) => break 'attack,
+            };
+            let request = http::Request::get("http://app.test/").body(()).unwrap();
+            match client.send_request(request, true) {
+                Ok((_response, stream)) => streams.push(stream),
+                Err(_) => break 'attack,
+            }
+            sent += 1;
+        }
+        tokio::time::sleep(pause).await;
+        for mut stream in streams {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await.is_ok();
+    (sent, closed)
+}
+
+/// h2 stops resets of requests the server has not accepted yet (GOAWAY after 20); paced so that
+/// every request has started, the flood is stopped by the edge's own premature-reset counter:
+/// the connection is dropped once half of the last ≥ 100 requests were cancelled early.
+#[tokio::test]
+async fn paced_http2_rapid_reset_closes_the_connection() {
+    init_logging();
+    let (tunnel, other) = (TestTunnel::new("app"), TestTunnel::new("other"));
+    let routes = [("app.test", "app"), ("other.test", "other")];
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel, &other], &routes)).await;
+    let fast = named_origin("fine").await;
+    let _other = TestConnector::to_url(edge.credentials(&other), &format!("http://{fast}"), 1);
+    let slow = serve_origin(|_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let _slow = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{slow}"), 1);
+    edge.wait_connections(&tunnel, 1).await;
+
+    for pause in [Duration::from_millis(10), Duration::from_millis(100)] {
+        let (sent, closed) = rapid_reset(edge.http, pause).await;
+        assert!(closed, "pause {pause:?}: the edge closed the attacking connection");
+        assert!(sent <= 300, "pause {pause:?}: stopped early (sent {sent} of 1000)");
+    }
+
+    // Other clients are served as usual.
+    edge.wait_connections(&other, 1).await;
+    let response = get(&http1_client(), edge.http, "other.test", "/").await.unwrap();
+    assert_eq!(response.text(), "fine");
+}
