@@ -322,6 +322,9 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
                     ));
                 }
             };
+            for binding in &body.plugins {
+                check_plugin(state, &binding.plugin, false)?;
+            }
             let route = cp.route(account, &hostname, to, body.overwrite, body.plugins).await?;
             tracing::info!(%account, hostname = %route.hostname, tunnel = ?route.tunnel, pool = ?route.pool, "route set");
             Ok((StatusCode::OK, json!(route)))
@@ -346,6 +349,9 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             let name = (*name).to_owned();
             let expect = precondition(&req)?;
             let spec: crate::pool::PoolSpec<String> = json_body(req).await?;
+            if let Some(balancer) = &spec.balancer {
+                check_plugin(state, &balancer.plugin, true)?;
+            }
             let pool = cp.put_pool(account, &name, spec, expect).await?;
             tracing::info!(%account, pool = %name, origins = pool.spec.origins.len(), "pool set");
             Ok((StatusCode::OK, pool_json(state, &pool, None, &[])))
@@ -402,6 +408,30 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// A binding must name a plugin loaded on this edge, of the right kind: a config that could not
+/// run is refused here instead of failing requests later.
+fn check_plugin(state: &EdgeState, name: &str, balancer: bool) -> Result<(), ApiError> {
+    let invalid = |message: String| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid",
+        message,
+        field: Some("plugins"),
+    };
+    let kind = state.config.plugins.as_ref().and_then(|host| host.is_balancer(name));
+    match (kind, balancer) {
+        (None, _) => Err(invalid(format!(
+            "plugin {name:?} is not loaded on this edge (burrow-edge run --plugin {name}=FILE.wasm)"
+        ))),
+        (Some(true), false) => Err(invalid(format!(
+            "plugin {name:?} is a balancer: bind it to a pool (steering: plugin), not to a route"
+        ))),
+        (Some(false), true) => Err(invalid(format!(
+            "plugin {name:?} has request hooks, not select-origin: it cannot balance a pool"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `If-None-Match: *` → must not exist (`Some(0)`); `If-Match: "REV"` → unchanged since REV.

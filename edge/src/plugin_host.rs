@@ -180,6 +180,11 @@ impl PluginHost {
         self.plugins.contains_key(name)
     }
 
+    /// Whether `name` is loaded and is a balancer (`Some(true)`) or request hooks (`Some(false)`).
+    pub fn is_balancer(&self, name: &str) -> Option<bool> {
+        self.plugins.get(name).map(|p| matches!(p.world, World::Balancer(_)))
+    }
+
     /// Run `on-request-headers` of every binding in order. Stops at the first `respond`.
     /// A failing binding fails the request unless it is fail-open.
     pub fn on_request_headers(

@@ -173,13 +173,17 @@ impl TestEdge {
 
     /// An edge serving from a SQLite store in `data_dir`, with the `/v1` API on `admin`.
     pub async fn start_with_store(data_dir: &Path) -> (Self, ControlPlane) {
+        Self::start_with_store_options(data_dir, EdgeOptions::default()).await
+    }
+
+    pub async fn start_with_store_options(data_dir: &Path, options: EdgeOptions) -> (Self, ControlPlane) {
         let store = SqliteStore::open(&data_dir.join("store.db")).unwrap();
         let control = ControlPlane::new(store);
         let edge = Self::launch(
             RouteTable::default(),
             Some(control.clone()),
             Some(data_dir.to_owned()),
-            EdgeOptions::default(),
+            options,
         )
         .await;
         (edge, control)

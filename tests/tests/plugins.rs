@@ -151,3 +151,58 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
     connector.stop().await.unwrap();
     edge.stop().await;
 }
+
+/// A binding the edge could not run is refused by the API (422 naming the problem) and changes
+/// nothing; a good one is accepted.
+#[tokio::test]
+async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
+    init_logging();
+    let dir = TempDir::new();
+    let options = EdgeOptions {
+        plugins: vec![
+            ("header-auth", HEADER_AUTH),
+            ("latency", env!("PLUGIN_BALANCER_LATENCY")),
+        ],
+        ..Default::default()
+    };
+    let (edge, control) = TestEdge::start_with_store_options(dir.path(), options).await;
+    let (account, token) = control.create_account("alice").await.unwrap();
+    control.create_tunnel(account.id, "web").await.unwrap();
+    let client = http1_client();
+    let api = |method: &str, path: &str, body: serde_json::Value| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", edge.admin))
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(body.to_string()))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await.unwrap();
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+            (status, String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        }
+    };
+    let route = |plugin: &str| serde_json::json!({ "tunnel": "web", "plugins": [{ "plugin": plugin }] });
+    let (status, body) = api("PUT", "/v1/routes/a.test", route("nope")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("not loaded on this edge"), "{body}");
+    let (status, body) = api("PUT", "/v1/routes/a.test", route("latency")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("is a balancer"), "{body}");
+    let pool = |plugin: &str| serde_json::json!({ "origins": [{ "tunnel": "web" }], "steering": "plugin", "balancer": { "plugin": plugin } });
+    let (status, body) = api("PUT", "/v1/pools/p", pool("header-auth")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("cannot balance a pool"), "{body}");
+    assert!(
+        control.list_routes(account.id).await.unwrap().is_empty(),
+        "nothing was stored"
+    );
+
+    let (status, body) = api("PUT", "/v1/routes/a.test", route("header-auth")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api("PUT", "/v1/pools/p", pool("latency")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    edge.stop().await;
+}
