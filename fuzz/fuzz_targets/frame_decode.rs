@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let cut = usize::from(split).min(rest.len());
     let mut codec = TunnelCodec::default();
     let mut buf = BytesMut::new();

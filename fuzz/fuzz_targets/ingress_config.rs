@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (config, probe) = text.split_once("\n---probe\n").unwrap_or((text, "app.example.com /x"));
-    let Ok(file) = ConfigFile::parse(config, "fuzz") else { return };
+    let Ok(file) = ConfigFile::parse(config, "fuzz") else {
+        return;
+    };
     let Ok(ingress) = file.ingress() else { return };
     for line in probe.lines().take(8) {
         let (host, path) = line.split_once(' ').unwrap_or((line, "/"));

@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use uuid::Uuid;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(spec) = serde_json::from_slice::<PoolSpec<String>>(data) else { return };
+    let Ok(spec) = serde_json::from_slice::<PoolSpec<String>>(data) else {
+        return;
+    };
     let account = AccountId(Uuid::from_u128(1));
     let mut tunnels = Vec::new();
     let resolved = spec.resolve(|name| {
@@ -34,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
         name: "p".into(),
         spec,
     };
-    let Ok(table) = RouteTable::build(tunnels, vec![], vec![def]) else { return };
+    let Ok(table) = RouteTable::build(tunnels, vec![], vec![def]) else {
+        return;
+    };
     let headers = http::HeaderMap::new();
     let key = table.pools()[0].request_key(&headers, std::net::IpAddr::from([192, 0, 2, 1]));
     for in_flight in [0usize, 3] {

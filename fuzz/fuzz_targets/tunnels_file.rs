@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(file) = serde_yaml_ng::from_str::<TunnelsFile>(text) else { return };
+    let Ok(file) = serde_yaml_ng::from_str::<TunnelsFile>(text) else {
+        return;
+    };
     let Ok(table) = file.to_table() else { return };
     for host in text.split_whitespace().take(16) {
         let _ = table.lookup(host);
