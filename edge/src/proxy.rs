@@ -28,6 +28,10 @@ use crate::request_checks;
 use crate::respond::{ProxyError, error_response};
 use crate::route_table::{PluginBinding, RouteTable, Target};
 
+/// Small responses of retryable pool requests are read whole before the client sees a byte, so
+/// that a connector dying mid-response can still be retried on another origin.
+const MAX_BUFFERED_RESPONSE: u64 = 64 * 1024;
+
 /// A client upload that sends nothing for this long is cut (slow-body attacks hold streams).
 const REQUEST_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -222,7 +226,14 @@ async fn to_pool(
             },
         );
         let started = Instant::now();
-        match exchange(state, tunnel, name, head, attempt).await {
+        let mut result = exchange(state, tunnel, name, head, attempt).await;
+        if retry && exclude.is_none() {
+            result = match result {
+                Ok(response) => buffer_small(state, response, name).await,
+                Err(e) => Err(e),
+            };
+        }
+        match result {
             Ok(mut response) => {
                 health.record_request(!response.status().is_server_error(), started.elapsed());
                 if let (true, Some(ttl)) = (choice.pin, pool.spec.affinity_ttl_secs) {
@@ -250,6 +261,39 @@ async fn to_pool(
             }
         }
     }
+}
+
+/// Read a small response (`Content-Length` up to [`MAX_BUFFERED_RESPONSE`]) to its end, so that
+/// a stream that breaks mid-body is still an error before the client saw anything.
+async fn buffer_small(
+    state: &EdgeState,
+    response: Response<ResponseBody>,
+    tunnel_name: &str,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let small = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
+    if !small {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let collected = tokio::time::timeout(state.config.origin_timeout, http_body_util::BodyExt::collect(body))
+        .await
+        .map_err(|_| ProxyError::OriginTimeout {
+            name: tunnel_name.to_owned(),
+            timeout: state.config.origin_timeout,
+        })?
+        .map_err(|e| ProxyError::TunnelStream {
+            name: tunnel_name.to_owned(),
+            reason: format!("response body: {e}"),
+        })?;
+    // A body with a Content-Length has no trailers in HTTP/1.1; an HTTP/2 origin's are dropped.
+    Ok(Response::from_parts(
+        parts,
+        Either::Right(Full::new(collected.to_bytes())),
+    ))
 }
 
 /// One request/response exchange over a stream of `tunnel`.
