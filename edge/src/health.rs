@@ -4,8 +4,8 @@
 //! - **active**: the pool's monitor, sent *through the tunnel* as a request flagged as a health
 //!   check, so the connector's ingress rules pick the service; `unhealthy-threshold` failures in a
 //!   row take the origin out, `healthy-threshold` passes bring it back;
-//! - **passive**: [`PASSIVE_FAILURES`] failed requests in a row (tunnel or origin errors, 5xx)
-//!   eject the origin for [`PASSIVE_EJECTION`].
+//! - **passive**: [`PASSIVE_FAILURES`] failed requests in a row (tunnel or connection errors,
+//!   502/503/504) eject the origin for [`PASSIVE_EJECTION`].
 //!
 //! The state lives in [`OriginHealth`] objects that table swaps carry over. Transitions are logged
 //! once and exported as `burrow_pool_origin_healthy{pool,origin}`. Each edge also publishes its

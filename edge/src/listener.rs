@@ -31,8 +31,10 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 /// Premature resets: a connection is closed when at least half of at least this many recent
 /// requests were cancelled by the client before their response (HTTP/2 "rapid reset" paced to
-/// slip under h2's own limits).
+/// slip under h2's own limits). Only cancellations within [`FAST_CANCEL`] of the request count,
+/// so a proxy whose users give up on a slow origin is not mistaken for an attack.
 const RESET_WINDOW: u32 = 100;
+const FAST_CANCEL: Duration = Duration::from_secs(1);
 
 /// Counts one connection's requests and those the client cancelled before their response.
 #[derive(Default)]
@@ -54,6 +56,7 @@ impl ResetWatch {
         EarlyReset {
             watch: self.clone(),
             answered: false,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -70,6 +73,7 @@ impl ResetWatch {
 struct EarlyReset {
     watch: Arc<ResetWatch>,
     answered: bool,
+    started: std::time::Instant,
 }
 
 impl EarlyReset {
@@ -80,7 +84,7 @@ impl EarlyReset {
 
 impl Drop for EarlyReset {
     fn drop(&mut self) {
-        if !self.answered {
+        if !self.answered && self.started.elapsed() < FAST_CANCEL {
             self.watch.cancelled();
         }
     }

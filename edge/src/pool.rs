@@ -249,6 +249,9 @@ impl Monitor {
         {
             return Err("monitor.expected-body must be 1 to 1024 bytes".into());
         }
+        if self.expected_body.is_some() && self.method.eq_ignore_ascii_case("HEAD") {
+            return Err("monitor.expected-body cannot be checked with method HEAD (no body)".into());
+        }
         if let Some(host) = &self.host {
             crate::route_table::validate_hostname(host).map_err(|e| format!("monitor.host: {e}"))?;
         }

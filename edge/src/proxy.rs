@@ -99,17 +99,19 @@ async fn forward(
         let route = table
             .lookup(&host)
             .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+        let plugins = route.plugins.clone();
         let destination = match route.target {
             Target::Tunnel(id) => Destination::Tunnel {
                 id,
                 name: table.tunnel(&id).map(|t| t.name.clone()).unwrap_or_default(),
             },
+            // Keep *this* table (not a newer one): the pool index belongs to it.
             Target::Pool(index) => Destination::Pool {
-                table: state.routes.load_full(),
+                table: arc_swap::Guard::into_inner(table),
                 index,
             },
         };
-        (destination, route.plugins.clone())
+        (destination, plugins)
     };
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
@@ -235,7 +237,9 @@ async fn to_pool(
         }
         match result {
             Ok(mut response) => {
-                health.record_request(!response.status().is_server_error(), started.elapsed());
+                // Only gateway failures count: an app's own 500s (which a visitor can provoke) do not eject it.
+                let gateway_failure = matches!(response.status().as_u16(), 502..=504);
+                health.record_request(!gateway_failure, started.elapsed());
                 if let (true, Some(ttl)) = (choice.pin, pool.spec.affinity_ttl_secs) {
                     let cookie = pool::affinity_cookie(tunnel, ttl, client.scheme == Scheme::Https);
                     if let Ok(value) = HeaderValue::from_str(&cookie) {

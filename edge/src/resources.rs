@@ -169,12 +169,37 @@ impl Snapshot {
             let mut spec = p.spec.clone();
             // A tunnel deleted in a race with a pool edit is dropped, not fatal for the table.
             spec.origins.retain(|o| owners.get(&o.tunnel) == Some(&p.account));
+            if let Err(reason) = spec.validate() {
+                tracing::warn!(pool = %p.name, "pool skipped: {reason}");
+                continue;
+            }
             pool_index.insert((p.account, p.name.as_str()), pools.len());
             pools.push(PoolDef {
                 account: p.account,
                 name: p.name.clone(),
                 spec,
             });
+        }
+        // One tenant's broken fallback chain (a race between two edits) must not stop the whole
+        // table from building: such a pool loses its fallback instead.
+        for i in 0..pools.len() {
+            let mut hops = 0;
+            let mut next = pools[i].spec.fallback.clone();
+            let account = pools[i].account;
+            let broken = loop {
+                let Some(name) = next else { break false };
+                hops += 1;
+                match pool_index.get(&(account, name.as_str())) {
+                    Some(&j) if j != i && hops <= crate::pool::MAX_FALLBACK_DEPTH => {
+                        next = pools[j].spec.fallback.clone();
+                    }
+                    _ => break true,
+                }
+            };
+            if broken {
+                tracing::warn!(pool = %pools[i].name, "fallback ignored: it is missing, loops or is too long");
+                pools[i].spec.fallback = None;
+            }
         }
         let routes = self
             .routes
@@ -618,11 +643,21 @@ impl ControlPlane {
             .resolve(|_| ids.next().ok_or(()))
             .map_err(|()| invalid("origins changed while resolving".into()))?;
         spec.validate().map_err(invalid)?;
-        if let Some(fallback) = &spec.fallback {
+        // Follow the fallback chain: it must exist, end, and stay within the hop limit.
+        let mut next = spec.fallback.clone();
+        let mut hops = 0;
+        while let Some(fallback) = next {
+            hops += 1;
             if fallback == name {
-                return Err(invalid("a pool cannot be its own fallback".into()));
+                return Err(invalid(format!("fallback {fallback:?} leads back to this pool")));
             }
-            self.pool(account, fallback).await?;
+            if hops > crate::pool::MAX_FALLBACK_DEPTH {
+                return Err(invalid(format!(
+                    "the fallback chain is longer than {} pools",
+                    crate::pool::MAX_FALLBACK_DEPTH
+                )));
+            }
+            next = self.pool(account, &fallback).await?.0.spec.fallback;
         }
         let key = format!("pools/{account}/{name}");
         let existing = self.store.get(&key).await?;
@@ -774,4 +809,61 @@ impl ControlPlane {
 /// Whether a changed key affects what edges serve.
 pub fn affects_routing(key: &str) -> bool {
     key.starts_with("tunnels/") || key.starts_with("routes/") || key.starts_with("pools/")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use crate::pool::PoolOrigin;
+
+    use super::*;
+
+    #[test]
+    fn a_fallback_loop_costs_the_pool_its_fallback_not_the_whole_table() {
+        let account = AccountId(Uuid::from_u128(1));
+        let tunnel = Tunnel {
+            id: TunnelId(Uuid::from_u128(2)),
+            account,
+            name: "web".into(),
+            secret_sha256: "00".repeat(32),
+            created: 0,
+        };
+        let pool = |name: &str, fallback: &str| PoolDoc {
+            account,
+            name: name.into(),
+            created: 0,
+            spec: PoolSpec {
+                origins: vec![PoolOrigin {
+                    tunnel: tunnel.id,
+                    weight: 1,
+                    enabled: true,
+                }],
+                fallback: Some(fallback.into()),
+                ..Default::default()
+            },
+        };
+        let route = RouteDoc {
+            hostname: "a.test".into(),
+            account,
+            tunnel: None,
+            pool: Some("a".into()),
+            created: 0,
+            plugins: Vec::new(),
+        };
+        let snapshot = Snapshot {
+            revision: 1,
+            tunnels: vec![tunnel.clone()],
+            routes: vec![route],
+            pools: vec![pool("a", "b"), pool("b", "a"), pool("c", "missing")],
+        };
+        let table = snapshot.to_table().unwrap();
+        assert_eq!(table.pools().len(), 3);
+        let fallbacks: Vec<_> = table.pools().iter().map(|p| p.fallback).collect();
+        assert_eq!(
+            fallbacks,
+            vec![None, Some(0), None],
+            "the loop is cut once; a missing fallback is dropped"
+        );
+        assert!(table.lookup("a.test").is_some());
+    }
 }

@@ -233,6 +233,10 @@ impl RouteTable {
             let Some((_, previous)) = old.pool(pool.account, &pool.name) else {
                 continue;
             };
+            if previous.spec.monitor != pool.spec.monitor {
+                // A changed or removed monitor starts over: its old verdicts no longer apply.
+                continue;
+            }
             for (i, origin) in pool.spec.origins.iter().enumerate() {
                 if let Some(j) = previous.spec.origins.iter().position(|o| o.tunnel == origin.tunnel) {
                     pool.health[i] = previous.health[j].clone();
