@@ -103,6 +103,13 @@ struct RunArgs {
     /// How long to wait for an origin's response head before answering 504.
     #[arg(long, default_value = "100s", value_parser = humantime::parse_duration)]
     origin_timeout: Duration,
+    /// A request body that sends nothing for this long is cut (408 before any response).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    request_body_idle_timeout: Duration,
+    /// A whole request body must arrive within this time (408 before any response). Raise it,
+    /// with --origin-timeout, for origins that take long uploads before answering.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    request_body_timeout: Duration,
     /// On shutdown, how long in-flight requests may take.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
@@ -256,6 +263,8 @@ async fn run(args: RunArgs) -> Result<()> {
     config.location = args.location;
     config.advertised_edges = args.advertised;
     config.origin_timeout = args.origin_timeout;
+    config.request_body_idle_timeout = args.request_body_idle_timeout;
+    config.request_body_timeout = args.request_body_timeout;
     config.grace_period = args.grace_period;
     config.tunnel_idle_timeout = args.tunnel_idle_timeout;
     config.max_connections = args.max_connections;

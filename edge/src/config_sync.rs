@@ -166,11 +166,13 @@ async fn publish_health(state: Arc<EdgeState>, shutdown: CancellationToken) {
         if lease == 0 {
             continue;
         }
-        if let Some(report) = schedule.due(&state)
-            && let Err(e) = cp.put_node_health(&report, Some(lease)).await
-        {
-            tracing::debug!("health report not written: {e}");
-            schedule.failed();
+        let Some(report) = schedule.due(&state) else { continue };
+        match cp.put_node_health(&report, Some(lease)).await {
+            Ok(()) => schedule.succeeded(),
+            Err(e) => {
+                tracing::debug!("health report not written: {e}");
+                schedule.failed();
+            }
         }
     }
 }

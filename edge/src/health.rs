@@ -96,16 +96,24 @@ pub fn origin_report(state: &EdgeState, pool: &Pool, i: usize) -> OriginReport {
 }
 
 /// Decides when this edge's health view is published: when it changed, or after
-/// [`REPORT_REFRESH`].
+/// [`REPORT_REFRESH`]; after failures, no sooner than an exponential back-off allows (a control
+/// plane that is down or refusing is not asked every second by every edge).
 #[derive(Default)]
 pub struct ReportSchedule {
     last: Option<Vec<PoolReport>>,
     sent: Option<Instant>,
+    failures: u32,
 }
+
+/// Longest wait between two attempts after failures.
+const MAX_REPORT_BACKOFF: Duration = Duration::from_secs(60);
 
 impl ReportSchedule {
     /// The report to publish now, if any.
     pub fn due(&mut self, state: &EdgeState) -> Option<HealthReport> {
+        if self.sent.is_some_and(|t| t.elapsed() < self.backoff()) {
+            return None;
+        }
         let view = pool_view(state);
         let fresh = self.sent.is_some_and(|t| t.elapsed() < REPORT_REFRESH);
         if fresh && self.last.as_ref() == Some(&view) {
@@ -123,9 +131,23 @@ impl ReportSchedule {
         })
     }
 
-    /// Publishing failed: try again at the next check.
+    /// Publishing failed: try again after the back-off, even if nothing changed.
     pub fn failed(&mut self) {
         self.last = None;
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// Publishing worked: back to reporting changes as they happen.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// 0 with no failures, then 2 s, 4 s, 8 s … up to [`MAX_REPORT_BACKOFF`].
+    fn backoff(&self) -> Duration {
+        match self.failures {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << n.min(6)).min(MAX_REPORT_BACKOFF),
+        }
     }
 }
 
@@ -395,4 +417,24 @@ async fn send_probe(state: &EdgeState, pool: &Pool, i: usize) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_backoff_grows_and_is_capped_and_resets() {
+        let mut schedule = ReportSchedule::default();
+        assert_eq!(schedule.backoff(), Duration::ZERO);
+        let waits: Vec<u64> = (0..8)
+            .map(|_| {
+                schedule.failed();
+                schedule.backoff().as_secs()
+            })
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        schedule.succeeded();
+        assert_eq!(schedule.backoff(), Duration::ZERO);
+    }
 }

@@ -70,6 +70,11 @@ pub struct EdgeConfig {
     pub advertised_edges: Vec<String>,
     /// How long to wait for the origin's response head (then 504).
     pub origin_timeout: Duration,
+    /// A request body that sends nothing for this long is cut (408 if no response has started).
+    pub request_body_idle_timeout: Duration,
+    /// A whole request body must arrive within this time: a client dripping a byte a minute
+    /// would otherwise hold a stream to the origin forever.
+    pub request_body_timeout: Duration,
     /// A new tunnel connection must register within this time.
     pub registration_timeout: Duration,
     /// A tunnel connection with no packets for this long is dead.
@@ -96,6 +101,8 @@ impl EdgeConfig {
             tls,
             advertised_edges: Vec::new(),
             origin_timeout: Duration::from_secs(100),
+            request_body_idle_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(300),
             registration_timeout: Duration::from_secs(5),
             tunnel_idle_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(30),

@@ -32,9 +32,6 @@ use crate::route_table::{PluginBinding, RouteTable, Target};
 /// that a connector dying mid-response can still be retried on another origin.
 const MAX_BUFFERED_RESPONSE: u64 = 64 * 1024;
 
-/// A client upload that sends nothing for this long is cut (slow-body attacks hold streams).
-const REQUEST_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Body of every response the edge sends: relayed from the tunnel, or generated here.
 pub type ResponseBody = Either<TunnelBody, Full<Bytes>>;
 
@@ -249,7 +246,10 @@ async fn to_pool(
                 return Ok(response);
             }
             Err(e) => {
-                health.record_request(false, started.elapsed());
+                // A client's stalled upload says nothing about the origin.
+                if !matches!(e, ProxyError::RequestTimeout(_)) {
+                    health.record_request(false, started.elapsed());
+                }
                 let before_response = matches!(
                     e,
                     ProxyError::TunnelUnavailable { .. }
@@ -312,20 +312,34 @@ async fn exchange(
 
     // A WebSocket keeps its send half for the raw bytes after the 101.
     let mut upgrade_send = None;
+    // Says why the client's upload was cut, if it stalled before the response head.
+    let (body_timeout_tx, body_timeout) = tokio::sync::oneshot::channel::<ProxyError>();
     if upstream.on_upgrade.is_some() {
         upgrade_send = Some(send);
     } else if let Some(body) = upstream.body {
         let limits = state.config.limits;
+        let (idle, total) = (
+            state.config.request_body_idle_timeout,
+            state.config.request_body_timeout,
+        );
         tokio::spawn(async move {
-            match send_body(body, &mut send, &limits, Some(REQUEST_BODY_IDLE_TIMEOUT)).await {
-                Ok(()) => {
+            let relay = send_body(body, &mut send, &limits, Some(idle));
+            let stalled = match tokio::time::timeout(total, relay).await {
+                Ok(Ok(())) => {
                     let _ = send.finish();
+                    return;
                 }
-                Err(e) => {
-                    // Reset, not finish: the origin must not take a cut upload as complete.
+                Ok(Err(BodyError::Idle(idle))) => Some(format!("sent nothing for {idle:?}")),
+                Err(_) => Some(format!("did not arrive within {total:?}")),
+                Ok(Err(e)) => {
                     tracing::debug!("request body relay stopped: {e}");
-                    let _ = send.reset(error_code::REQUEST_CANCELLED.into());
+                    None
                 }
+            };
+            // Reset, not finish: the origin must not take a cut upload as complete.
+            let _ = send.reset(error_code::REQUEST_CANCELLED.into());
+            if let Some(why) = stalled {
+                let _ = body_timeout_tx.send(ProxyError::RequestTimeout(why));
             }
         });
     } else {
@@ -337,12 +351,15 @@ async fn exchange(
         name: tunnel_name.to_owned(),
         reason,
     };
-    let first = tokio::time::timeout(state.config.origin_timeout, frames.next())
-        .await
-        .map_err(|_| ProxyError::OriginTimeout {
-            name: tunnel_name.to_owned(),
-            timeout: state.config.origin_timeout,
-        })?;
+    let first = tokio::select! {
+        first = tokio::time::timeout(state.config.origin_timeout, frames.next()) => first,
+        // The relay drops the sender when the body went through: this branch then disables itself.
+        Ok(stalled) = body_timeout => return Err(stalled),
+    }
+    .map_err(|_| ProxyError::OriginTimeout {
+        name: tunnel_name.to_owned(),
+        timeout: state.config.origin_timeout,
+    })?;
     let ResponseHead {
         status,
         headers: mut response_headers,

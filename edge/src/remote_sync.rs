@@ -113,11 +113,12 @@ async fn publish_health(state: Arc<EdgeState>, base: String, token: String, shut
             Ok(request) => tokio::time::timeout(Duration::from_secs(10), client.request(request)).await,
             Err(e) => {
                 tracing::warn!("health report: {e}");
+                schedule.failed();
                 continue;
             }
         };
         match sent {
-            Ok(Ok(response)) if response.status().is_success() => {}
+            Ok(Ok(response)) if response.status().is_success() => schedule.succeeded(),
             Ok(Ok(response)) => {
                 tracing::debug!("health report refused: HTTP {}", response.status());
                 schedule.failed();

@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// Every origin of the pool (and of its fallbacks) is down, disabled or disconnected.
     #[error("pool {pool:?} has no healthy origin")]
     NoHealthyOrigin { pool: String },
+    /// The client's request body stalled or took too long (a slow-upload defence).
+    #[error("the request body {0}")]
+    RequestTimeout(String),
     /// The connector refused the request (unsupported service, draining).
     #[error("tunnel {name:?}: connector refused the request: {message}")]
     ConnectorRefused { name: String, message: String },
@@ -52,6 +55,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
@@ -70,6 +74,7 @@ impl ProxyError {
             ProxyError::MissingHost => "missing_host",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::PluginFailed(_) => "plugin_failed",
             ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::UnknownHost(_) => "unknown_host",
@@ -94,6 +99,7 @@ impl ProxyError {
                 )
             }
             ProxyError::Misdirected { .. } => "Open a new connection for this site.".into(),
+            ProxyError::RequestTimeout(_) => "Send the request body without long pauses.".into(),
             ProxyError::PluginFailed(_) => {
                 "A plugin of this site failed; its owner can see why in the edge logs.".into()
             }

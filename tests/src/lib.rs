@@ -150,6 +150,8 @@ pub struct EdgeOptions {
     pub registrations_per_minute: u32,
     pub tunnel_idle_timeout: Duration,
     pub origin_timeout: Duration,
+    pub request_body_idle_timeout: Duration,
+    pub request_body_timeout: Duration,
     pub grace_period: Duration,
 }
 
@@ -161,6 +163,8 @@ impl Default for EdgeOptions {
             registrations_per_minute: 600,
             tunnel_idle_timeout: Duration::from_secs(3),
             origin_timeout: Duration::from_secs(10),
+            request_body_idle_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(300),
             grace_period: Duration::from_secs(5),
         }
     }
@@ -205,6 +209,8 @@ impl TestEdge {
         let mut config = EdgeConfig::new("test-edge", tls);
         config.tunnel_idle_timeout = options.tunnel_idle_timeout;
         config.origin_timeout = options.origin_timeout;
+        config.request_body_idle_timeout = options.request_body_idle_timeout;
+        config.request_body_timeout = options.request_body_timeout;
         config.grace_period = options.grace_period;
         config.data_dir = data_dir;
         config.max_connections = options.max_connections;

@@ -248,3 +248,91 @@ async fn paced_http2_rapid_reset_closes_the_connection() {
     let response = get(&http1_client(), edge.http, "other.test", "/").await.unwrap();
     assert_eq!(response.text(), "fine");
 }
+
+/// A client that stalls its upload, or drips it too slowly, gets a 408 before the origin answers,
+/// and the origin sees a cut upload (an error), never a complete-looking short body.
+#[tokio::test]
+async fn stalled_and_dripping_uploads_get_a_408() {
+    init_logging();
+    let tunnel = TestTunnel::new("app");
+    let options = EdgeOptions {
+        request_body_idle_timeout: Duration::from_millis(800),
+        request_body_timeout: Duration::from_secs(2),
+        ..EdgeOptions::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_origin(move |req| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let body = http_body_util::BodyExt::collect(req.into_body()).await;
+            let _ = seen_tx.send(body.map(|b| b.to_bytes().len()).map_err(|e| e.to_string()));
+            http::Response::new(full("stored"))
+        }
+    })
+    .await;
+    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    edge.wait_connections(&tunnel, 1).await;
+
+    let head = "POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n";
+    // Stalls: 10 bytes, then nothing.
+    let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    stream.write_all(format!("{head}0123456789").as_bytes()).await.unwrap();
+    assert_cut(&mut stream, "sent nothing", &mut seen).await;
+
+    // Drips: a byte every 300 ms never trips the idle timeout, but the total one.
+    let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let drip = async {
+        for _ in 0..100 {
+            if stream.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(4), drip).await;
+    assert_cut(&mut stream, "did not arrive within", &mut seen).await;
+
+    // A complete upload still goes through.
+    let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let head = head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(format!("{head}{}", "y".repeat(100)).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(status_line(&answer).contains("200"), "{answer}");
+    let upload = seen.recv().await.unwrap();
+    assert_eq!(upload, Ok(100));
+}
+
+/// The edge answered 408 for `why`, and the origin saw the upload fail rather than end.
+async fn assert_cut(
+    stream: &mut tokio::net::TcpStream,
+    why: &str,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>,
+) {
+    let answer = read_answer(stream).await;
+    assert!(status_line(&answer).contains("408"), "{answer}");
+    assert!(answer.contains("request_timeout") && answer.contains(why), "{answer}");
+    let upload = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(upload.is_err(), "the origin saw a cut upload as complete: {upload:?}");
+}
+
+/// What the edge wrote on `stream` until it closed it (or 5 s passed).
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
