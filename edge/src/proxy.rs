@@ -426,15 +426,19 @@ async fn run_plugins(
         }));
     };
     let first = chain.first().map(|b| b.plugin.clone()).unwrap_or_default();
-    tokio::task::spawn_blocking(move || host.on_request_headers(&chain, request))
-        .await
-        .map_err(|e| {
-            ProxyError::PluginFailed(PluginError {
-                plugin: first,
-                reason: format!("plugin task: {e}"),
-            })
-        })?
-        .map_err(ProxyError::PluginFailed)
+    let slot = host.slot().await;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        host.on_request_headers(&chain, request)
+    })
+    .await
+    .map_err(|e| {
+        ProxyError::PluginFailed(PluginError {
+            plugin: first,
+            reason: format!("plugin task: {e}"),
+        })
+    })?
+    .map_err(ProxyError::PluginFailed)
 }
 
 /// Ask the pool's balancer plugin for an origin. A failing balancer does not fail the request:
@@ -446,7 +450,12 @@ async fn balance(
     candidates: Vec<crate::plugin_host::Candidate>,
 ) -> Option<u32> {
     let host = state.config.plugins.clone()?;
-    let chosen = tokio::task::spawn_blocking(move || host.select_origin(&binding, request, candidates)).await;
+    let slot = host.slot().await;
+    let chosen = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        host.select_origin(&binding, request, candidates)
+    })
+    .await;
     match chosen {
         Ok(Ok(choice)) => choice,
         Ok(Err(e)) => {

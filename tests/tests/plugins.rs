@@ -114,11 +114,18 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
     let trapped = get(&client, edge.http, "trap.test", "/trap").await.unwrap();
     assert_eq!(trapped.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(trapped.headers["burrow-error"], "plugin_failed");
-    // The same plugin serves the next request: each call gets a fresh instance.
-    assert_eq!(
-        get(&client, edge.http, "trap.test", "/fine").await.unwrap().status,
-        StatusCode::OK
-    );
+    // A memory bomb hits the cap: that request fails, nothing else.
+    let bomb = get(&client, edge.http, "trap.test", "/grow").await.unwrap();
+    assert_eq!(bomb.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(bomb.headers["burrow-error"], "plugin_failed");
+    // The same plugin serves the next requests, each in a fresh instance that sees none of the
+    // memory of the ones before (the plugin answers 409 if it does).
+    for _ in 0..3 {
+        assert_eq!(
+            get(&client, edge.http, "trap.test", "/fine").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
 
     // An endless loop is stopped by the deadline rather than holding the request.
     let spun = tokio::time::timeout(Duration::from_secs(5), get(&client, edge.http, "spin.test", "/spin"))
@@ -145,7 +152,7 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
     assert!(missing.text().contains("not-loaded"), "{}", missing.text());
     assert_eq!(
         hits.load(Ordering::Relaxed),
-        3,
+        5,
         "only the passing requests reached the origin"
     );
     connector.stop().await.unwrap();

@@ -1,14 +1,37 @@
-//! Test plugin: traps on every request whose path contains `/trap` (a guest panic), continues
-//! otherwise. Proves a trap fails one request, not the edge.
+//! Test plugin, hostile on purpose:
+//! - a path containing `/trap` panics (a guest trap);
+//! - a path containing `/grow` allocates 64 MiB, past the edge's memory cap;
+//! - every call checks a static that it then marks: a value left by an earlier request would
+//!   mean instances share memory, and the request is refused with 409.
+//!
+//! Otherwise it continues, so it doubles as the no-op plugin of the benchmarks.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+
+use burrow::plugin::types::Response;
+
+static MARK: AtomicU32 = AtomicU32::new(0);
 
 struct Trap;
 
 impl Guest for Trap {
     fn on_request_headers(req: &Request) -> Action {
-        if req.path().contains("/trap") {
+        if MARK.swap(0xB0B, Ordering::Relaxed) != 0 {
+            return Action::Respond(Response {
+                status: 409,
+                headers: Vec::new(),
+                body: b"saw memory of an earlier request\n".to_vec(),
+            });
+        }
+        let path = req.path();
+        if path.contains("/trap") {
             panic!("this plugin traps on purpose");
+        }
+        if path.contains("/grow") {
+            let hoard = vec![7u8; 64 << 20];
+            std::hint::black_box(&hoard);
         }
         Action::Continue
     }

@@ -1,0 +1,106 @@
+//! Per-request cost of the wasm plugin host, on real components built by `build.rs`: a fresh
+//! instance and store per call, as the edge does for every request.
+//! Run: `cargo bench -p burrow-tests --bench plugins`.
+#![allow(clippy::unwrap_used, reason = "benchmark setup")]
+
+use std::hint::black_box;
+
+use burrow_edge::plugin_host::{Candidate, Outcome, PluginHost, PluginRequest};
+use burrow_edge::route_table::PluginBinding;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method};
+
+fn request() -> PluginRequest {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip"),
+        ("x-api-key", "k2"),
+        ("cookie", "session=abc"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    PluginRequest {
+        method: Method::GET,
+        authority: "app.example.com".into(),
+        path_and_query: "/index.html?q=1".into(),
+        headers,
+        client_addr: "192.0.2.7:50000".parse().unwrap(),
+        request_id: "r1".into(),
+    }
+}
+
+fn binding(plugin: &str, config: &str) -> PluginBinding {
+    PluginBinding {
+        plugin: plugin.into(),
+        config: config.into(),
+        fail_open: false,
+        deadline_ms: None,
+    }
+}
+
+fn hooks(c: &mut Criterion) {
+    let mut host = PluginHost::new().unwrap();
+    host.load("noop", &std::fs::read(env!("PLUGIN_TEST_TRAP")).unwrap())
+        .unwrap();
+    host.load("header-auth", &std::fs::read(env!("PLUGIN_HEADER_AUTH")).unwrap())
+        .unwrap();
+    host.load(
+        "balancer-latency",
+        &std::fs::read(env!("PLUGIN_BALANCER_LATENCY")).unwrap(),
+    )
+    .unwrap();
+
+    // `test-trap` on a path without /trap: one getter call, then continue.
+    let noop = [binding("noop", "")];
+    c.bench_function("plugin on-request-headers, no-op, fresh instance", |b| {
+        b.iter(|| {
+            let outcome = host.on_request_headers(&noop, black_box(request())).unwrap();
+            assert!(matches!(outcome, Outcome::Continue(_)));
+        })
+    });
+    let auth = [binding(
+        "header-auth",
+        r#"{"header": "x-api-key", "keys": ["k1", "k2"], "forward-as": "x-user"}"#,
+    )];
+    c.bench_function(
+        "plugin on-request-headers, header-auth (JSON config, key found), fresh instance",
+        |b| {
+            b.iter(|| {
+                let outcome = host.on_request_headers(&auth, black_box(request())).unwrap();
+                assert!(matches!(outcome, Outcome::Continue(_)));
+            })
+        },
+    );
+    let balancer = binding("balancer-latency", "");
+    let candidates: Vec<Candidate> = (0..4u32)
+        .map(|i| Candidate {
+            index: i,
+            name: format!("origin-{i}"),
+            tunnel: format!("00000000-0000-0000-0000-00000000000{i}"),
+            weight: 1,
+            healthy: i != 2,
+            in_flight: i * 3,
+            latency_us: 1_000 + u64::from(i) * 250,
+        })
+        .collect();
+    c.bench_function(
+        "plugin select-origin, balancer-latency, 4 candidates, fresh instance",
+        |b| {
+            b.iter(|| {
+                let chosen = host
+                    .select_origin(&balancer, black_box(request()), candidates.clone())
+                    .unwrap();
+                assert!(matches!(chosen, Some(i) if i != 2), "{chosen:?}");
+            })
+        },
+    );
+    // The baseline the numbers above include: building the request the host hands over.
+    c.bench_function("build the plugin request (baseline)", |b| {
+        b.iter(|| black_box(request()))
+    });
+}
+
+criterion_group!(benches, hooks);
+criterion_main!(benches);
