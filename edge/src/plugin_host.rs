@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -53,6 +53,11 @@ const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 /// Wasm calls running at once. Each holds one slot of the pooling allocator; callers wait for a
 /// slot (`PluginHost::slot`) rather than fail when all are taken.
 pub const MAX_CONCURRENT_CALLS: u32 = 128;
+/// Idle instances kept for reuse-mode bindings, across all of them (each keeps a pool slot and
+/// its memory resident). Beyond it a finished instance is dropped.
+const MAX_WARM_INSTANCES: usize = 64;
+/// Most requests one instance may serve in reuse mode.
+pub const MAX_REUSE: u32 = 100_000;
 /// After this many failures in a row a plugin is tripped: its requests fail without running it
 /// until a later call succeeds (one probe call per 100 requests).
 const TRIP_AFTER: u32 = 20;
@@ -116,7 +121,70 @@ pub struct PluginHost {
     plugins: HashMap<String, LoadedPlugin>,
     stop_ticker: Arc<AtomicBool>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
+    warm_idle: Arc<AtomicUsize>,
 }
+
+/// An instance kept between requests of one reuse-mode binding.
+struct Warm {
+    store: Store<HostState>,
+    hooks: bindings::Plugin,
+    served: u32,
+}
+
+/// The idle instances of one binding. Clones share them (a rebuilt route table keeps a binding's
+/// warm instances when the binding itself did not change).
+#[derive(Clone, Default)]
+pub struct WarmInstances(Arc<std::sync::Mutex<Vec<(Warm, IdleSlot)>>>);
+
+/// One unit of the global idle-instance cap, given back when the idle instance leaves the list
+/// (taken for a call, or dropped with its binding).
+struct IdleSlot(Arc<AtomicUsize>);
+
+impl IdleSlot {
+    fn acquire(idle: &Arc<AtomicUsize>) -> Option<Self> {
+        if idle.fetch_add(1, Ordering::Relaxed) < MAX_WARM_INSTANCES {
+            Some(Self(idle.clone()))
+        } else {
+            idle.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl WarmInstances {
+    fn take(&self) -> Option<Warm> {
+        self.0.lock().ok()?.pop().map(|(warm, _slot)| warm)
+    }
+
+    /// Keep `warm` for the next request, unless the global cap is reached (then it is dropped).
+    fn put(&self, warm: Warm, idle: &Arc<AtomicUsize>) {
+        if let (Ok(mut list), Some(slot)) = (self.0.lock(), IdleSlot::acquire(idle)) {
+            list.push((warm, slot));
+        }
+    }
+}
+
+impl std::fmt::Debug for WarmInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.0.lock().map_or(0, |list| list.len());
+        write!(f, "WarmInstances({idle} idle)")
+    }
+}
+
+/// Idle instances are a cache, not part of what a binding is.
+impl PartialEq for WarmInstances {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for WarmInstances {}
 
 impl Drop for PluginHost {
     fn drop(&mut self) {
@@ -132,10 +200,11 @@ impl PluginHost {
         // Default allocation measured 91 µs per no-op call.
         let mut pool = wasmtime::PoolingAllocationConfig::new();
         let slots = MAX_CONCURRENT_CALLS;
-        pool.total_component_instances(slots)
-            .total_core_instances(slots * 8)
-            .total_memories(slots * 2)
-            .total_tables(slots * 8)
+        let instances = slots + MAX_WARM_INSTANCES as u32;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 8)
             .max_memory_size(MAX_MEMORY)
             .linear_memory_keep_resident(2 * 1024 * 1024)
             .table_keep_resident(64 * 1024)
@@ -165,6 +234,7 @@ impl PluginHost {
             plugins: HashMap::new(),
             stop_ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+            warm_idle: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -331,11 +401,7 @@ impl PluginHost {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = binding
-            .deadline_ms
-            .unwrap_or(DEFAULT_DEADLINE.as_millis() as u64)
-            .clamp(1, 100);
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(deadline_ticks(binding));
         store
     }
 
@@ -355,15 +421,38 @@ impl PluginHost {
         if let Some(reason) = self.tripped(plugin) {
             return Err(Box::new((Some(request), reason)));
         }
-        let mut store = self.store(plugin, binding);
+        let reuse = binding.reuse.min(MAX_REUSE);
+        let warm = if reuse > 0 { binding.warm.take() } else { None };
+        let Warm {
+            mut store,
+            hooks,
+            served,
+        } = match warm {
+            Some(mut warm) => {
+                warm.store.set_epoch_deadline(deadline_ticks(binding));
+                warm
+            }
+            None => {
+                let mut store = self.store(plugin, binding);
+                match pre.instantiate(&mut store) {
+                    Ok(hooks) => Warm {
+                        store,
+                        hooks,
+                        served: 0,
+                    },
+                    Err(e) => {
+                        let reason = self.record(plugin, Some(&e)).err().unwrap_or_default();
+                        return Err(Box::new((Some(request), reason)));
+                    }
+                }
+            }
+        };
         let handle = match store.data_mut().table.push(request) {
             Ok(h) => h,
             Err(e) => return Err(Box::new((None, format!("resource table: {e}")))),
         };
         let rep = handle.rep();
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_on_request_headers(&mut store, Resource::new_borrow(rep)));
+        let result = hooks.call_on_request_headers(&mut store, Resource::new_borrow(rep));
         // Take the request back whatever happened, so a fail-open binding can still forward it.
         let back = store
             .data_mut()
@@ -371,6 +460,11 @@ impl PluginHost {
             .delete(Resource::<PluginRequest>::new_own(rep))
             .ok();
         let recorded = self.record(plugin, result.as_ref().err());
+        // An instance that failed (trap, deadline, limit) may be in any state: never reused.
+        if result.is_ok() && served + 1 < reuse {
+            let served = served + 1;
+            binding.warm.put(Warm { store, hooks, served }, &self.warm_idle);
+        }
         match (result, back) {
             (Ok(action), Some(request)) => match action {
                 types::Action::Continue => Ok((request, None)),
@@ -383,6 +477,14 @@ impl PluginHost {
             (Err(_), back) => Err(Box::new((back, recorded.err().unwrap_or_default()))),
         }
     }
+}
+
+/// The binding's deadline per call, in epoch ticks of 1 ms (1–100).
+fn deadline_ticks(binding: &PluginBinding) -> u64 {
+    binding
+        .deadline_ms
+        .unwrap_or(DEFAULT_DEADLINE.as_millis() as u64)
+        .clamp(1, 100)
 }
 
 fn describe_trap(e: &wasmtime::Error) -> String {

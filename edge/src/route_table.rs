@@ -76,7 +76,7 @@ pub struct PoolDef {
 }
 
 /// A plugin bound to a route: which plugin, its configuration, and what a failure does.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PluginBinding {
     pub plugin: String,
@@ -89,6 +89,19 @@ pub struct PluginBinding {
     /// Deadline per hook call in milliseconds (default 5, at most 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Serve up to this many requests with one instance, one request at a time (0, the
+    /// default: a fresh instance per request). The plugin's memory then carries over between
+    /// this route's requests; an instance that fails is never reused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reuse: u32,
+    /// Idle instances of this binding (reuse mode). Owned by the binding, so never shared across
+    /// routes, accounts or configs.
+    #[serde(skip)]
+    pub warm: crate::plugin_host::WarmInstances,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One immutable snapshot of routes and tunnel records.

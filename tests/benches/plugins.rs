@@ -36,7 +36,7 @@ fn binding(plugin: &str, config: &str) -> PluginBinding {
         plugin: plugin.into(),
         config: config.into(),
         fail_open: false,
-        deadline_ms: None,
+        ..PluginBinding::default()
     }
 }
 
@@ -73,6 +73,25 @@ fn hooks(c: &mut Criterion) {
             })
         },
     );
+    // Reuse mode: one instance serves the binding's requests one after another.
+    let auth_reused = [PluginBinding {
+        reuse: 1_000_000,
+        ..auth[0].clone()
+    }];
+    c.bench_function("plugin on-request-headers, header-auth, reused instance", |b| {
+        b.iter(|| {
+            let outcome = host.on_request_headers(&auth_reused, black_box(request())).unwrap();
+            assert!(matches!(outcome, Outcome::Continue(_)));
+        })
+    });
+    // test-trap answers 409 from its second request on (it sees its own mark): still a full call.
+    let noop_reused = [PluginBinding {
+        reuse: 1_000_000,
+        ..noop[0].clone()
+    }];
+    c.bench_function("plugin on-request-headers, no-op, reused instance", |b| {
+        b.iter(|| black_box(host.on_request_headers(&noop_reused, black_box(request())).unwrap()))
+    });
     let balancer = binding("balancer-latency", "");
     let candidates: Vec<Candidate> = (0..4u32)
         .map(|i| Candidate {

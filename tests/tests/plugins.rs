@@ -20,7 +20,7 @@ fn binding(plugin: &str, config: &str, fail_open: bool) -> PluginBinding {
         plugin: plugin.into(),
         config: config.into(),
         fail_open,
-        deadline_ms: None,
+        ..PluginBinding::default()
     }
 }
 
@@ -51,6 +51,13 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
         ("open.test", vec![binding("test-trap", "", true)]),
         ("spin.test", vec![binding("test-spin", "", false)]),
         ("missing.test", vec![binding("not-loaded", "", false)]),
+        (
+            "reuse.test",
+            vec![PluginBinding {
+                reuse: 3,
+                ..binding("test-trap", "", false)
+            }],
+        ),
     ] {
         file.routes.push(RouteEntry {
             hostname: host.into(),
@@ -154,6 +161,32 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
         hits.load(Ordering::Relaxed),
         5,
         "only the passing requests reached the origin"
+    );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// In reuse mode one instance serves a binding's requests one after another (its memory carries
+/// over: test-trap answers 409 when it sees its own mark) and is replaced after `reuse` requests.
+#[tokio::test]
+async fn reuse_mode_keeps_an_instance_for_n_requests() {
+    let (edge, connector, hits) = setup().await;
+    let client = http1_client();
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(
+            get(&client, edge.http, "reuse.test", "/")
+                .await
+                .unwrap()
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 409, 409, 200, 409, 409, 200]);
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        3,
+        "only fresh instances let requests through"
     );
     connector.stop().await.unwrap();
     edge.stop().await;

@@ -313,8 +313,7 @@ async fn a_balancer_plugin_chooses_the_origin() {
     fast_first.balancer = Some(PluginBinding {
         plugin: "latency".into(),
         config: r#"{"explore-percent": 0}"#.into(),
-        fail_open: false,
-        deadline_ms: None,
+        ..PluginBinding::default()
     });
     let options = EdgeOptions {
         plugins: vec![("latency", env!("PLUGIN_BALANCER_LATENCY"))],
