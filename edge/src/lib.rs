@@ -147,11 +147,12 @@ impl EdgeState {
 
     pub fn with_control(config: EdgeConfig, table: RouteTable, control: Option<ControlPlane>) -> Arc<Self> {
         let registrations = WindowLimiter::new(config.registrations_per_minute, Duration::from_secs(60));
+        let metrics = Metrics::new(config.plugins.as_ref().map(|host| &host.metrics));
         Arc::new(Self {
             config,
             routes: ArcSwap::from_pointee(table),
             registry: Registry::default(),
-            metrics: Metrics::default(),
+            metrics,
             control,
             node_lease: AtomicU64::new(0),
             auth_failures: WindowLimiter::new(10, Duration::from_secs(60)),

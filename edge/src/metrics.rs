@@ -23,6 +23,49 @@ pub struct PoolOriginLabels {
     pub origin: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCallLabels {
+    pub plugin: String,
+    /// `ok`, `trap`, `deadline`, `error` (instantiation, memory limit, bad answer), `tripped`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+}
+
+/// Per-plugin calls and their duration. Owned by the plugin host (which exists before the
+/// edge's state) and registered with the edge's metrics.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    calls: Family<PluginCallLabels, Counter>,
+    duration: Family<PluginLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for PluginMetrics {
+    fn default() -> Self {
+        // 1 µs … ~100 ms: calls are bounded by a deadline of at most 100 ms.
+        let buckets: fn() -> Histogram = || Histogram::new(exponential_buckets(1e-6, 2.5, 14));
+        Self {
+            calls: Family::default(),
+            duration: Family::new_with_constructor(buckets),
+        }
+    }
+}
+
+impl PluginMetrics {
+    /// One call of `plugin` ended with `result`; `seconds` is `None` when it did not run.
+    pub fn record(&self, plugin: &str, result: &'static str, seconds: Option<f64>) {
+        let plugin = plugin.to_owned();
+        if let Some(seconds) = seconds {
+            let labels = PluginLabels { plugin: plugin.clone() };
+            self.duration.get_or_create(&labels).observe(seconds);
+        }
+        self.calls.get_or_create(&PluginCallLabels { plugin, result }).inc();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
@@ -34,7 +77,25 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Metrics {
+    pub fn new(plugins: Option<&PluginMetrics>) -> Self {
         let mut registry = Registry::with_prefix("burrow");
+        if let Some(plugins) = plugins {
+            registry.register(
+                "plugin_calls",
+                "Wasm plugin calls by plugin and result",
+                plugins.calls.clone(),
+            );
+            registry.register(
+                "plugin_call_duration_seconds",
+                "Time of one plugin call, instantiation included",
+                plugins.duration.clone(),
+            );
+        }
         let requests = Family::<StatusLabels, Counter>::default();
         registry.register("requests", "Public requests by response status class", requests.clone());
         // 100 µs … ~50 s
@@ -71,9 +132,7 @@ impl Default for Metrics {
             registrations,
         }
     }
-}
 
-impl Metrics {
     pub fn count_response(&self, status: u16) {
         let class = match status {
             100..=199 => "1xx",

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -123,6 +123,7 @@ pub struct PluginHost {
     slots: Arc<tokio::sync::Semaphore>,
     /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
     warm_idle: Arc<AtomicUsize>,
+    pub metrics: crate::metrics::PluginMetrics,
 }
 
 /// An instance kept between requests of one reuse-mode binding.
@@ -235,6 +236,7 @@ impl PluginHost {
             stop_ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             warm_idle: Arc::new(AtomicUsize::new(0)),
+            metrics: Default::default(),
         })
     }
 
@@ -346,6 +348,7 @@ impl PluginHost {
         if let Some(reason) = self.tripped(plugin) {
             return Err(failed(reason));
         }
+        let started = Instant::now();
         let mut store = self.store(plugin, binding);
         let handle = store
             .data_mut()
@@ -356,7 +359,7 @@ impl PluginHost {
         let result = pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_select_origin(&mut store, Resource::new_borrow(rep), &candidates));
-        self.record(plugin, result.as_ref().err()).map_err(failed)?;
+        self.record(plugin, started, result.as_ref().err()).map_err(failed)?;
         result.map_err(|e| failed(describe_trap(&e)))
     }
 
@@ -365,13 +368,23 @@ impl PluginHost {
         let failures = plugin.consecutive_failures.load(Ordering::Relaxed);
         if failures >= TRIP_AFTER && !failures.is_multiple_of(100) {
             plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            self.metrics.record(&plugin.name, "tripped", None);
             return Some(format!("tripped after {failures} failures in a row"));
         }
         None
     }
 
-    /// Count a call's failure (tripping the plugin after too many in a row) or reset on success.
-    fn record(&self, plugin: &LoadedPlugin, error: Option<&wasmtime::Error>) -> Result<(), String> {
+    /// Count a call that started at `started` in the metrics, and its failure (tripping the
+    /// plugin after too many in a row) or success (resetting the count).
+    fn record(&self, plugin: &LoadedPlugin, started: Instant, error: Option<&wasmtime::Error>) -> Result<(), String> {
+        let result = match error.map(|e| e.downcast_ref::<wasmtime::Trap>()) {
+            None => "ok",
+            Some(Some(wasmtime::Trap::Interrupt)) => "deadline",
+            Some(Some(_)) => "trap",
+            Some(None) => "error",
+        };
+        self.metrics
+            .record(&plugin.name, result, Some(started.elapsed().as_secs_f64()));
         let Some(e) = error else {
             plugin.consecutive_failures.store(0, Ordering::Relaxed);
             return Ok(());
@@ -421,6 +434,7 @@ impl PluginHost {
         if let Some(reason) = self.tripped(plugin) {
             return Err(Box::new((Some(request), reason)));
         }
+        let started = Instant::now();
         let reuse = binding.reuse.min(MAX_REUSE);
         let warm = if reuse > 0 { binding.warm.take() } else { None };
         let Warm {
@@ -441,7 +455,7 @@ impl PluginHost {
                         served: 0,
                     },
                     Err(e) => {
-                        let reason = self.record(plugin, Some(&e)).err().unwrap_or_default();
+                        let reason = self.record(plugin, started, Some(&e)).err().unwrap_or_default();
                         return Err(Box::new((Some(request), reason)));
                     }
                 }
@@ -459,7 +473,7 @@ impl PluginHost {
             .table
             .delete(Resource::<PluginRequest>::new_own(rep))
             .ok();
-        let recorded = self.record(plugin, result.as_ref().err());
+        let recorded = self.record(plugin, started, result.as_ref().err());
         // An instance that failed (trap, deadline, limit) may be in any state: never reused.
         if result.is_ok() && served + 1 < reuse {
             let served = served + 1;

@@ -162,6 +162,16 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
         5,
         "only the passing requests reached the origin"
     );
+    // Operators see each plugin's calls by result, and their duration.
+    let metrics = get(&client, edge.admin, "localhost", "/metrics").await.unwrap().text();
+    for line in [
+        r#"burrow_plugin_calls_total{plugin="test-trap",result="trap"} 3"#,
+        r#"burrow_plugin_calls_total{plugin="test-trap",result="ok"} 3"#,
+        r#"burrow_plugin_calls_total{plugin="test-spin",result="deadline"} 1"#,
+        r#"burrow_plugin_call_duration_seconds_count{plugin="test-trap"} 6"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
     connector.stop().await.unwrap();
     edge.stop().await;
 }
