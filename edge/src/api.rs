@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
 use crate::health::{HealthReport, origin_report};
+use crate::plugin_host::MAX_REUSE;
 use crate::resources::{ControlPlane, CpError, PoolDoc, RouteTo, Tunnel};
+use crate::route_table::PluginBinding;
 use burrow_protocol::AccountId;
 
 /// API request bodies are small JSON documents.
@@ -323,7 +325,7 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
                 }
             };
             for binding in &body.plugins {
-                check_plugin(state, &binding.plugin, false)?;
+                check_plugin(state, binding, false)?;
             }
             let route = cp.route(account, &hostname, to, body.overwrite, body.plugins).await?;
             tracing::info!(%account, hostname = %route.hostname, tunnel = ?route.tunnel, pool = ?route.pool, "route set");
@@ -350,7 +352,7 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             let expect = precondition(&req)?;
             let spec: crate::pool::PoolSpec<String> = json_body(req).await?;
             if let Some(balancer) = &spec.balancer {
-                check_plugin(state, &balancer.plugin, true)?;
+                check_plugin(state, balancer, true)?;
             }
             let pool = cp.put_pool(account, &name, spec, expect).await?;
             tracing::info!(%account, pool = %name, origins = pool.spec.origins.len(), "pool set");
@@ -412,13 +414,22 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 /// A binding must name a plugin loaded on this edge, of the right kind: a config that could not
 /// run is refused here instead of failing requests later.
-fn check_plugin(state: &EdgeState, name: &str, balancer: bool) -> Result<(), ApiError> {
+fn check_plugin(state: &EdgeState, binding: &PluginBinding, balancer: bool) -> Result<(), ApiError> {
     let invalid = |message: String| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         code: "invalid",
         message,
         field: Some("plugins"),
     };
+    let name = &binding.plugin;
+    if binding.reuse > MAX_REUSE {
+        return Err(invalid(format!("reuse is at most {MAX_REUSE} requests per instance")));
+    }
+    if balancer && binding.reuse > 0 {
+        return Err(invalid(
+            "a balancer always runs in a fresh instance: remove reuse from the pool's balancer".into(),
+        ));
+    }
     let kind = state.config.plugins.as_ref().and_then(|host| host.is_balancer(name));
     match (kind, balancer) {
         (None, _) => Err(invalid(format!(

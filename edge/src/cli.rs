@@ -106,8 +106,8 @@ struct RunArgs {
     /// A request body that sends nothing for this long is cut (408 before any response).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     request_body_idle_timeout: Duration,
-    /// A whole request body must arrive within this time (408 before any response). Raise it,
-    /// with --origin-timeout, for origins that take long uploads before answering.
+    /// A request body must arrive within this time unless the origin has started answering
+    /// (408). Raise it, with --origin-timeout, for origins that take long uploads before answering.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     request_body_timeout: Duration,
     /// On shutdown, how long in-flight requests may take.

@@ -72,8 +72,8 @@ pub struct EdgeConfig {
     pub origin_timeout: Duration,
     /// A request body that sends nothing for this long is cut (408 if no response has started).
     pub request_body_idle_timeout: Duration,
-    /// A whole request body must arrive within this time: a client dripping a byte a minute
-    /// would otherwise hold a stream to the origin forever.
+    /// A request body must arrive within this time unless the response has started: a client
+    /// dripping a byte a minute would otherwise hold a stream to the origin forever.
     pub request_body_timeout: Duration,
     /// A new tunnel connection must register within this time.
     pub registration_timeout: Duration,

@@ -1,8 +1,9 @@
 //! The wasmtime host for plugins: WebAssembly components written against `wit/plugin.wit`.
 //!
 //! One `Engine` per edge; each plugin is compiled once and linked once into an `InstancePre`.
-//! Every hook call gets a fresh instance in a fresh `Store` (no state shared between requests),
-//! from the pooling allocator (see `PluginHost::new` and docs/performance.md for what it costs),
+//! By default every hook call gets a fresh instance in a fresh `Store` (no state shared between
+//! requests; a binding may opt into reusing instances, `reuse: N`), from the pooling allocator
+//! (see `PluginHost::new` and docs/performance.md for what it costs),
 //! a deadline by epoch interruption (a ticker thread advances the epoch every millisecond) and a
 //! memory cap. A trap, a timeout or a limit hit is an error for that request only.
 //!
@@ -56,6 +57,8 @@ pub const MAX_CONCURRENT_CALLS: u32 = 128;
 /// Idle instances kept for reuse-mode bindings, across all of them (each keeps a pool slot and
 /// its memory resident). Beyond it a finished instance is dropped.
 const MAX_WARM_INSTANCES: usize = 64;
+/// Idle instances kept for one binding.
+const MAX_IDLE_PER_BINDING: usize = 8;
 /// Most requests one instance may serve in reuse mode.
 pub const MAX_REUSE: u32 = 100_000;
 /// After this many failures in a row a plugin is tripped: its requests fail without running it
@@ -133,8 +136,9 @@ struct Warm {
     served: u32,
 }
 
-/// The idle instances of one binding. Clones share them (a rebuilt route table keeps a binding's
-/// warm instances when the binding itself did not change).
+/// The idle instances of one binding, at most [`MAX_IDLE_PER_BINDING`] (so one busy route cannot
+/// take the whole global cap). Clones share them; a binding read anew (any route-table rebuild)
+/// starts with none.
 #[derive(Clone, Default)]
 pub struct WarmInstances(Arc<std::sync::Mutex<Vec<(Warm, IdleSlot)>>>);
 
@@ -164,9 +168,12 @@ impl WarmInstances {
         self.0.lock().ok()?.pop().map(|(warm, _slot)| warm)
     }
 
-    /// Keep `warm` for the next request, unless the global cap is reached (then it is dropped).
+    /// Keep `warm` for the next request, unless a cap is reached (then it is dropped).
     fn put(&self, warm: Warm, idle: &Arc<AtomicUsize>) {
-        if let (Ok(mut list), Some(slot)) = (self.0.lock(), IdleSlot::acquire(idle)) {
+        let Ok(mut list) = self.0.lock() else { return };
+        if list.len() < MAX_IDLE_PER_BINDING
+            && let Some(slot) = IdleSlot::acquire(idle)
+        {
             list.push((warm, slot));
         }
     }
@@ -206,6 +213,11 @@ impl PluginHost {
             .total_core_instances(instances * 8)
             .total_memories(instances * 2)
             .total_tables(instances * 8)
+            // Per component, what the totals above assume: a component needing more is refused
+            // when it is loaded, instead of draining the pool for every plugin at run time.
+            .max_memories_per_component(2)
+            .max_core_instances_per_component(8)
+            .max_tables_per_component(8)
             .max_memory_size(MAX_MEMORY)
             .linear_memory_keep_resident(2 * 1024 * 1024)
             .table_keep_resident(64 * 1024)

@@ -314,6 +314,8 @@ async fn exchange(
     let mut upgrade_send = None;
     // Says why the client's upload was cut, if it stalled before the response head.
     let (body_timeout_tx, body_timeout) = tokio::sync::oneshot::channel::<ProxyError>();
+    // Fired when the response head arrives (ends the upload's total time limit).
+    let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
     if upstream.on_upgrade.is_some() {
         upgrade_send = Some(send);
     } else if let Some(body) = upstream.body {
@@ -323,24 +325,36 @@ async fn exchange(
             state.config.request_body_timeout,
         );
         tokio::spawn(async move {
-            let relay = send_body(body, &mut send, &limits, Some(idle));
-            let stalled = match tokio::time::timeout(total, relay).await {
-                Ok(Ok(())) => {
+            // The total limit holds until the origin starts answering; after that only the idle
+            // one does, so an upload streamed beside a streamed response may last.
+            let limit = async move {
+                tokio::select! {
+                    () = tokio::time::sleep(total) => {}
+                    Ok(()) = answered => std::future::pending().await,
+                }
+            };
+            let relayed = tokio::select! {
+                relayed = send_body(body, &mut send, &limits, Some(idle)) => Some(relayed),
+                () = limit => None,
+            };
+            let stalled = match relayed {
+                Some(Ok(())) => {
                     let _ = send.finish();
                     return;
                 }
-                Ok(Err(BodyError::Idle(idle))) => Some(format!("sent nothing for {idle:?}")),
-                Err(_) => Some(format!("did not arrive within {total:?}")),
-                Ok(Err(e)) => {
+                Some(Err(BodyError::Idle(idle))) => Some(format!("sent nothing for {idle:?}")),
+                None => Some(format!("did not arrive within {total:?}")),
+                Some(Err(e)) => {
                     tracing::debug!("request body relay stopped: {e}");
                     None
                 }
             };
-            // Reset, not finish: the origin must not take a cut upload as complete.
-            let _ = send.reset(error_code::REQUEST_CANCELLED.into());
+            // Tell the waiting exchange first, so the 408 wins over the connector's reaction.
             if let Some(why) = stalled {
                 let _ = body_timeout_tx.send(ProxyError::RequestTimeout(why));
             }
+            // Reset, not finish: the origin must not take a cut upload as complete.
+            let _ = send.reset(error_code::REQUEST_CANCELLED.into());
         });
     } else {
         let _ = send.finish();
@@ -352,14 +366,16 @@ async fn exchange(
         reason,
     };
     let first = tokio::select! {
-        first = tokio::time::timeout(state.config.origin_timeout, frames.next()) => first,
+        biased;
         // The relay drops the sender when the body went through: this branch then disables itself.
         Ok(stalled) = body_timeout => return Err(stalled),
+        first = tokio::time::timeout(state.config.origin_timeout, frames.next()) => first,
     }
     .map_err(|_| ProxyError::OriginTimeout {
         name: tunnel_name.to_owned(),
         timeout: state.config.origin_timeout,
     })?;
+    let _ = answered_tx.send(());
     let ResponseHead {
         status,
         headers: mut response_headers,

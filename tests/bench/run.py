@@ -2,7 +2,8 @@
 """Burrow load harness: every target on loopback, interleaved rounds, ratios to direct.
 
 Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk]
-                          [--targets direct,nginx-proxy,haproxy,burrow,burrow-pool] [--no-build]
+                          [--targets direct,nginx-proxy,haproxy,burrow,burrow-pool,burrow-auth]
+                          [--no-build]
 
 Targets (all behind/around one nginx origin with one worker):
   direct       the origin itself (the physical limit of this machine)
@@ -11,6 +12,8 @@ Targets (all behind/around one nginx origin with one worker):
   burrow       burrow-edge + burrow connector (QUIC+TLS tunnel, no plugin)
   burrow-pool  the same edge and connector through a hostname routed to a pool holding that
                tunnel (least-outstanding steering): the per-request cost of steering
+  burrow-auth  the same edge and connector through a hostname whose route runs the header-auth
+               wasm plugin (fresh instance per request; wrk sends the key): the cost of a plugin
 
 Profiles (wrk):
   small  64 keep-alive connections, 1 KiB GET: req/s, p50, p99
@@ -105,8 +108,9 @@ def system_busy_ticks():
 
 
 class Target:
-    def __init__(self, name, port, host_header, procs):
+    def __init__(self, name, port, host_header, procs, headers=()):
         self.name, self.port, self.host_header, self.procs = name, port, host_header, procs
+        self.headers = list(headers)  # extra request headers ("Name: value")
 
     def middle_pids(self):
         pids = []
@@ -196,7 +200,7 @@ backend b
         wait_port(ports["haproxy"], "haproxy")
         targets["haproxy"] = Target("haproxy", ports["haproxy"], None, [p])
 
-    if "burrow" in args.targets or "burrow-pool" in args.targets:
+    if any(t.startswith("burrow") for t in args.targets):
         edge_bin = ROOT / "target" / "release" / "burrow-edge"
         burrow_bin = ROOT / "target" / "release" / "burrow"
         env = dict(os.environ, BURROW_HOME=str(work / "home"), RUST_LOG="warn")
@@ -205,14 +209,19 @@ backend b
                         "--edge", f"127.0.0.1:{tunnel_port}", "--credentials-dir", str(work / "creds"),
                         "--data-dir", str(work / "edge")], env=env, check=True, stdout=subprocess.DEVNULL)
         creds = next((work / "creds").glob("*.json"))
-        # `routes` is the file's last list: append a route to a pool, then the pool.
+        # `routes` is the file's last list: append a route with a plugin and one to a pool, then
+        # the pool.
+        auth = '{"header": "x-api-key", "keys": ["bench-key"]}'
         with open(tunnels, "a") as f:
+            f.write(f"- hostname: auth.{HOST}\n  tunnel: bench\n  plugins:\n  - plugin: header-auth\n"
+                    f"    config: '{auth}'\n")
             f.write(f"- hostname: pool.{HOST}\n  pool: bench-pool\n"
                     "pools:\n- name: bench-pool\n  spec:\n    origins:\n    - tunnel: bench\n"
                     "    steering: least-outstanding\n")
+        plugin = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release" / "header_auth.wasm"
         edge = start([str(edge_bin), "run", "--http", f"127.0.0.1:{ports['burrow']}", "--https", "off",
                       "--admin", "off", "--tunnel", f"127.0.0.1:{tunnel_port}", "--tunnels", str(tunnels),
-                      "--data-dir", str(work / "edge")], logs, env=env)
+                      "--data-dir", str(work / "edge"), "--plugin", f"header-auth={plugin}"], logs, env=env)
         wait_port(ports["burrow"], "burrow-edge")
         connector = start([str(burrow_bin), "tunnel", "run", "--credentials-file", str(creds), "--url",
                            f"http://127.0.0.1:{ports['direct']}"], logs, env=env)
@@ -227,6 +236,8 @@ backend b
             time.sleep(0.2)
         targets["burrow"] = Target("burrow", ports["burrow"], HOST, [edge, connector])
         targets["burrow-pool"] = Target("burrow-pool", ports["burrow"], f"pool.{HOST}", [edge, connector])
+        targets["burrow-auth"] = Target("burrow-auth", ports["burrow"], f"auth.{HOST}", [edge, connector],
+                                        headers=["x-api-key: bench-key"])
 
     return targets, [origin] + [p for t in targets.values() for p in t.procs]
 
@@ -255,6 +266,8 @@ def sample(target, profile, duration, own_pids):
     cmd = ["wrk", "--latency", "-t", str(spec["threads"]), "-c", str(spec["conns"]), "-d", f"{duration}s"]
     if target.host_header:
         cmd += ["-H", f"Host: {target.host_header}"]
+    for header in target.headers:
+        cmd += ["-H", header]
     cmd += spec["extra"] + [f"http://127.0.0.1:{target.port}{spec['path']}"]
     middle = target.middle_pids()
     known = process_tree(os.getpid()) + own_pids
@@ -299,6 +312,8 @@ def main():
             sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl")
     if any(t.startswith("burrow") for t in args.targets) and not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "burrow-edge", "-p", "burrow-connector"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip2", "--manifest-path",
+                        str(ROOT / "plugins" / "Cargo.toml")], cwd=ROOT, check=True)
 
     work = Path(tempfile.mkdtemp(prefix="burrow-bench-"))
     work.chmod(0o755)  # nginx workers drop privileges and must read the files

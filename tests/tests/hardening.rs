@@ -256,8 +256,8 @@ async fn stalled_and_dripping_uploads_get_a_408() {
     init_logging();
     let tunnel = TestTunnel::new("app");
     let options = EdgeOptions {
-        request_body_idle_timeout: Duration::from_millis(800),
-        request_body_timeout: Duration::from_secs(2),
+        request_body_idle_timeout: Duration::from_millis(1500),
+        request_body_timeout: Duration::from_secs(3),
         ..EdgeOptions::default()
     };
     let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
@@ -274,10 +274,14 @@ async fn stalled_and_dripping_uploads_get_a_408() {
     let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
     edge.wait_connections(&tunnel, 1).await;
 
-    let head = "POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n";
-    // Stalls: 10 bytes, then nothing.
+    // Chunked, so that only a reset (not a finished stream) makes the origin's read fail.
+    let head = "POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // Stalls: one chunk, then nothing.
     let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
-    stream.write_all(format!("{head}0123456789").as_bytes()).await.unwrap();
+    stream
+        .write_all(format!("{head}a\r\n0123456789\r\n").as_bytes())
+        .await
+        .unwrap();
     assert_cut(&mut stream, "sent nothing", &mut seen).await;
 
     // Drips: a byte every 300 ms never trips the idle timeout, but the total one.
@@ -285,20 +289,20 @@ async fn stalled_and_dripping_uploads_get_a_408() {
     stream.write_all(head.as_bytes()).await.unwrap();
     let drip = async {
         for _ in 0..100 {
-            if stream.write_all(b"x").await.is_err() {
+            if stream.write_all(b"1\r\nx\r\n").await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(4), drip).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), drip).await;
     assert_cut(&mut stream, "did not arrive within", &mut seen).await;
 
     // A complete upload still goes through.
     let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
     let head = head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
     stream
-        .write_all(format!("{head}{}", "y".repeat(100)).as_bytes())
+        .write_all(format!("{head}64\r\n{}\r\n0\r\n\r\n", "y".repeat(100)).as_bytes())
         .await
         .unwrap();
     let answer = read_answer(&mut stream).await;

@@ -245,6 +245,15 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
     let (status, body) = api("PUT", "/v1/pools/p", pool("header-auth")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("cannot balance a pool"), "{body}");
+    let reused = serde_json::json!({ "tunnel": "web", "plugins": [{ "plugin": "header-auth", "reuse": 1_000_000 }] });
+    let (status, body) = api("PUT", "/v1/routes/a.test", reused).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("reuse is at most"), "{body}");
+    let reused = serde_json::json!({ "origins": [{ "tunnel": "web" }], "steering": "plugin",
+        "balancer": { "plugin": "latency", "reuse": 10 } });
+    let (status, body) = api("PUT", "/v1/pools/p", reused).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("fresh instance"), "{body}");
     assert!(
         control.list_routes(account.id).await.unwrap().is_empty(),
         "nothing was stored"
