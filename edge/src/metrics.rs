@@ -26,7 +26,7 @@ pub struct PoolOriginLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCallLabels {
     pub plugin: String,
-    /// `ok`, `trap`, `deadline`, `error` (instantiation, memory limit, bad answer), `tripped`.
+    /// A [`CallResult`]: `ok`, `trap`, `deadline`, `error`, `tripped`.
     pub result: &'static str,
 }
 
@@ -55,14 +55,66 @@ impl Default for PluginMetrics {
 }
 
 impl PluginMetrics {
-    /// One call of `plugin` ended with `result`; `seconds` is `None` when it did not run.
-    pub fn record(&self, plugin: &str, result: &'static str, seconds: Option<f64>) {
-        let plugin = plugin.to_owned();
-        if let Some(seconds) = seconds {
-            let labels = PluginLabels { plugin: plugin.clone() };
-            self.duration.get_or_create(&labels).observe(seconds);
+    /// The handles of one plugin's series, made once when it is loaded: a call then counts
+    /// without building labels or looking them up.
+    pub fn for_plugin(&self, plugin: &str) -> PluginCallMetrics {
+        let calls = CallResult::ALL.map(|result| {
+            let labels = PluginCallLabels {
+                plugin: plugin.to_owned(),
+                result: result.label(),
+            };
+            self.calls.get_or_create(&labels).clone()
+        });
+        let labels = PluginLabels {
+            plugin: plugin.to_owned(),
+        };
+        PluginCallMetrics {
+            calls,
+            duration: self.duration.get_or_create(&labels).clone(),
         }
-        self.calls.get_or_create(&PluginCallLabels { plugin, result }).inc();
+    }
+}
+
+/// How a plugin call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallResult {
+    Ok,
+    Trap,
+    Deadline,
+    /// Instantiation failed, a limit was hit, or the answer was unusable.
+    Error,
+    /// Not run: the plugin is tripped.
+    Tripped,
+}
+
+impl CallResult {
+    const ALL: [CallResult; 5] = [Self::Ok, Self::Trap, Self::Deadline, Self::Error, Self::Tripped];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Trap => "trap",
+            Self::Deadline => "deadline",
+            Self::Error => "error",
+            Self::Tripped => "tripped",
+        }
+    }
+}
+
+/// One plugin's series (see [`PluginMetrics::for_plugin`]).
+pub struct PluginCallMetrics {
+    /// Indexed by `CallResult as usize`.
+    calls: [Counter; 5],
+    duration: Histogram,
+}
+
+impl PluginCallMetrics {
+    /// A call ended with `result`; `seconds` is `None` when it did not run.
+    pub fn record(&self, result: CallResult, seconds: Option<f64>) {
+        self.calls[result as usize].inc();
+        if let Some(seconds) = seconds {
+            self.duration.observe(seconds);
+        }
     }
 }
 
@@ -73,12 +125,6 @@ pub struct Metrics {
     pub tunnel_connections: Gauge,
     pub registrations: Family<ResultLabels, Counter>,
     pool_origin_healthy: Family<PoolOriginLabels, Gauge>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new(None)
-    }
 }
 
 impl Metrics {

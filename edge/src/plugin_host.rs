@@ -24,6 +24,7 @@ use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::metrics::{CallResult, PluginCallMetrics, PluginMetrics};
 use crate::route_table::PluginBinding;
 
 mod bindings {
@@ -108,6 +109,7 @@ struct LoadedPlugin {
     name: Arc<str>,
     world: World,
     consecutive_failures: AtomicU32,
+    metrics: PluginCallMetrics,
 }
 
 /// Which world a component implements, ready to instantiate.
@@ -126,7 +128,7 @@ pub struct PluginHost {
     slots: Arc<tokio::sync::Semaphore>,
     /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
     warm_idle: Arc<AtomicUsize>,
-    pub metrics: crate::metrics::PluginMetrics,
+    pub metrics: PluginMetrics,
 }
 
 /// An instance kept between requests of one reuse-mode binding.
@@ -252,12 +254,22 @@ impl PluginHost {
         })
     }
 
-    /// Wait for a free instance slot; hold the permit for the whole (blocking) call.
-    pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
-        match self.slots.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => unreachable!("the semaphore is never closed"),
-        }
+    /// Run `call` on the blocking pool once an instance slot is free, holding the slot until it
+    /// returns. Wasm calls are synchronous (bounded by their deadline) and WASI's sync bindings
+    /// block, so they stay off the runtime's workers.
+    pub async fn run<T, F>(self: &Arc<Self>, call: F) -> Result<T, tokio::task::JoinError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&PluginHost) -> T + Send + 'static,
+    {
+        // The semaphore is never closed, so this always holds a permit.
+        let slot = self.slots.clone().acquire_owned().await.ok();
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            call(&host)
+        })
+        .await
     }
 
     /// Compile and link a component under `name`; errors name what is wrong with it.
@@ -288,6 +300,7 @@ impl PluginHost {
             name: name.into(),
             world,
             consecutive_failures: AtomicU32::new(0),
+            metrics: self.metrics.for_plugin(name),
         };
         self.plugins.insert(name.to_owned(), loaded);
         tracing::info!(plugin = name, kind, "plugin loaded");
@@ -380,7 +393,7 @@ impl PluginHost {
         let failures = plugin.consecutive_failures.load(Ordering::Relaxed);
         if failures >= TRIP_AFTER && !failures.is_multiple_of(100) {
             plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-            self.metrics.record(&plugin.name, "tripped", None);
+            plugin.metrics.record(CallResult::Tripped, None);
             return Some(format!("tripped after {failures} failures in a row"));
         }
         None
@@ -390,13 +403,12 @@ impl PluginHost {
     /// plugin after too many in a row) or success (resetting the count).
     fn record(&self, plugin: &LoadedPlugin, started: Instant, error: Option<&wasmtime::Error>) -> Result<(), String> {
         let result = match error.map(|e| e.downcast_ref::<wasmtime::Trap>()) {
-            None => "ok",
-            Some(Some(wasmtime::Trap::Interrupt)) => "deadline",
-            Some(Some(_)) => "trap",
-            Some(None) => "error",
+            None => CallResult::Ok,
+            Some(Some(wasmtime::Trap::Interrupt)) => CallResult::Deadline,
+            Some(Some(_)) => CallResult::Trap,
+            Some(None) => CallResult::Error,
         };
-        self.metrics
-            .record(&plugin.name, result, Some(started.elapsed().as_secs_f64()));
+        plugin.metrics.record(result, Some(started.elapsed().as_secs_f64()));
         let Some(e) = error else {
             plugin.consecutive_failures.store(0, Ordering::Relaxed);
             return Ok(());

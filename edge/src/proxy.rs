@@ -312,13 +312,15 @@ async fn exchange(
 
     // A WebSocket keeps its send half for the raw bytes after the 101.
     let mut upgrade_send = None;
-    // Says why the client's upload was cut, if it stalled before the response head.
-    let (body_timeout_tx, body_timeout) = tokio::sync::oneshot::channel::<ProxyError>();
-    // Fired when the response head arrives (ends the upload's total time limit).
-    let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
+    // With a body: (why the upload was cut, if it stalled before the response head; a sender
+    // fired when the response head arrives, which ends the upload's total time limit).
+    let mut upload = None;
     if upstream.on_upgrade.is_some() {
         upgrade_send = Some(send);
     } else if let Some(body) = upstream.body {
+        let (body_timeout_tx, body_timeout) = tokio::sync::oneshot::channel::<ProxyError>();
+        let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
+        upload = Some((body_timeout, answered_tx));
         let limits = state.config.limits;
         let (idle, total) = (
             state.config.request_body_idle_timeout,
@@ -365,17 +367,26 @@ async fn exchange(
         name: tunnel_name.to_owned(),
         reason,
     };
+    let stalled = async {
+        match upload.as_mut() {
+            Some((body_timeout, _)) => body_timeout.await.ok(),
+            None => None,
+        }
+    };
     let first = tokio::select! {
         biased;
-        // The relay drops the sender when the body went through: this branch then disables itself.
-        Ok(stalled) = body_timeout => return Err(stalled),
+        // No body, or the relay dropped the sender when the body went through: this branch then
+        // disables itself.
+        Some(stalled) = stalled => return Err(stalled),
         first = tokio::time::timeout(state.config.origin_timeout, frames.next()) => first,
     }
     .map_err(|_| ProxyError::OriginTimeout {
         name: tunnel_name.to_owned(),
         timeout: state.config.origin_timeout,
     })?;
-    let _ = answered_tx.send(());
+    if let Some((_, answered)) = upload {
+        let _ = answered.send(());
+    }
     let ResponseHead {
         status,
         headers: mut response_headers,
@@ -424,8 +435,7 @@ async fn exchange(
     Ok(response)
 }
 
-/// The route's plugin chain, before anything goes down the tunnel. Runs on the blocking pool:
-/// wasm calls are synchronous (bounded by their deadline) and WASI's sync bindings block.
+/// The route's plugin chain, before anything goes down the tunnel.
 async fn run_plugins(
     state: &EdgeState,
     chain: Arc<[PluginBinding]>,
@@ -442,19 +452,15 @@ async fn run_plugins(
         }));
     };
     let first = chain.first().map(|b| b.plugin.clone()).unwrap_or_default();
-    let slot = host.slot().await;
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        host.on_request_headers(&chain, request)
-    })
-    .await
-    .map_err(|e| {
-        ProxyError::PluginFailed(PluginError {
-            plugin: first,
-            reason: format!("plugin task: {e}"),
-        })
-    })?
-    .map_err(ProxyError::PluginFailed)
+    host.run(move |host| host.on_request_headers(&chain, request))
+        .await
+        .map_err(|e| {
+            ProxyError::PluginFailed(PluginError {
+                plugin: first,
+                reason: format!("plugin task: {e}"),
+            })
+        })?
+        .map_err(ProxyError::PluginFailed)
 }
 
 /// Ask the pool's balancer plugin for an origin. A failing balancer does not fail the request:
@@ -466,12 +472,9 @@ async fn balance(
     candidates: Vec<crate::plugin_host::Candidate>,
 ) -> Option<u32> {
     let host = state.config.plugins.clone()?;
-    let slot = host.slot().await;
-    let chosen = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        host.select_origin(&binding, request, candidates)
-    })
-    .await;
+    let chosen = host
+        .run(move |host| host.select_origin(&binding, request, candidates))
+        .await;
     match chosen {
         Ok(Ok(choice)) => choice,
         Ok(Err(e)) => {
