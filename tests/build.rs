@@ -4,14 +4,16 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [&str; 4] = ["header_auth", "balancer_latency", "test_trap", "test_spin"];
+const PLUGINS: [&str; 5] = ["header_auth", "jwt_auth", "balancer_latency", "test_trap", "test_spin"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let plugins = manifest_dir.join("../plugins");
     for watched in [
         "../plugins/Cargo.toml",
+        "../plugins/sdk",
         "../plugins/header-auth",
+        "../plugins/jwt-auth",
         "../plugins/balancer-latency",
         "../plugins/test-trap",
         "../plugins/test-spin",

@@ -46,6 +46,8 @@ fn hooks(c: &mut Criterion) {
         .unwrap();
     host.load("header-auth", &std::fs::read(env!("PLUGIN_HEADER_AUTH")).unwrap())
         .unwrap();
+    host.load("jwt-auth", &std::fs::read(env!("PLUGIN_JWT_AUTH")).unwrap())
+        .unwrap();
     host.load(
         "balancer-latency",
         &std::fs::read(env!("PLUGIN_BALANCER_LATENCY")).unwrap(),
@@ -92,6 +94,68 @@ fn hooks(c: &mut Criterion) {
     c.bench_function("plugin on-request-headers, no-op, reused instance", |b| {
         b.iter(|| black_box(host.on_request_headers(&noop_reused, black_box(request())).unwrap()))
     });
+    // jwt-auth: HS256 with a shared secret, and ES256 against a one-key JWKS.
+    let exp = jsonwebtoken::get_current_timestamp() + 86_400;
+    let claims = serde_json::json!({"sub": "alice", "aud": "api", "exp": exp});
+    let hs_token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"bench secret"),
+    )
+    .unwrap();
+    let hs = binding(
+        "jwt-auth",
+        r#"{"secret": "bench secret", "audiences": ["api"], "forward-claims": {"sub": "x-user"}}"#,
+    );
+    let es_key = rcgen::KeyPair::generate().unwrap();
+    let mut es_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    es_header.kid = Some("k1".into());
+    let es_token = jsonwebtoken::encode(
+        &es_header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(es_key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let point = es_key.public_key_raw();
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    };
+    let es_config = serde_json::json!({
+        "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])}]},
+        "audiences": ["api"], "forward-claims": {"sub": "x-user"},
+    });
+    // ECDSA verification takes milliseconds in wasm: a deadline the default 5 ms would not give.
+    let es = PluginBinding {
+        deadline_ms: Some(50),
+        ..binding("jwt-auth", &es_config.to_string())
+    };
+    for (name, binding, token) in [("HS256", hs, hs_token), ("ES256 JWKS", es, es_token)] {
+        let with_token = || {
+            let mut request = request();
+            request.headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            request
+        };
+        let reused = PluginBinding {
+            reuse: 1_000_000,
+            ..binding.clone()
+        };
+        for (mode, chain) in [("fresh", [binding]), ("reused", [reused])] {
+            c.bench_function(
+                &format!("plugin on-request-headers, jwt-auth {name}, {mode} instance"),
+                |b| {
+                    b.iter(|| {
+                        let outcome = host.on_request_headers(&chain, black_box(with_token())).unwrap();
+                        assert!(matches!(outcome, Outcome::Continue(_)));
+                    })
+                },
+            );
+        }
+    }
     let balancer = binding("balancer-latency", "");
     let candidates: Vec<Candidate> = (0..4u32)
         .map(|i| Candidate {

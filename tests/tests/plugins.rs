@@ -12,6 +12,7 @@ use burrow_tests::*;
 use http::{Response, StatusCode};
 
 const HEADER_AUTH: &str = env!("PLUGIN_HEADER_AUTH");
+const JWT_AUTH: &str = env!("PLUGIN_JWT_AUTH");
 const TEST_TRAP: &str = env!("PLUGIN_TEST_TRAP");
 const TEST_SPIN: &str = env!("PLUGIN_TEST_SPIN");
 
@@ -66,9 +67,29 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
             plugins,
         });
     }
+    let jwt_hs = serde_json::json!({
+        "secret": JWT_SECRET, "issuers": ["https://issuer.test"], "audiences": ["api"],
+        "forward-claims": {"sub": "x-user"},
+    });
+    let es_key = &*ES_KEY;
+    let point = es_key.public_key_raw();
+    let jwt_es = serde_json::json!({
+        "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
+            "x": base64url(&point[1..33]), "y": base64url(&point[33..65])}]},
+        "forward-claims": {"sub": "x-user"},
+    });
+    for (host, config) in [("jwt.test", jwt_hs), ("jwt-es.test", jwt_es)] {
+        file.routes.push(RouteEntry {
+            hostname: host.into(),
+            tunnel: Some("app".into()),
+            pool: None,
+            plugins: vec![binding("jwt-auth", &config.to_string(), false)],
+        });
+    }
     let options = EdgeOptions {
         plugins: vec![
             ("header-auth", HEADER_AUTH),
+            ("jwt-auth", JWT_AUTH),
             ("test-trap", TEST_TRAP),
             ("test-spin", TEST_SPIN),
         ],
@@ -263,5 +284,153 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = api("PUT", "/v1/pools/p", pool("latency")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    edge.stop().await;
+}
+
+const JWT_SECRET: &str = "a shared secret of the jwt.test route";
+
+/// The ES256 key of the jwt-es.test route (its public half is in the route's JWKS).
+static ES_KEY: std::sync::LazyLock<rcgen::KeyPair> = std::sync::LazyLock::new(|| rcgen::KeyPair::generate().unwrap());
+
+fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn hs256(claims: serde_json::Value, secret: &str) -> String {
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn es256(claims: serde_json::Value, key: &rcgen::KeyPair, kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// What the origin answered (it echoes `x-user`), or the edge's refusal and its challenge.
+async fn with_token(edge: &TestEdge, host: &str, token: Option<&str>, extra: &[(&str, &str)]) -> (u16, String, String) {
+    let mut request = http::Request::get(format!("http://{}/", edge.http)).header("host", host);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let response = http1_client().request(request.body(empty()).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), challenge)
+}
+
+#[tokio::test]
+async fn jwt_auth_plugin_checks_signature_and_claims() {
+    let (edge, connector, hits) = setup().await;
+    let claims = |extra: serde_json::Value| {
+        let mut claims = serde_json::json!({
+            "sub": "alice", "iss": "https://issuer.test", "aud": "api", "exp": now() + 600,
+        });
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        claims
+    };
+
+    let (status, _, challenge) = with_token(&edge, "jwt.test", None, &[]).await;
+    assert_eq!((status, challenge.as_str()), (401, "Bearer realm=\"burrow\""));
+
+    let valid = hs256(claims(serde_json::json!({})), JWT_SECRET);
+    let (status, body, _) = with_token(&edge, "jwt.test", Some(&valid), &[("x-user", "mallory")]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "user=alice key="),
+        "the claim replaces the visitor's header"
+    );
+
+    let refused = [
+        (
+            "expired",
+            hs256(claims(serde_json::json!({"exp": now() - 3600})), JWT_SECRET),
+            "token expired",
+        ),
+        (
+            "not yet valid",
+            hs256(claims(serde_json::json!({"nbf": now() + 3600})), JWT_SECRET),
+            "token not valid yet",
+        ),
+        (
+            "wrong audience",
+            hs256(claims(serde_json::json!({"aud": "other"})), JWT_SECRET),
+            "audience not accepted",
+        ),
+        (
+            "wrong issuer",
+            hs256(claims(serde_json::json!({"iss": "https://evil.test"})), JWT_SECRET),
+            "issuer not accepted",
+        ),
+        (
+            "wrong key",
+            hs256(claims(serde_json::json!({})), "another secret"),
+            "no configured key verifies the signature",
+        ),
+        ("garbage", "not.a.jwt".to_owned(), "malformed token"),
+    ];
+    for (case, token, description) in refused {
+        let (status, body, challenge) = with_token(&edge, "jwt.test", Some(&token), &[("x-user", "mallory")]).await;
+        assert_eq!(status, 401, "{case}: {body}");
+        assert_eq!(body, format!("{description}\n"), "{case}");
+        assert!(
+            challenge.contains(&format!("error=\"invalid_token\", error_description=\"{description}\"")),
+            "{case}: {challenge}"
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        1,
+        "refused requests never reach the origin"
+    );
+
+    // ES256 against a JWKS: the right key passes; another key, another kid, or an HS256 token
+    // "signed" with the public key (algorithm confusion) do not.
+    let es_claims = serde_json::json!({"sub": "bob", "exp": now() + 600});
+    let (status, body, _) = with_token(
+        &edge,
+        "jwt-es.test",
+        Some(&es256(es_claims.clone(), &ES_KEY, "k1")),
+        &[],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "user=bob key="));
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let public_pem = ES_KEY.public_key_pem();
+    for (case, token) in [
+        ("other key", es256(es_claims.clone(), &other_key, "k1")),
+        ("unknown kid", es256(es_claims.clone(), &ES_KEY, "k2")),
+        ("algorithm confusion", hs256(es_claims.clone(), &public_pem)),
+    ] {
+        let (status, body, _) = with_token(&edge, "jwt-es.test", Some(&token), &[]).await;
+        assert_eq!(status, 401, "{case}: {body}");
+    }
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
+    connector.stop().await.unwrap();
     edge.stop().await;
 }

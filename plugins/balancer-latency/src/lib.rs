@@ -6,9 +6,7 @@
 //!
 //! Config (JSON, optional): `{"explore-percent": 5}`.
 
-wit_bindgen::generate!({ path: "../../wit", world: "balancer" });
-
-use burrow::plugin::host::{Level, config, log};
+use burrow_plugin::{Balancer, Candidate, Level, Request};
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -23,20 +21,13 @@ fn default_explore() -> u32 {
 
 struct LatencyBalancer;
 
-impl Guest for LatencyBalancer {
+impl Balancer for LatencyBalancer {
     fn select_origin(req: &Request, candidates: Vec<Candidate>) -> Option<u32> {
-        let text = config();
-        let config: Config = if text.trim().is_empty() {
-            Config {
-                explore_percent: default_explore(),
-            }
-        } else {
-            match serde_json::from_str(&text) {
-                Ok(c) => c,
-                Err(e) => {
-                    log(Level::Error, &format!("bad config: {e}"));
-                    return None;
-                }
+        let config: Config = match burrow_plugin::config() {
+            Ok(c) => c,
+            Err(e) => {
+                burrow_plugin::log(Level::Error, &e);
+                return None;
             }
         };
         let healthy: Vec<&Candidate> = candidates.iter().filter(|c| c.healthy).collect();
@@ -54,4 +45,4 @@ impl Guest for LatencyBalancer {
     }
 }
 
-export!(LatencyBalancer);
+burrow_plugin::export_balancer!(LatencyBalancer);

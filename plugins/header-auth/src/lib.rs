@@ -4,10 +4,7 @@
 //! The key header is removed before the request is forwarded; with `forward-as`, the index of the
 //! matching key is passed to the origin instead (the key itself never is).
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
-
-use burrow::plugin::host::{Level, config, log};
-use burrow::plugin::types::Response;
+use burrow_plugin::{Action, Level, Plugin, Request};
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -24,13 +21,13 @@ fn default_header() -> String {
 
 struct HeaderAuth;
 
-impl Guest for HeaderAuth {
+impl Plugin for HeaderAuth {
     fn on_request_headers(req: &Request) -> Action {
-        let config: Config = match serde_json::from_str(&config()) {
+        let config: Config = match burrow_plugin::config() {
             Ok(c) => c,
             Err(e) => {
-                log(Level::Error, &format!("bad config: {e}"));
-                return deny(500, "plugin misconfigured");
+                burrow_plugin::log(Level::Error, &e);
+                return burrow_plugin::respond(500, "plugin misconfigured");
             }
         };
         let presented = req.header(&config.header);
@@ -38,7 +35,7 @@ impl Guest for HeaderAuth {
             .iter()
             .find_map(|value| config.keys.iter().position(|k| k.as_bytes() == value.as_slice()));
         let Some(index) = matched else {
-            return deny(401, "missing or invalid API key");
+            return burrow_plugin::respond(401, "missing or invalid API key");
         };
         req.remove_header(&config.header);
         if let Some(name) = &config.forward_as {
@@ -48,12 +45,4 @@ impl Guest for HeaderAuth {
     }
 }
 
-fn deny(status: u16, message: &str) -> Action {
-    Action::Respond(Response {
-        status,
-        headers: vec![("content-type".into(), b"text/plain".to_vec())],
-        body: format!("{message}\n").into_bytes(),
-    })
-}
-
-export!(HeaderAuth);
+burrow_plugin::export_plugin!(HeaderAuth);

@@ -1,0 +1,151 @@
+//! `burrow-plugin`: write Burrow edge plugins in Rust.
+//!
+//! A plugin implements [`Plugin`] (every hook has a default) or [`Balancer`], and exports itself
+//! with [`export_plugin!`] or [`export_balancer!`]. `cargo build --release --target
+//! wasm32-wasip2` then produces the component the edge loads.
+//!
+//! ```ignore
+//! use burrow_plugin::{Action, Plugin, Request};
+//!
+//! struct AddHeader;
+//!
+//! impl Plugin for AddHeader {
+//!     fn on_request_headers(req: &Request) -> Action {
+//!         let _ = req.set_header("x-served-by", b"burrow");
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! burrow_plugin::export_plugin!(AddHeader);
+//! ```
+
+/// Bindings of the `plugin` world (request hooks), generated from `wit/plugin.wit`.
+pub mod hooks {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        default_bindings_module: "burrow_plugin::hooks",
+    });
+}
+
+/// Bindings of the `balancer` world (`select-origin`), sharing the types of [`hooks`].
+pub mod balancer {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "balancer",
+        with: {
+            "burrow:plugin/types@0.1.0": crate::hooks::burrow::plugin::types,
+            "burrow:plugin/host@0.1.0": crate::hooks::burrow::plugin::host,
+        },
+        pub_export_macro: true,
+        default_bindings_module: "burrow_plugin::balancer",
+    });
+}
+
+pub use hooks::burrow::plugin::host::Level;
+pub use hooks::burrow::plugin::types::{Action, Candidate, Request, Response};
+
+/// Request hooks. Each has a default that lets the request through unchanged.
+pub trait Plugin {
+    /// After the route is found, before anything goes down the tunnel: check the request,
+    /// change its headers, or answer it with [`respond`].
+    fn on_request_headers(_req: &Request) -> Action {
+        Action::Continue
+    }
+}
+
+/// A pool's origin picker.
+pub trait Balancer {
+    /// The `index` of the candidate that should serve `req`, or `None` to let the edge choose
+    /// (weighted random among healthy origins).
+    fn select_origin(req: &Request, candidates: Vec<Candidate>) -> Option<u32>;
+}
+
+impl<T: Plugin> hooks::Guest for T {
+    fn on_request_headers(req: &Request) -> Action {
+        T::on_request_headers(req)
+    }
+}
+
+impl<T: Balancer> balancer::Guest for T {
+    fn select_origin(req: &Request, candidates: Vec<Candidate>) -> Option<u32> {
+        T::select_origin(req, candidates)
+    }
+}
+
+/// Export a [`Plugin`] as the component's request hooks.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ident) => {
+        $crate::hooks::export!($plugin with_types_in $crate::hooks);
+    };
+}
+
+/// Export a [`Balancer`] as the component's `select-origin`.
+#[macro_export]
+macro_rules! export_balancer {
+    ($balancer:ident) => {
+        $crate::balancer::export!($balancer with_types_in $crate::balancer);
+    };
+}
+
+/// The binding's configuration, parsed as JSON. An empty configuration parses as `{}`.
+pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
+    let text = hooks::burrow::plugin::host::config();
+    let text = if text.trim().is_empty() { "{}" } else { text.as_str() };
+    serde_json::from_str(text).map_err(|e| format!("bad config: {e}"))
+}
+
+/// Write to the edge's log, tagged with the plugin's name.
+pub fn log(level: Level, message: &str) {
+    hooks::burrow::plugin::host::log(level, message);
+}
+
+/// Answer the visitor now with `status` and a plain-text body; the origin never sees the request.
+pub fn respond(status: u16, message: &str) -> Action {
+    respond_with(
+        status,
+        vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+        message,
+    )
+}
+
+/// Like [`respond`], with headers of your own (add a `content-type`).
+pub fn respond_with(status: u16, headers: Vec<(String, Vec<u8>)>, message: &str) -> Action {
+    Action::Respond(Response {
+        status,
+        headers,
+        body: format!("{message}\n").into_bytes(),
+    })
+}
+
+impl Request {
+    /// The first value of a header, if it is valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name)
+            .into_iter()
+            .next()
+            .and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// The value of a cookie sent with the request.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.header("cookie").iter().find_map(|line| {
+            let line = std::str::from_utf8(line).ok()?;
+            line.split(';').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| value.to_owned())
+            })
+        })
+    }
+
+    /// A query parameter's value, as sent (not percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query()?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| value.to_owned())
+        })
+    }
+}
