@@ -7,6 +7,11 @@
 //! a deadline by epoch interruption (a ticker thread advances the epoch every millisecond) and a
 //! memory cap. A trap, a timeout or a limit hit is an error for that request only.
 //!
+//! Calls run on the runtime worker that serves the request, on a wasmtime fiber (async support):
+//! no hop to another thread. A running plugin yields to other tasks at every epoch tick, and its
+//! deadline counts the ticks it was running for, so time spent waiting for a busy CPU is not
+//! charged to it.
+//!
 //! The request is passed as a *borrowed resource*: the plugin calls getters and setters on the
 //! edge's own `HeaderMap` instead of receiving a copy of every header.
 
@@ -28,7 +33,7 @@ use crate::metrics::{CallResult, PluginCallMetrics, PluginMetrics};
 use crate::route_table::PluginBinding;
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
+    wasmtime::component::bindgen!({ path: "../wit", world: "plugin", exports: { default: async } });
 }
 
 /// The `balancer` world shares the `types` and `host` interfaces (one host implementation).
@@ -36,6 +41,7 @@ mod balancer_bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "balancer",
+        exports: { default: async },
         with: {
             "burrow:plugin/types": super::bindings::burrow::plugin::types,
             "burrow:plugin/host": super::bindings::burrow::plugin::host,
@@ -221,6 +227,7 @@ impl PluginHost {
             .max_core_instances_per_component(8)
             .max_tables_per_component(8)
             .max_memory_size(MAX_MEMORY)
+            .total_stacks(instances)
             .linear_memory_keep_resident(2 * 1024 * 1024)
             .table_keep_resident(64 * 1024)
             .pagemap_scan(wasmtime::Enabled::Auto);
@@ -229,6 +236,7 @@ impl PluginHost {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .max_wasm_stack(256 * 1024)
+            .async_stack_size(512 * 1024)
             // Memories never exceed MAX_MEMORY: reserving just that (instead of 4 GiB each) keeps
             // the pool's address space at a few GiB, at the price of explicit bounds checks.
             .memory_reservation(MAX_MEMORY as u64)
@@ -254,22 +262,10 @@ impl PluginHost {
         })
     }
 
-    /// Run `call` on the blocking pool once an instance slot is free, holding the slot until it
-    /// returns. Wasm calls are synchronous (bounded by their deadline) and WASI's sync bindings
-    /// block, so they stay off the runtime's workers.
-    pub async fn run<T, F>(self: &Arc<Self>, call: F) -> Result<T, tokio::task::JoinError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&PluginHost) -> T + Send + 'static,
-    {
+    /// Wait for an instance slot of the pooling allocator; held until dropped.
+    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
         // The semaphore is never closed, so this always holds a permit.
-        let slot = self.slots.clone().acquire_owned().await.ok();
-        let host = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            call(&host)
-        })
-        .await
+        self.slots.acquire().await.ok()
     }
 
     /// Compile and link a component under `name`; errors name what is wrong with it.
@@ -279,7 +275,7 @@ impl PluginHost {
         let mut linker = Linker::<HostState>::new(&self.engine);
         bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(|e| anyhow::anyhow!("linking host functions: {e:?}"))?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow::anyhow!("plugin {name:?} does not fit the burrow:plugin contract: {e:?}"))?;
@@ -318,11 +314,13 @@ impl PluginHost {
 
     /// Run `on-request-headers` of every binding in order. Stops at the first `respond`.
     /// A failing binding fails the request unless it is fail-open.
-    pub fn on_request_headers(
+    pub async fn on_request_headers(
         &self,
         chain: &[PluginBinding],
         mut request: PluginRequest,
     ) -> Result<Outcome, PluginError> {
+        // One instance at a time per chain: a reused one goes back before the next call.
+        let _slot = self.slot().await;
         for binding in chain {
             let failed = |reason: String| PluginError {
                 plugin: binding.plugin.clone(),
@@ -335,7 +333,7 @@ impl PluginHost {
                 }
                 return Err(error);
             };
-            match self.call(plugin, binding, request) {
+            match self.call(plugin, binding, request).await {
                 Ok((back, None)) => request = back,
                 Ok((_, Some(response))) => return Ok(Outcome::Respond(response)),
                 Err(failure) => {
@@ -353,7 +351,7 @@ impl PluginHost {
     }
 
     /// Ask a balancer plugin which candidate serves this request (`None`: let the edge choose).
-    pub fn select_origin(
+    pub async fn select_origin(
         &self,
         binding: &PluginBinding,
         request: PluginRequest,
@@ -373,6 +371,7 @@ impl PluginHost {
         if let Some(reason) = self.tripped(plugin) {
             return Err(failed(reason));
         }
+        let _slot = self.slot().await;
         let started = Instant::now();
         let mut store = self.store(plugin, binding);
         let handle = store
@@ -381,9 +380,14 @@ impl PluginHost {
             .push(request)
             .map_err(|e| failed(format!("resource table: {e}")))?;
         let rep = handle.rep();
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_select_origin(&mut store, Resource::new_borrow(rep), &candidates));
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(instance) => {
+                instance
+                    .call_select_origin(&mut store, Resource::new_borrow(rep), &candidates)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.record(plugin, started, result.as_ref().err()).map_err(failed)?;
         result.map_err(|e| failed(describe_trap(&e)))
     }
@@ -438,12 +442,12 @@ impl PluginHost {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(deadline_ticks(binding));
+        arm_deadline(&mut store, binding);
         store
     }
 
     /// One hook call in a fresh instance. On error, the request comes back if it could be saved.
-    fn call(
+    async fn call(
         &self,
         plugin: &LoadedPlugin,
         binding: &PluginBinding,
@@ -467,12 +471,12 @@ impl PluginHost {
             served,
         } = match warm {
             Some(mut warm) => {
-                warm.store.set_epoch_deadline(deadline_ticks(binding));
+                arm_deadline(&mut warm.store, binding);
                 warm
             }
             None => {
                 let mut store = self.store(plugin, binding);
-                match pre.instantiate(&mut store) {
+                match pre.instantiate_async(&mut store).await {
                     Ok(hooks) => Warm {
                         store,
                         hooks,
@@ -490,7 +494,9 @@ impl PluginHost {
             Err(e) => return Err(Box::new((None, format!("resource table: {e}")))),
         };
         let rep = handle.rep();
-        let result = hooks.call_on_request_headers(&mut store, Resource::new_borrow(rep));
+        let result = hooks
+            .call_on_request_headers(&mut store, Resource::new_borrow(rep))
+            .await;
         // Take the request back whatever happened, so a fail-open binding can still forward it.
         let back = store
             .data_mut()
@@ -517,12 +523,22 @@ impl PluginHost {
     }
 }
 
-/// The binding's deadline per call, in epoch ticks of 1 ms (1–100).
-fn deadline_ticks(binding: &PluginBinding) -> u64 {
-    binding
+/// Give the next call the binding's deadline (1–100 ms, in epoch ticks of 1 ms). The call yields
+/// to the runtime at every tick and traps once it has run for that many: ticks that pass while
+/// it waits to be polled again do not count, as the deadline is re-armed one tick ahead on each.
+fn arm_deadline(store: &mut Store<HostState>, binding: &PluginBinding) {
+    let mut ticks_left = binding
         .deadline_ms
         .unwrap_or(DEFAULT_DEADLINE.as_millis() as u64)
-        .clamp(1, 100)
+        .clamp(1, 100);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        ticks_left -= 1;
+        if ticks_left == 0 {
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        Ok(wasmtime::UpdateDeadline::Yield(1))
+    });
 }
 
 fn describe_trap(e: &wasmtime::Error) -> String {

@@ -451,15 +451,8 @@ async fn run_plugins(
             reason: "no plugins are loaded on this edge".into(),
         }));
     };
-    let first = chain.first().map(|b| b.plugin.clone()).unwrap_or_default();
-    host.run(move |host| host.on_request_headers(&chain, request))
+    host.on_request_headers(&chain, request)
         .await
-        .map_err(|e| {
-            ProxyError::PluginFailed(PluginError {
-                plugin: first,
-                reason: format!("plugin task: {e}"),
-            })
-        })?
         .map_err(ProxyError::PluginFailed)
 }
 
@@ -472,17 +465,10 @@ async fn balance(
     candidates: Vec<crate::plugin_host::Candidate>,
 ) -> Option<u32> {
     let host = state.config.plugins.clone()?;
-    let chosen = host
-        .run(move |host| host.select_origin(&binding, request, candidates))
-        .await;
-    match chosen {
-        Ok(Ok(choice)) => choice,
-        Ok(Err(e)) => {
-            tracing::debug!("{e}; the edge chooses the origin");
-            None
-        }
+    match host.select_origin(&binding, request, candidates).await {
+        Ok(choice) => choice,
         Err(e) => {
-            tracing::debug!("balancer task: {e}; the edge chooses the origin");
+            tracing::debug!("{e}; the edge chooses the origin");
             None
         }
     }

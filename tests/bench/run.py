@@ -2,7 +2,7 @@
 """Burrow load harness: every target on loopback, interleaved rounds, ratios to direct.
 
 Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk]
-                          [--targets direct,nginx-proxy,haproxy,burrow,burrow-pool,burrow-auth]
+                          [--targets direct,nginx-proxy,haproxy,burrow,burrow-pool,burrow-auth,burrow-jwt]
                           [--no-build]
 
 Targets (all behind/around one nginx origin with one worker):
@@ -14,6 +14,7 @@ Targets (all behind/around one nginx origin with one worker):
                tunnel (least-outstanding steering): the per-request cost of steering
   burrow-auth  the same edge and connector through a hostname whose route runs the header-auth
                wasm plugin (fresh instance per request; wrk sends the key): the cost of a plugin
+  burrow-jwt   the same through the jwt-auth plugin (HS256, fresh instance; wrk sends a token)
 
 Profiles (wrk):
   small  64 keep-alive connections, 1 KiB GET: req/s, p50, p99
@@ -29,6 +30,10 @@ Needs: wrk, nginx, haproxy (Debian: apt-get install -y wrk nginx-light haproxy).
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
+import json
 import os
 import re
 import shutil
@@ -212,16 +217,20 @@ backend b
         # `routes` is the file's last list: append a route with a plugin and one to a pool, then
         # the pool.
         auth = '{"header": "x-api-key", "keys": ["bench-key"]}'
+        jwt = '{"secret": "bench-secret", "audiences": ["bench"], "forward-claims": {"sub": "x-user"}}'
         with open(tunnels, "a") as f:
             f.write(f"- hostname: auth.{HOST}\n  tunnel: bench\n  plugins:\n  - plugin: header-auth\n"
                     f"    config: '{auth}'\n")
+            f.write(f"- hostname: jwt.{HOST}\n  tunnel: bench\n  plugins:\n  - plugin: jwt-auth\n"
+                    f"    config: '{jwt}'\n")
             f.write(f"- hostname: pool.{HOST}\n  pool: bench-pool\n"
                     "pools:\n- name: bench-pool\n  spec:\n    origins:\n    - tunnel: bench\n"
                     "    steering: least-outstanding\n")
-        plugin = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release" / "header_auth.wasm"
+        plugins = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release"
         edge = start([str(edge_bin), "run", "--http", f"127.0.0.1:{ports['burrow']}", "--https", "off",
                       "--admin", "off", "--tunnel", f"127.0.0.1:{tunnel_port}", "--tunnels", str(tunnels),
-                      "--data-dir", str(work / "edge"), "--plugin", f"header-auth={plugin}"], logs, env=env)
+                      "--data-dir", str(work / "edge"), "--plugin", f"header-auth={plugins / 'header_auth.wasm'}",
+                      "--plugin", f"jwt-auth={plugins / 'jwt_auth.wasm'}"], logs, env=env)
         wait_port(ports["burrow"], "burrow-edge")
         connector = start([str(burrow_bin), "tunnel", "run", "--credentials-file", str(creds), "--url",
                            f"http://127.0.0.1:{ports['direct']}"], logs, env=env)
@@ -238,8 +247,20 @@ backend b
         targets["burrow-pool"] = Target("burrow-pool", ports["burrow"], f"pool.{HOST}", [edge, connector])
         targets["burrow-auth"] = Target("burrow-auth", ports["burrow"], f"auth.{HOST}", [edge, connector],
                                         headers=["x-api-key: bench-key"])
+        token = hs256({"sub": "bench", "aud": "bench", "exp": int(time.time()) + 86400}, b"bench-secret")
+        targets["burrow-jwt"] = Target("burrow-jwt", ports["burrow"], f"jwt.{HOST}", [edge, connector],
+                                       headers=[f"Authorization: Bearer {token}"])
 
     return targets, [origin] + [p for t in targets.values() for p in t.procs]
+
+
+def hs256(claims, secret):
+    """A JWT signed with HMAC-SHA256, for the burrow-jwt target."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
 
 
 PROFILES = {

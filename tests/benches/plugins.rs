@@ -1,5 +1,6 @@
 //! Per-request cost of the wasm plugin host, on real components built by `build.rs`: a fresh
-//! instance and store per call, as the edge does for every request.
+//! instance and store per call, as the edge does for every request (or a reused one, for
+//! bindings in reuse mode).
 //! Run: `cargo bench -p burrow-tests --bench plugins`.
 #![allow(clippy::unwrap_used, reason = "benchmark setup")]
 
@@ -41,6 +42,11 @@ fn binding(plugin: &str, config: &str) -> PluginBinding {
 }
 
 fn hooks(c: &mut Criterion) {
+    // Calls run on the runtime worker of the request, as in the edge.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut host = PluginHost::new().unwrap();
     host.load("noop", &std::fs::read(env!("PLUGIN_TEST_TRAP")).unwrap())
         .unwrap();
@@ -58,7 +64,9 @@ fn hooks(c: &mut Criterion) {
     let noop = [binding("noop", "")];
     c.bench_function("plugin on-request-headers, no-op, fresh instance", |b| {
         b.iter(|| {
-            let outcome = host.on_request_headers(&noop, black_box(request())).unwrap();
+            let outcome = rt
+                .block_on(host.on_request_headers(&noop, black_box(request())))
+                .unwrap();
             assert!(matches!(outcome, Outcome::Continue(_)));
         })
     });
@@ -70,7 +78,9 @@ fn hooks(c: &mut Criterion) {
         "plugin on-request-headers, header-auth (JSON config, key found), fresh instance",
         |b| {
             b.iter(|| {
-                let outcome = host.on_request_headers(&auth, black_box(request())).unwrap();
+                let outcome = rt
+                    .block_on(host.on_request_headers(&auth, black_box(request())))
+                    .unwrap();
                 assert!(matches!(outcome, Outcome::Continue(_)));
             })
         },
@@ -82,7 +92,9 @@ fn hooks(c: &mut Criterion) {
     }];
     c.bench_function("plugin on-request-headers, header-auth, reused instance", |b| {
         b.iter(|| {
-            let outcome = host.on_request_headers(&auth_reused, black_box(request())).unwrap();
+            let outcome = rt
+                .block_on(host.on_request_headers(&auth_reused, black_box(request())))
+                .unwrap();
             assert!(matches!(outcome, Outcome::Continue(_)));
         })
     });
@@ -92,7 +104,12 @@ fn hooks(c: &mut Criterion) {
         ..noop[0].clone()
     }];
     c.bench_function("plugin on-request-headers, no-op, reused instance", |b| {
-        b.iter(|| black_box(host.on_request_headers(&noop_reused, black_box(request())).unwrap()))
+        b.iter(|| {
+            black_box(
+                rt.block_on(host.on_request_headers(&noop_reused, black_box(request())))
+                    .unwrap(),
+            )
+        })
     });
     // jwt-auth: HS256 with a shared secret, and ES256 against a one-key JWKS.
     let exp = jsonwebtoken::get_current_timestamp() + 86_400;
@@ -149,7 +166,9 @@ fn hooks(c: &mut Criterion) {
                 &format!("plugin on-request-headers, jwt-auth {name}, {mode} instance"),
                 |b| {
                     b.iter(|| {
-                        let outcome = host.on_request_headers(&chain, black_box(with_token())).unwrap();
+                        let outcome = rt
+                            .block_on(host.on_request_headers(&chain, black_box(with_token())))
+                            .unwrap();
                         assert!(matches!(outcome, Outcome::Continue(_)));
                     })
                 },
@@ -172,8 +191,8 @@ fn hooks(c: &mut Criterion) {
         "plugin select-origin, balancer-latency, 4 candidates, fresh instance",
         |b| {
             b.iter(|| {
-                let chosen = host
-                    .select_origin(&balancer, black_box(request()), candidates.clone())
+                let chosen = rt
+                    .block_on(host.select_origin(&balancer, black_box(request()), candidates.clone()))
                     .unwrap();
                 assert!(matches!(chosen, Some(i) if i != 2), "{chosen:?}");
             })
