@@ -4,7 +4,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [&str; 5] = ["header_auth", "jwt_auth", "balancer_latency", "test_trap", "test_spin"];
+const PLUGINS: [&str; 6] = [
+    "header_auth",
+    "jwt_auth",
+    "rate_limit",
+    "balancer_latency",
+    "test_trap",
+    "test_spin",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -14,6 +21,7 @@ fn main() {
         "../plugins/sdk",
         "../plugins/header-auth",
         "../plugins/jwt-auth",
+        "../plugins/rate-limit",
         "../plugins/balancer-latency",
         "../plugins/test-trap",
         "../plugins/test-spin",

@@ -25,6 +25,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod plugin_host;
+pub mod plugin_kv;
 pub mod pool;
 pub mod proxy;
 pub mod rate_limit;

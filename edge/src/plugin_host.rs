@@ -30,7 +30,9 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::metrics::{CallResult, PluginCallMetrics, PluginMetrics};
+use crate::plugin_kv::{KvStores, Space};
 use crate::route_table::PluginBinding;
+use burrow_protocol::AccountId;
 
 mod bindings {
     wasmtime::component::bindgen!({ path: "../wit", world: "plugin", exports: { default: async } });
@@ -45,11 +47,12 @@ mod balancer_bindings {
         with: {
             "burrow:plugin/types": super::bindings::burrow::plugin::types,
             "burrow:plugin/host": super::bindings::burrow::plugin::host,
+            "burrow:plugin/kv": super::bindings::burrow::plugin::kv,
         },
     });
 }
 
-use bindings::burrow::plugin::{host as wit_host, types};
+use bindings::burrow::plugin::{host as wit_host, kv as wit_kv, types};
 pub use types::Candidate;
 
 /// Time a hook may run (epoch ticks of 1 ms).
@@ -80,6 +83,10 @@ pub struct PluginRequest {
     pub headers: HeaderMap,
     pub client_addr: SocketAddr,
     pub request_id: String,
+    /// The route's hostname pattern, and the account that owns it (plugins' key-value spaces
+    /// are per account).
+    pub route: String,
+    pub account: AccountId,
 }
 
 /// What the chain decided.
@@ -109,6 +116,10 @@ struct HostState {
     limits: StoreLimits,
     plugin: Arc<str>,
     config: String,
+    account: AccountId,
+    kv: Arc<KvStores>,
+    /// This plugin's space for `account`, looked up on first use.
+    space: Option<Arc<std::sync::Mutex<Space>>>,
 }
 
 struct LoadedPlugin {
@@ -134,6 +145,7 @@ pub struct PluginHost {
     slots: Arc<tokio::sync::Semaphore>,
     /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
     warm_idle: Arc<AtomicUsize>,
+    kv: Arc<KvStores>,
     pub metrics: PluginMetrics,
 }
 
@@ -258,6 +270,7 @@ impl PluginHost {
             stop_ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             warm_idle: Arc::new(AtomicUsize::new(0)),
+            kv: Default::default(),
             metrics: Default::default(),
         })
     }
@@ -373,7 +386,7 @@ impl PluginHost {
         }
         let _slot = self.slot().await;
         let started = Instant::now();
-        let mut store = self.store(plugin, binding);
+        let mut store = self.store(plugin, binding, request.account);
         let handle = store
             .data_mut()
             .table
@@ -426,7 +439,7 @@ impl PluginHost {
     }
 
     /// A fresh store for one call: empty WASI, memory cap, deadline.
-    fn store(&self, plugin: &LoadedPlugin, binding: &PluginBinding) -> Store<HostState> {
+    fn store(&self, plugin: &LoadedPlugin, binding: &PluginBinding, account: AccountId) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new().memory_size(MAX_MEMORY).instances(4).build();
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -439,6 +452,9 @@ impl PluginHost {
             limits,
             plugin: plugin.name.clone(),
             config: binding.config.clone(),
+            account,
+            kv: self.kv.clone(),
+            space: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -475,7 +491,7 @@ impl PluginHost {
                 warm
             }
             None => {
-                let mut store = self.store(plugin, binding);
+                let mut store = self.store(plugin, binding, request.account);
                 match pre.instantiate_async(&mut store).await {
                     Ok(hooks) => Warm {
                         store,
@@ -641,6 +657,10 @@ impl types::HostRequest for HostState {
         self.request(&req).map(|r| r.request_id.clone()).unwrap_or_default()
     }
 
+    fn route(&mut self, req: Resource<types::Request>) -> String {
+        self.request(&req).map(|r| r.route.clone()).unwrap_or_default()
+    }
+
     fn drop(&mut self, _req: Resource<types::Request>) -> wasmtime::Result<()> {
         // Only ever lent to the guest: the host takes it back after the call.
         Ok(())
@@ -671,5 +691,47 @@ impl wit_host::Host for HostState {
 
     fn config(&mut self) -> String {
         self.config.clone()
+    }
+}
+
+impl HostState {
+    /// Run `op` on this plugin's key-value space for the request's account.
+    fn kv<R>(&mut self, op: impl FnOnce(&mut Space, Instant) -> R) -> R {
+        let space = self
+            .space
+            .get_or_insert_with(|| self.kv.space(self.account, &self.plugin))
+            .clone();
+        // A panic while holding the lock cannot leave a space half-updated in a way that
+        // matters more than losing it: recover the guard.
+        let mut guard = space.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        op(&mut guard, Instant::now())
+    }
+}
+
+impl wit_kv::Host for HostState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.kv(|space, now| space.get(&key, now))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) -> Result<(), String> {
+        self.kv(|space, now| space.set(key, value, ttl_ms, now))
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: u32,
+    ) -> Result<bool, String> {
+        self.kv(|space, now| space.compare_and_swap(key, expected.as_deref(), value, ttl_ms, now))
+    }
+
+    fn increment(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64, String> {
+        self.kv(|space, now| space.increment(key, delta, ttl_ms, now))
+    }
+
+    fn delete(&mut self, key: String) {
+        self.kv(|space, _| space.delete(&key));
     }
 }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use burrow_protocol::body::{BodyError, FramedBody, send_body, splice};
 use burrow_protocol::headers::{self, is_websocket_upgrade, strip_hop_by_hop};
 use burrow_protocol::{
-    Frame, RequestHead, RequestKind, ResponseHead, Scheme, StreamErrorCode, TunnelCodec, TunnelId, error_code,
+    AccountId, Frame, RequestHead, RequestKind, ResponseHead, Scheme, StreamErrorCode, TunnelCodec, TunnelId,
+    error_code,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -87,7 +88,7 @@ async fn forward(
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_checks::check(&req)?;
-    let (destination, plugins) = {
+    let (destination, plugins, scope) = {
         // One atomic load; copy out what we need so no guard is held across awaits.
         let table = state.routes.load();
         if let Some(sni) = &client.sni {
@@ -97,6 +98,12 @@ async fn forward(
             .lookup(&host)
             .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
         let plugins = route.plugins.clone();
+        // What plugins see of the route (a pool may have a balancer): no copy for requests that
+        // run none.
+        let scope = (!plugins.is_empty() || matches!(route.target, Target::Pool(_))).then(|| {
+            let account = table.route_account(route).unwrap_or(AccountId(uuid::Uuid::nil()));
+            (route.hostname.clone(), account)
+        });
         let destination = match route.target {
             Target::Tunnel(id) => Destination::Tunnel {
                 id,
@@ -108,8 +115,10 @@ async fn forward(
                 index,
             },
         };
-        (destination, plugins)
+        let nobody = || (String::new(), AccountId(uuid::Uuid::nil()));
+        (destination, plugins, scope.unwrap_or_else(nobody))
     };
+    let (route_pattern, account) = scope;
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -126,6 +135,8 @@ async fn forward(
             headers: std::mem::take(&mut parts.headers),
             client_addr: client.addr,
             request_id: request_id.to_owned(),
+            route: route_pattern.clone(),
+            account,
         };
         match run_plugins(state, plugins, request).await? {
             Outcome::Continue(request) => parts.headers = request.headers,
@@ -144,6 +155,8 @@ async fn forward(
                 headers: parts.headers.clone(),
                 client_addr: client.addr,
                 request_id: request_id.to_owned(),
+                route: route_pattern.clone(),
+                account: pool.account,
             };
             let candidates = pool.candidates(&|t| state.registry.load(t), None);
             let chosen = balance(state, binding.clone(), request, candidates).await;

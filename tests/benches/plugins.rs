@@ -29,6 +29,8 @@ fn request() -> PluginRequest {
         headers,
         client_addr: "192.0.2.7:50000".parse().unwrap(),
         request_id: "r1".into(),
+        route: "app.example.com".into(),
+        account: burrow_protocol::AccountId(uuid::Uuid::nil()),
     }
 }
 

@@ -13,6 +13,7 @@ use http::{Response, StatusCode};
 
 const HEADER_AUTH: &str = env!("PLUGIN_HEADER_AUTH");
 const JWT_AUTH: &str = env!("PLUGIN_JWT_AUTH");
+const RATE_LIMIT: &str = env!("PLUGIN_RATE_LIMIT");
 const TEST_TRAP: &str = env!("PLUGIN_TEST_TRAP");
 const TEST_SPIN: &str = env!("PLUGIN_TEST_SPIN");
 
@@ -78,18 +79,25 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
             "x": base64url(&point[1..33]), "y": base64url(&point[33..65])}]},
         "forward-claims": {"sub": "x-user"},
     });
-    for (host, config) in [("jwt.test", jwt_hs), ("jwt-es.test", jwt_es)] {
+    let limit = serde_json::json!({"rate": 1, "per-secs": 60, "burst": 3, "key": "header:x-client"});
+    for (host, plugin, config) in [
+        ("jwt.test", "jwt-auth", jwt_hs),
+        ("jwt-es.test", "jwt-auth", jwt_es),
+        ("limit.test", "rate-limit", limit.clone()),
+        ("limit-2.test", "rate-limit", limit),
+    ] {
         file.routes.push(RouteEntry {
             hostname: host.into(),
             tunnel: Some("app".into()),
             pool: None,
-            plugins: vec![binding("jwt-auth", &config.to_string(), false)],
+            plugins: vec![binding(plugin, &config.to_string(), false)],
         });
     }
     let options = EdgeOptions {
         plugins: vec![
             ("header-auth", HEADER_AUTH),
             ("jwt-auth", JWT_AUTH),
+            ("rate-limit", RATE_LIMIT),
             ("test-trap", TEST_TRAP),
             ("test-spin", TEST_SPIN),
         ],
@@ -431,6 +439,60 @@ async fn jwt_auth_plugin_checks_signature_and_claims() {
         assert_eq!(status, 401, "{case}: {body}");
     }
     assert_eq!(hits.load(Ordering::Relaxed), 2);
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// The rate-limit plugin keeps its buckets in the host's key-value store: they hold across fresh
+/// instances, per client and per route.
+#[tokio::test]
+async fn rate_limit_plugin_answers_429_after_the_burst() {
+    let (edge, connector, hits) = setup().await;
+    let client = http1_client();
+    let call = |host: &'static str, who: &'static str| {
+        let request = http::Request::get(format!("http://{}/", edge.http))
+            .header("host", host)
+            .header("x-client", who)
+            .body(empty())
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await.unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), retry_after)
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(call("limit.test", "alice").await.0);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429],
+        "a burst of 3, then one token a minute"
+    );
+    let (status, retry_after) = call("limit.test", "alice").await;
+    let retry_after: u64 = retry_after.expect("a 429 says when to retry").parse().unwrap();
+    assert_eq!(status, 429);
+    assert!((1..=60).contains(&retry_after), "retry after {retry_after} s");
+    assert_eq!(
+        call("limit.test", "bob").await.0,
+        200,
+        "another client has its own bucket"
+    );
+    assert_eq!(
+        call("limit-2.test", "alice").await.0,
+        200,
+        "another route has its own buckets"
+    );
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        5,
+        "limited requests never reach the origin"
+    );
     connector.stop().await.unwrap();
     edge.stop().await;
 }

@@ -44,6 +44,9 @@ pub mod balancer {
 }
 
 pub use hooks::burrow::plugin::host::Level;
+/// The key-value store shared by every call of this plugin for the route's account on this edge
+/// (see `interface kv` in wit/plugin.wit for its limits).
+pub use hooks::burrow::plugin::kv;
 pub use hooks::burrow::plugin::types::{Action, Candidate, Request, Response};
 
 /// Request hooks. Each has a default that lets the request through unchanged.
