@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [&str; 6] = [
+const PLUGINS: [&str; 7] = [
     "header_auth",
     "jwt_auth",
     "rate_limit",
+    "rewrite",
     "balancer_latency",
     "test_trap",
     "test_spin",
@@ -22,6 +23,7 @@ fn main() {
         "../plugins/header-auth",
         "../plugins/jwt-auth",
         "../plugins/rate-limit",
+        "../plugins/rewrite",
         "../plugins/balancer-latency",
         "../plugins/test-trap",
         "../plugins/test-spin",

@@ -59,6 +59,10 @@ pub use types::Candidate;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
 /// Linear memory a plugin instance may grow to.
 pub const MAX_MEMORY: usize = 16 * 1024 * 1024;
+/// Longest path a plugin may set (the listener's own URI limit is of the same order).
+const MAX_PATH: usize = 8 * 1024;
+/// Most header values a plugin may grow a request to (appending is otherwise unbounded).
+const MAX_PLUGIN_HEADERS: usize = 256;
 /// Largest response body a plugin may answer with.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 /// Wasm calls running at once. Each holds one slot of the pooling allocator; callers wait for a
@@ -572,12 +576,21 @@ fn plugin_response(response: types::Response) -> Result<Response<Full<Bytes>>, S
     }
     let mut out = Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = status;
+    if response.headers.len() > MAX_PLUGIN_HEADERS {
+        return Err(format!("more than {MAX_PLUGIN_HEADERS} response headers"));
+    }
     for (name, value) in response.headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-        let value = HeaderValue::from_bytes(&value).map_err(|_| format!("invalid value for header {name}"))?;
+        let (name, value) = header(&name, &value)?;
         out.headers_mut().append(name, value);
     }
     Ok(out)
+}
+
+/// A header a plugin gave, checked.
+fn header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    let value = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name}"))?;
+    Ok((name, value))
 }
 
 /// The guest sees the request as `types::Request`; the table holds our `PluginRequest` under the
@@ -626,10 +639,33 @@ impl types::HostRequest for HostState {
     }
 
     fn set_header(&mut self, req: Resource<types::Request>, name: String, value: Vec<u8>) -> Result<(), String> {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-        let value = HeaderValue::from_bytes(&value).map_err(|_| format!("invalid value for header {name}"))?;
+        let (name, value) = header(&name, &value)?;
         let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
         r.headers.insert(name, value);
+        Ok(())
+    }
+
+    fn append_header(&mut self, req: Resource<types::Request>, name: String, value: Vec<u8>) -> Result<(), String> {
+        let (name, value) = header(&name, &value)?;
+        let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
+        if r.headers.len() >= MAX_PLUGIN_HEADERS {
+            return Err(format!("at most {MAX_PLUGIN_HEADERS} headers"));
+        }
+        r.headers.append(name, value);
+        Ok(())
+    }
+
+    fn set_path_with_query(&mut self, req: Resource<types::Request>, path_with_query: String) -> Result<(), String> {
+        if path_with_query.len() > MAX_PATH {
+            return Err(format!("path over {MAX_PATH} bytes"));
+        }
+        let parsed = http::uri::PathAndQuery::try_from(path_with_query.as_str())
+            .map_err(|_| format!("{path_with_query:?} is not a valid path"))?;
+        if !parsed.path().starts_with('/') {
+            return Err(format!("{path_with_query:?} does not start with /"));
+        }
+        let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
+        r.path_and_query = path_with_query;
         Ok(())
     }
 

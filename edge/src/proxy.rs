@@ -123,7 +123,7 @@ async fn forward(
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let path = parts
+    let mut path = parts
         .uri
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
@@ -131,7 +131,7 @@ async fn forward(
         let request = PluginRequest {
             method: parts.method.clone(),
             authority: host.clone(),
-            path_and_query: path.clone(),
+            path_and_query: std::mem::take(&mut path),
             headers: std::mem::take(&mut parts.headers),
             client_addr: client.addr,
             request_id: request_id.to_owned(),
@@ -139,7 +139,10 @@ async fn forward(
             account,
         };
         match run_plugins(state, plugins, request).await? {
-            Outcome::Continue(request) => parts.headers = request.headers,
+            Outcome::Continue(request) => {
+                parts.headers = request.headers;
+                path = request.path_and_query;
+            }
             Outcome::Respond(response) => return Ok(response.map(Either::Right)),
         }
     }

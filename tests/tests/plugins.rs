@@ -41,7 +41,20 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
                 .unwrap_or_default()
         };
         let text = format!("user={} key={}", h("x-user"), h("x-api-key"));
-        async move { Response::new(full(text)) }
+        // What the rewrite plugin changed, as the origin saw it.
+        let tags: Vec<&str> = req
+            .headers()
+            .get_all("x-tag")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        let response = Response::builder()
+            .header("x-seen-path", req.uri().path_and_query().map_or("", |p| p.as_str()))
+            .header("x-seen-tags", tags.join(","))
+            .header("x-seen-debug", h("x-debug"))
+            .body(full(text))
+            .unwrap();
+        async move { response }
     })
     .await;
     let tunnel = TestTunnel::new("app");
@@ -85,12 +98,29 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
         ("jwt-es.test", "jwt-auth", jwt_es),
         ("limit.test", "rate-limit", limit.clone()),
         ("limit-2.test", "rate-limit", limit),
+        (
+            "rewrite.test",
+            "rewrite",
+            serde_json::json!({"rules": [
+                {"redirect": {"match": "^/old(/.*)?$", "to": "https://new.test$1", "status": 301}},
+                {"strip-prefix": "/api"},
+                {"regex": {"match": "^/users/(\\d+)$", "replace": "/u/$1"}},
+                {"replace-prefix": {"from": "/v1", "to": "/v2"}},
+                {"set-header": {"name": "x-tag", "value": "one"}},
+                {"append-header": {"name": "x-tag", "value": "two"}},
+                {"remove-header": "x-debug"},
+            ]}),
+        ),
     ] {
         file.routes.push(RouteEntry {
             hostname: host.into(),
             tunnel: Some("app".into()),
             pool: None,
-            plugins: vec![binding(plugin, &config.to_string(), false)],
+            plugins: vec![PluginBinding {
+                // ECDSA takes milliseconds in wasm (see plugins/jwt-auth/README.md).
+                deadline_ms: Some(100),
+                ..binding(plugin, &config.to_string(), false)
+            }],
         });
     }
     let options = EdgeOptions {
@@ -98,6 +128,7 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
             ("header-auth", HEADER_AUTH),
             ("jwt-auth", JWT_AUTH),
             ("rate-limit", RATE_LIMIT),
+            ("rewrite", env!("PLUGIN_REWRITE")),
             ("test-trap", TEST_TRAP),
             ("test-spin", TEST_SPIN),
         ],
@@ -493,6 +524,45 @@ async fn rate_limit_plugin_answers_429_after_the_burst() {
         5,
         "limited requests never reach the origin"
     );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn rewrite_plugin_changes_path_and_headers_or_redirects() {
+    let (edge, connector, hits) = setup().await;
+    let client = http1_client();
+    let call = |path: &'static str| {
+        let request = http::Request::get(format!("http://{}{path}", edge.http))
+            .header("host", "rewrite.test")
+            .header("x-debug", "secret")
+            .header("x-tag", "visitor")
+            .body(empty())
+            .unwrap();
+        let client = client.clone();
+        async move { client.request(request).await.unwrap() }
+    };
+    for (asked, seen) in [
+        ("/api/users/42?x=1", "/u/42?x=1"),
+        ("/api", "/"),
+        ("/apix/users/7", "/apix/users/7"),
+        ("/v1/things", "/v2/things"),
+        ("/api/v1/a%20b", "/v2/a%20b"),
+    ] {
+        let response = call(asked).await;
+        assert_eq!(response.status(), StatusCode::OK, "{asked}");
+        let headers = response.headers();
+        assert_eq!(headers["x-seen-path"], seen, "{asked}");
+        assert_eq!(
+            headers["x-seen-tags"], "one,two",
+            "set replaces the visitor's value, append adds"
+        );
+        assert_eq!(headers["x-seen-debug"], "", "removed");
+    }
+    let redirect = call("/old/page?q=1").await;
+    assert_eq!(redirect.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(redirect.headers()["location"], "https://new.test/page?q=1");
+    assert_eq!(hits.load(Ordering::Relaxed), 5, "the redirect is answered at the edge");
     connector.stop().await.unwrap();
     edge.stop().await;
 }

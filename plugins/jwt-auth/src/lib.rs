@@ -7,7 +7,6 @@
 //! `401` with a `WWW-Authenticate: Bearer` challenge (RFC 6750) and never reaches the origin.
 //! See README.md for the configuration.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -70,18 +69,12 @@ struct Verifier {
     pem_keys: Vec<(AlgorithmFamily, DecodingKey)>,
 }
 
-thread_local! {
-    /// The last configuration seen and its decoded keys. Each request runs in a fresh instance by
-    /// default, so this only saves work for bindings in reuse mode.
-    static VERIFIER: RefCell<Option<(String, Rc<Verifier>)>> = const { RefCell::new(None) };
+fn verifier() -> Result<Rc<Verifier>, String> {
+    burrow_plugin::cached_config(decode_keys)
 }
 
-fn verifier() -> Result<Rc<Verifier>, String> {
-    let text = burrow_plugin::hooks::burrow::plugin::host::config();
-    if let Some(cached) = VERIFIER.with_borrow(|v| v.as_ref().filter(|(t, _)| *t == text).map(|(_, v)| v.clone())) {
-        return Ok(cached);
-    }
-    let config: Config = serde_json::from_str(&text).map_err(|e| format!("bad config: {e}"))?;
+fn decode_keys(text: &str) -> Result<Verifier, String> {
+    let config: Config = serde_json::from_str(text).map_err(|e| format!("bad config: {e}"))?;
     let secret = config.secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes()));
     let mut pem_keys = Vec::new();
     for (i, pem) in config.public_keys.iter().enumerate() {
@@ -98,13 +91,11 @@ fn verifier() -> Result<Rc<Verifier>, String> {
     if secret.is_none() && pem_keys.is_empty() && config.jwks.as_ref().is_none_or(|j| j.keys.is_empty()) {
         return Err("bad config: give a secret, public-keys or jwks".into());
     }
-    let verifier = Rc::new(Verifier {
+    Ok(Verifier {
         config,
         secret,
         pem_keys,
-    });
-    VERIFIER.set(Some((text, verifier.clone())));
-    Ok(verifier)
+    })
 }
 
 /// Why a token was refused, as RFC 6750 puts it in the challenge.

@@ -19,6 +19,10 @@
 //! burrow_plugin::export_plugin!(AddHeader);
 //! ```
 
+use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
+
 /// Bindings of the `plugin` world (request hooks), generated from `wit/plugin.wit`.
 pub mod hooks {
     wit_bindgen::generate!({
@@ -98,6 +102,26 @@ pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
     let text = hooks::burrow::plugin::host::config();
     let text = if text.trim().is_empty() { "{}" } else { text.as_str() };
     serde_json::from_str(text).map_err(|e| format!("bad config: {e}"))
+}
+
+/// The binding's configuration turned into `T` by `build`, kept for the next call while the
+/// configuration text stays the same. Each request runs in a fresh instance by default, so this
+/// saves work (keys decoded, patterns compiled) only for bindings in reuse mode.
+pub fn cached_config<T: 'static>(build: impl FnOnce(&str) -> Result<T, String>) -> Result<Rc<T>, String> {
+    thread_local! {
+        static CACHE: RefCell<Option<(String, Rc<dyn Any>)>> = const { RefCell::new(None) };
+    }
+    let text = hooks::burrow::plugin::host::config();
+    let hit = CACHE.with_borrow(|cache| {
+        let (cached_text, value) = cache.as_ref()?;
+        (*cached_text == text).then(|| value.clone().downcast::<T>().ok())?
+    });
+    if let Some(value) = hit {
+        return Ok(value);
+    }
+    let value = Rc::new(build(&text)?);
+    CACHE.set(Some((text, value.clone())));
+    Ok(value)
 }
 
 /// Write to the edge's log, tagged with the plugin's name.
