@@ -448,14 +448,12 @@ async fn route_changes_apply_live_without_failing_requests() {
         .await
         .unwrap();
     let origin = named_origin("ok").await;
-    let credentials = burrow_connector::credentials::Credentials {
+    let credentials = edge.credentials(&TestTunnel {
+        id: tunnel.id,
+        name: "web".into(),
         account: account.id,
-        tunnel_id: tunnel.id,
-        tunnel_name: "web".into(),
         secret,
-        edges: vec![format!("127.0.0.1:{}", edge.tunnel.port())],
-        edge_ca: Some(edge.ca_pem.clone()),
-    };
+    });
     // A connector refused at its first registration gives up (wrong credentials), so start it
     // once the edge has applied the table that holds the new tunnel.
     eventually(Duration::from_secs(10), "the edge to know the tunnel", || async {

@@ -566,3 +566,105 @@ async fn rewrite_plugin_changes_path_and_headers_or_redirects() {
     connector.stop().await.unwrap();
     edge.stop().await;
 }
+
+/// Changing a route's plugin chain while requests flow: each change rebuilds the routing table off
+/// the hot path and swaps it in; no request fails or sees a half-applied chain.
+#[tokio::test]
+async fn swapping_plugins_under_load_fails_no_request() {
+    init_logging();
+    let dir = TempDir::new();
+    let options = EdgeOptions {
+        plugins: vec![("header-auth", HEADER_AUTH), ("rewrite", env!("PLUGIN_REWRITE"))],
+        ..Default::default()
+    };
+    let (edge, control) = TestEdge::start_with_store_options(dir.path(), options).await;
+    let (account, _token) = control.create_account("alice").await.unwrap();
+    let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
+    // Every chain lets a request with key k2 through, each in its own way.
+    let tag = r#"{"rules": [{"set-header": {"name": "x-user", "value": "tagged"}}]}"#;
+    let chains: Vec<Vec<PluginBinding>> = vec![
+        vec![binding("header-auth", r#"{"keys": ["k2"]}"#, false)],
+        vec![binding(
+            "header-auth",
+            r#"{"keys": ["k1", "k2"], "forward-as": "x-user"}"#,
+            false,
+        )],
+        vec![
+            binding("rewrite", tag, false),
+            binding("header-auth", r#"{"keys": ["k2", "k3"]}"#, false),
+        ],
+    ];
+    let routes = burrow_edge::resources::RouteTo::Tunnel("web");
+    control
+        .route(account.id, "swap.test", routes, false, chains[0].clone())
+        .await
+        .unwrap();
+    let origin = named_origin("ok").await;
+    let credentials = edge.credentials(&TestTunnel {
+        id: tunnel.id,
+        name: "web".into(),
+        account: account.id,
+        secret,
+    });
+    eventually(Duration::from_secs(10), "the edge to know the tunnel", || async {
+        edge.state.routes.load().lookup("swap.test").is_some()
+    })
+    .await;
+    let connector = TestConnector::to_url(credentials, &format!("http://{origin}"), 1);
+    connector.wait_ready(1).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, http) = (stop.clone(), edge.http);
+        load.push(tokio::spawn(async move {
+            let client = http1_client();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let request = http::Request::get(format!("http://{http}/"))
+                    .header("host", "swap.test")
+                    .header("x-api-key", "k2")
+                    .body(empty())
+                    .unwrap();
+                match client.request(request).await {
+                    Ok(response) if response.status() == StatusCode::OK => ok += 1,
+                    Ok(response) => failed.push(response.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for round in 1..=12 {
+        let chain = chains[round % chains.len()].clone();
+        control
+            .route(account.id, "swap.test", routes, true, chain.clone())
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(10), "the new chain to be served", || async {
+            edge.state
+                .routes
+                .load()
+                .lookup("swap.test")
+                .is_some_and(|r| r.plugins[..] == chain[..])
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (n, f) = task.await.unwrap();
+        ok += n;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok >= 100, "the load ran ({ok} requests)");
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
