@@ -167,7 +167,12 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
     loop {
         let edge = &edges[(usize::from(index) + attempt as usize) % edges.len()];
         let mut wait_at_least = Duration::ZERO;
-        match connect_and_serve(&client, index, edge, &shutdown, &mut ever_registered).await {
+        // Right after a loss the edge is likely restarting: try often, with a short handshake
+        // timeout (a packet sent to a closed port is never answered, and quinn waits out its
+        // retransmits), so the tunnel is back within about a second of the edge's return.
+        let fast = ever_registered && attempt < FAST_RETRIES;
+        let connect_timeout = if fast { FAST_CONNECT_TIMEOUT } else { CONNECT_TIMEOUT };
+        match connect_and_serve(&client, index, edge, connect_timeout, &shutdown, &mut ever_registered).await {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::Revoked) => anyhow::bail!(
                 "tunnel {} was deleted (edge {edge} closed its connections); create it again or use other credentials",
@@ -197,7 +202,12 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let delay = backoff(attempt).max(wait_at_least);
+        let delay = if fast {
+            FAST_RETRY_DELAY.mul_f64(rand::random::<f64>())
+        } else {
+            backoff(attempt)
+        };
+        let delay = delay.max(wait_at_least);
         attempt = attempt.saturating_add(1);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -205,6 +215,14 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
         }
     }
 }
+
+/// Handshake timeout of a first connection, and of reconnections after the fast retries.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts after a lost connection that use [`FAST_CONNECT_TIMEOUT`] and a random delay of at
+/// most [`FAST_RETRY_DELAY`] (about a minute in all), before the exponential backoff takes over.
+const FAST_RETRIES: u32 = 40;
+const FAST_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const FAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Full-jitter exponential backoff: a random delay up to 100 ms × 2^attempt, capped at 30 s.
 fn backoff(attempt: u32) -> Duration {
@@ -219,10 +237,10 @@ async fn connect_and_serve(
     client: &ClientSetup,
     index: ConnIndex,
     edge: &str,
+    connect_timeout: Duration,
     shutdown: &CancellationToken,
     ever_registered: &mut bool,
 ) -> Result<Ended, AttemptError> {
-    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     let limits = client.options.limits;
     // Connecting and registering give way to a shutdown (nothing is in flight yet).
     let attempt = async {
@@ -235,9 +253,9 @@ async fn connect_and_serve(
         let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
         endpoint.set_default_client_config(client.quic.clone());
         let server_name = host_of(edge);
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(addr, server_name)?)
+        let conn = tokio::time::timeout(connect_timeout, endpoint.connect(addr, server_name)?)
             .await
-            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??;
+            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {connect_timeout:?}"))??;
 
         // Register on the control stream.
         let (mut control_send, control_recv) = conn.open_bi().await?;

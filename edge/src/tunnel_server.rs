@@ -34,8 +34,42 @@ pub fn endpoint(config: &EdgeConfig, socket: UdpSocket) -> Result<quinn::Endpoin
     let server_config = config.tls.tunnel_server_config(transport)?;
     socket.set_nonblocking(true)?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-        .context("creating QUIC endpoint")
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &endpoint_secret(config.data_dir.as_deref())?);
+    // Connection IDs carry a check value keyed from the same secret: a restarted edge must see
+    // its predecessor's IDs as its own to answer them with resets.
+    let tag = ring::hmac::sign(&key, b"connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).context("creating QUIC endpoint")
+}
+
+/// The secret of this node's QUIC stateless resets, kept in the data directory so that it
+/// survives a restart. A restarted edge then answers its old connections' packets with resets
+/// the connectors accept (RFC 9000 §10.3): they reconnect at their next keep-alive instead of
+/// waiting out the idle timeout. Without a data directory the secret is random and lasts one run.
+fn endpoint_secret(data_dir: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    let Some(dir) = data_dir else {
+        return Ok(rand::random::<[u8; 32]>().to_vec());
+    };
+    let path = dir.join("stateless-reset.key");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 32 => bytes,
+        Ok(_) => anyhow::bail!(
+            "{} is not a 32-byte key; delete it and a new one is made",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = rand::random::<[u8; 32]>().to_vec();
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            burrow_connector::credentials::write_private(&path, &bytes)?;
+            bytes
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(bytes)
 }
 
 pub async fn serve(endpoint: quinn::Endpoint, state: Arc<EdgeState>, shutdown: CancellationToken) {

@@ -167,8 +167,10 @@ fn edge_process(dir: &Path, http: u16, tunnel: u16, admin: u16) -> Process {
             tunnels.to_str().unwrap(),
             "--data-dir",
             data.to_str().unwrap(),
+            // Longer than the connector's own (10 s): the restart below must be noticed by the
+            // restarted edge's stateless resets, not by an idle timeout.
             "--tunnel-idle-timeout",
-            "3s",
+            "30s",
             "--grace-period",
             "2s",
         ],
@@ -250,16 +252,30 @@ async fn edge_restart_connectors_come_back_and_bad_secrets_never_leak() {
     let ready: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
     assert_eq!(ready["readyConnections"], 2);
 
-    // kill -9 the edge, start it again on the same ports: the connector re-registers by itself.
+    // kill -9 the edge, start it again on the same ports after a few seconds: the connector
+    // re-registers by itself, soon after the edge is back. Its connections are not timed out yet;
+    // its keep-alives to the restarted edge are answered with stateless resets it accepts (the
+    // edge keeps their key in its data directory), so it reconnects at once.
     let first_output = edge.kill9().await;
     assert!(!served().await, "nothing serves while the edge is down");
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let edge = edge_process(dir.path(), http, tunnel_port, admin);
+    edge.wait_for_output("tunnel listener ready").await;
+    let back = std::time::Instant::now();
     eventually(
         Duration::from_secs(30),
         "the connector to re-register with the restarted edge",
         served,
     )
     .await;
+    // The hardening issue's bound: at most one keep-alive interval (2 s) plus a handshake.
+    assert!(
+        back.elapsed() < Duration::from_secs(2),
+        "serving again only {:?} after the edge's return\nEDGE:{}\nCONNECTOR:{}",
+        back.elapsed(),
+        edge.output(),
+        connector.output()
+    );
     assert!(
         connector.output().matches("registered tunnel connection").count() >= 3,
         "{}",
