@@ -165,7 +165,7 @@ fn error_response(e: ApiError) -> Response<ApiBody> {
 async fn watch(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Response<ApiBody>, ApiError> {
     let denied = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
     let token = bearer(req).ok_or_else(|| denied("a node token is required"))?;
-    if !cp.authenticate_node(token).await? {
+    if cp.authenticate_node(token).await?.is_none() {
         return Err(denied("invalid node token"));
     }
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -195,8 +195,19 @@ async fn watch(cp: &ControlPlane, req: &Request<Incoming>) -> Result<Response<Ap
 async fn put_health(cp: &ControlPlane, node: &str, req: Request<Incoming>) -> Result<(), ApiError> {
     let denied = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
     let token = bearer(&req).ok_or_else(|| denied("a node token is required"))?;
-    if !cp.authenticate_node(token).await? {
+    let Some(token_node) = cp.authenticate_node(token).await? else {
         return Err(denied("invalid node token"));
+    };
+    // A node reports for itself only: one leaked token cannot overwrite every node's view.
+    if token_node != node {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this node token was created for node {token_node:?}, which is the only node it can report for; \
+                 run that node with --node-name {token_node} or create a token named {node:?}"
+            ),
+        ));
     }
     let report: HealthReport = json_body_limited(req, MAX_HEALTH_BODY).await?;
     if report.node != node {

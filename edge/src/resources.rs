@@ -357,9 +357,9 @@ impl ControlPlane {
         Ok(self.find_token(token).await?.filter(|t| !t.node).map(|t| t.account))
     }
 
-    /// Whether `token` is a valid node token.
-    pub async fn authenticate_node(&self, token: &str) -> Result<bool, CpError> {
-        Ok(self.find_token(token).await?.is_some_and(|t| t.node))
+    /// The node name a valid node token was created for, or `None`.
+    pub async fn authenticate_node(&self, token: &str) -> Result<Option<String>, CpError> {
+        Ok(self.find_token(token).await?.filter(|t| t.node).map(|t| t.name))
     }
 
     /// The stored token matching `token`, compared in constant time.

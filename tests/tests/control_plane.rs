@@ -727,3 +727,37 @@ async fn pools_through_the_cli() {
     drop(connectors);
     drop(edge);
 }
+
+/// A node token reports health for the node it was created for, and no other.
+#[tokio::test]
+async fn a_node_token_reports_only_for_its_own_node() {
+    init_logging();
+    let dir = TempDir::new();
+    let (edge, control) = TestEdge::start_with_store(dir.path()).await;
+    let token = control.create_node_token("node-a").await.unwrap();
+    let client = http1_client();
+    let put = |node: &'static str| {
+        let request = http::Request::put(format!("http://{}/v1/health/{node}", edge.admin))
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(
+                serde_json::json!({"node": node, "updated": 1, "pools": []}).to_string(),
+            ))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await.unwrap();
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = put("node-a").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = put("node-b").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("created for node \\\"node-a\\\""), "{body}");
+    edge.stop().await;
+}
