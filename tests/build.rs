@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [&str; 7] = [
+const PLUGINS: [&str; 8] = [
     "header_auth",
     "jwt_auth",
     "rate_limit",
     "rewrite",
     "balancer_latency",
+    "balancer_hash",
     "test_trap",
     "test_spin",
 ];
@@ -25,6 +26,7 @@ fn main() {
         "../plugins/rate-limit",
         "../plugins/rewrite",
         "../plugins/balancer-latency",
+        "../plugins/balancer-hash",
         "../plugins/test-trap",
         "../plugins/test-spin",
         "../wit",

@@ -6,7 +6,7 @@
 //!
 //! Config (JSON, optional): `{"explore-percent": 5}`.
 
-use burrow_plugin::{Balancer, Candidate, Level, Request};
+use burrow_plugin::{Balancer, Candidate, Request};
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -23,13 +23,7 @@ struct LatencyBalancer;
 
 impl Balancer for LatencyBalancer {
     fn select_origin(req: &Request, candidates: Vec<Candidate>) -> Option<u32> {
-        let config: Config = match burrow_plugin::config() {
-            Ok(c) => c,
-            Err(e) => {
-                burrow_plugin::log(Level::Error, &e);
-                return None;
-            }
-        };
+        let config: Config = burrow_plugin::config_or_log()?;
         let healthy: Vec<&Candidate> = candidates.iter().filter(|c| c.healthy).collect();
         if let Some(unmeasured) = healthy.iter().filter(|c| c.latency_us == 0).min_by_key(|c| c.in_flight) {
             return Some(unmeasured.index);

@@ -104,6 +104,12 @@ pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
     serde_json::from_str(text).map_err(|e| format!("bad config: {e}"))
 }
 
+/// [`config`], with a bad configuration logged as an error and given as `None` (for hooks that
+/// have a safe default, like a balancer letting the edge choose).
+pub fn config_or_log<T: serde::de::DeserializeOwned>() -> Option<T> {
+    config().map_err(|e| log(Level::Error, &e)).ok()
+}
+
 /// The binding's configuration turned into `T` by `build`, kept for the next call while the
 /// configuration text stays the same. Each request runs in a fresh instance by default, so this
 /// saves work (keys decoded, patterns compiled) only for bindings in reuse mode.
