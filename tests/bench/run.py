@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Burrow load harness: every target on loopback, interleaved rounds, ratios to direct.
 
-Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk]
+Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk,h2]
                           [--targets direct,nginx-proxy,haproxy,burrow,burrow-pool,burrow-auth,burrow-jwt]
                           [--no-build]
 
@@ -21,12 +21,15 @@ Profiles (wrk):
   lat    one connection, one request at a time: p50/p99 round trip
   conn   64 connections, a new connection per request (Connection: close)
   bulk   one connection downloading a 100 MiB file: MB/s
+  h2     h2load, 64 cleartext HTTP/2 connections x 10 streams, 1 KiB GET: req/s, mean request time
+         (direct and burrow only: the origin nginx on an h2c port, the edge's public listener)
 
 For each sample the harness reads the CPU time (utime+stime from /proc/PID/stat) of the middle
 layer's processes (edge + connector; the proxy's processes) before and after, and reports CPU
 microseconds per request. It flags samples where other processes used more than 10% of a core.
 Headline numbers are medians over rounds, with min-max, and ratios to `direct` in the same run.
-Needs: wrk, nginx, haproxy (Debian: apt-get install -y wrk nginx-light haproxy).
+Needs wrk, nginx, haproxy, curl and h2load; missing ones are installed with apt-get (Debian
+packages wrk nginx-light haproxy curl nghttp2-client).
 """
 
 import argparse
@@ -113,9 +116,10 @@ def system_busy_ticks():
 
 
 class Target:
-    def __init__(self, name, port, host_header, procs, headers=()):
+    def __init__(self, name, port, host_header, procs, headers=(), h2_port=None):
         self.name, self.port, self.host_header, self.procs = name, port, host_header, procs
         self.headers = list(headers)  # extra request headers ("Name: value")
+        self.h2_port = h2_port  # where it speaks cleartext HTTP/2, for the h2 profile (None: skipped)
 
     def middle_pids(self):
         pids = []
@@ -161,16 +165,21 @@ def setup(args, work, logs):
         for _ in range(100):
             f.write(chunk)
 
-    ports = {name: free_port() for name in ["direct", "nginx-proxy", "haproxy", "burrow"]}
+    ports = {name: free_port() for name in ["direct", "direct-h2", "nginx-proxy", "haproxy", "burrow"]}
     tunnel_port = free_port(socket.SOCK_DGRAM)
     for name, port in ports.items():
         if port_taken(port):
             sys.exit(f"port {port} for {name} is taken; refusing to start")
 
     origin_conf = nginx_conf(work, "origin", ports["direct"], f"root {work}/www;")
+    # The same origin also speaks cleartext HTTP/2 (prior knowledge) on a port of its own, for the
+    # `h2` profile's direct baseline (nginx 1.22 cannot serve both on one cleartext port).
+    text = origin_conf.read_text().replace(
+        "\n}", f"\n  server {{ listen 127.0.0.1:{ports['direct-h2']} http2; root {work}/www; }}\n}}")
+    origin_conf.write_text(text)
     origin = start(["nginx", "-c", str(origin_conf), "-g", "daemon off;"], logs)
     wait_port(ports["direct"], "origin nginx")
-    targets = {"direct": Target("direct", ports["direct"], None, [])}
+    targets = {"direct": Target("direct", ports["direct"], None, [], h2_port=ports["direct-h2"])}
 
     if "nginx-proxy" in args.targets:
         conf = nginx_conf(work, "proxy", ports["nginx-proxy"],
@@ -243,7 +252,7 @@ backend b
             if time.time() > deadline:
                 raise RuntimeError(f"the burrow tunnel did not come up (last status {r.stdout!r})")
             time.sleep(0.2)
-        targets["burrow"] = Target("burrow", ports["burrow"], HOST, [edge, connector])
+        targets["burrow"] = Target("burrow", ports["burrow"], HOST, [edge, connector], h2_port=ports["burrow"])
         targets["burrow-pool"] = Target("burrow-pool", ports["burrow"], f"pool.{HOST}", [edge, connector])
         targets["burrow-auth"] = Target("burrow-auth", ports["burrow"], f"auth.{HOST}", [edge, connector],
                                         headers=["x-api-key: bench-key"])
@@ -268,6 +277,8 @@ PROFILES = {
     "lat": dict(path="/1k.bin", conns=1, threads=1, extra=[]),
     "conn": dict(path="/1k.bin", conns=64, threads=2, extra=["-H", "Connection: close"]),
     "bulk": dict(path="/100m.bin", conns=1, threads=1, extra=[]),
+    # h2load: 64 HTTP/2 connections, 10 concurrent streams each (h2c, prior knowledge).
+    "h2": dict(path="/1k.bin", conns=64, threads=2, extra=[]),
 }
 
 
@@ -284,6 +295,8 @@ def to_bytes(text):
 
 def sample(target, profile, duration, own_pids):
     spec = PROFILES[profile]
+    if profile == "h2":
+        return sample_h2(target, spec, duration, own_pids)
     cmd = ["wrk", "--latency", "-t", str(spec["threads"]), "-c", str(spec["conns"]), "-d", f"{duration}s"]
     if target.host_header:
         cmd += ["-H", f"Host: {target.host_header}"]
@@ -313,24 +326,77 @@ def sample(target, profile, duration, own_pids):
     )
 
 
+def sample_h2(target, spec, duration, own_pids):
+    """One h2load sample: req/s, mean request time (as p50; h2load has no percentiles), CPU."""
+    if target.h2_port is None:
+        return None
+    cmd = ["h2load", "-D", str(duration), "-c", str(spec["conns"]), "-m", "10", "-t", str(spec["threads"])]
+    if target.host_header:
+        # HTTP/2 names the host in :authority; a Host header that differs from it is refused.
+        cmd += ["-H", f":authority: {target.host_header}"]
+    for header in target.headers:
+        cmd += ["-H", header.lower()]
+    cmd += [f"http://127.0.0.1:{target.h2_port}{spec['path']}"]
+    middle = target.middle_pids()
+    before_mid, before_sys = cpu_ticks(middle), system_busy_ticks()
+    before_known = cpu_ticks(process_tree(os.getpid()) + own_pids)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    after_mid, after_sys = cpu_ticks(middle), system_busy_ticks()
+    after_known = cpu_ticks(process_tree(os.getpid()) + own_pids)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    if not done:
+        raise RuntimeError(f"h2load output not understood:\n{out[-2000:]}")
+    requests = int(done.group(1))
+    failed = int(done.group(3)) + int(re.search(r"(\d+) errored", out).group(1))
+    codes = re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    failed += int(codes.group(1)) + int(codes.group(2)) if codes else 0
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    other = (after_sys - before_sys) - (after_known - before_known) - (after_mid - before_mid)
+    return dict(
+        rps=requests / duration,
+        p50=to_seconds(mean.group(1)) if mean else float("nan"), p99=float("nan"),
+        mbps=0.0,
+        cpu_us=(after_mid - before_mid) / CLK_TCK / max(requests, 1) * 1e6 if middle else None,
+        errors=failed,
+        socket_errors=None,
+        busy=other / CLK_TCK / duration > 0.10,
+    )
+
+
 def fmt_range(values, scale=1.0, digits=0):
     med = statistics.median(values) * scale
     return f"{med:,.{digits}f} ({min(values) * scale:,.{digits}f}-{max(values) * scale:,.{digits}f})"
+
+
+# Debian packages of the tools and peers: installed on first use when missing.
+PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "curl": "curl", "h2load": "nghttp2-client"}
+
+
+def install_peers():
+    missing = [pkg for tool, pkg in PACKAGES.items() if not shutil.which(tool)]
+    if not missing:
+        return
+    command = ["apt-get", "install", "-y", "--no-install-recommends"] + missing
+    if os.geteuid() != 0:
+        command = ["sudo"] + command
+    print(f"installing {' '.join(missing)}: {' '.join(command)}", file=sys.stderr)
+    try:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"could not install {' '.join(missing)} ({e}); install them and run again")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per sample")
-    parser.add_argument("--profiles", default="small,lat,conn,bulk")
+    parser.add_argument("--profiles", default="small,lat,conn,bulk,h2")
     parser.add_argument("--targets", default="direct,nginx-proxy,haproxy,burrow")
     parser.add_argument("--no-build", action="store_true", help="use the existing release binaries")
     args = parser.parse_args()
     args.targets = args.targets.split(",")
     profiles = args.profiles.split(",")
-    for tool in ["wrk", "nginx", "curl"] + (["haproxy"] if "haproxy" in args.targets else []):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl")
+    install_peers()
     if any(t.startswith("burrow") for t in args.targets) and not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "burrow-edge", "-p", "burrow-connector"], cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip2", "--manifest-path",
@@ -348,6 +414,8 @@ def main():
             for profile in profiles:
                 for name in order:  # interleaved: A B C A B C ...
                     s = sample(targets[name], profile, args.duration, own)
+                    if s is None:  # this target does not take part in this profile
+                        continue
                     results[(name, profile)].append(s)
                     flag = " BUSY" if s["busy"] else ""
                     err = f" errors={s['errors']}" if s["errors"] else ""
@@ -380,6 +448,8 @@ def report(results, order, profiles):
             print("|---|---|---|---|---|---|")
         for name in order:
             samples = results[(name, profile)]
+            if not samples:
+                continue
             key = "mbps" if profile == "bulk" else "rps"
             values = [s[key] for s in samples]
             ratio = statistics.median(values) / statistics.median([s[key] for s in direct]) if direct else float("nan")
