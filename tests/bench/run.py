@@ -2,13 +2,17 @@
 """Burrow load harness: every target on loopback, interleaved rounds, ratios to direct.
 
 Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk,h2]
-                          [--targets direct,nginx-proxy,haproxy,burrow,burrow-pool,burrow-auth,burrow-jwt]
+                          [--targets direct,nginx-proxy,haproxy,rathole-tcp,rathole-tls,burrow,burrow-pool,
+                                     burrow-auth,burrow-jwt]
                           [--no-build]
 
 Targets (all behind/around one nginx origin with one worker):
   direct       the origin itself (the physical limit of this machine)
   nginx-proxy  one nginx reverse-proxy hop (one worker, upstream keep-alive)
   haproxy      one haproxy hop (one thread, keep-alive)
+  rathole-tcp  rathole server + client forwarding to the origin over plain TCP (the fastest Rust
+               tunnel, unencrypted; built with `cargo install rathole` on first use)
+  rathole-tls  the same over TLS (native-tls/OpenSSL, a throwaway certificate)
   burrow       burrow-edge + burrow connector (QUIC+TLS tunnel, no plugin)
   burrow-pool  the same edge and connector through a hostname routed to a pool holding that
                tunnel (least-outstanding steering): the per-request cost of steering
@@ -214,6 +218,10 @@ backend b
         wait_port(ports["haproxy"], "haproxy")
         targets["haproxy"] = Target("haproxy", ports["haproxy"], None, [p])
 
+    for name in ("rathole-tcp", "rathole-tls"):
+        if name in args.targets:
+            targets[name] = start_rathole(name, work, logs, ports["direct"])
+
     if any(t.startswith("burrow") for t in args.targets):
         edge_bin = ROOT / "target" / "release" / "burrow-edge"
         burrow_bin = ROOT / "target" / "release" / "burrow"
@@ -261,6 +269,64 @@ backend b
                                        headers=[f"Authorization: Bearer {token}"])
 
     return targets, [origin] + [p for t in targets.values() for p in t.procs]
+
+
+def rathole_binary():
+    """rathole from PATH, or built once into target/bench-tools (cargo install, a few minutes)."""
+    found = shutil.which("rathole")
+    if found:
+        return found
+    root = ROOT / "target" / "bench-tools"
+    binary = root / "bin" / "rathole"
+    if not binary.exists():
+        print("building rathole (cargo install rathole, once)", file=sys.stderr)
+        subprocess.run(["cargo", "install", "rathole", "--root", str(root)], check=True)
+    return str(binary)
+
+
+def start_rathole(name, work, logs, origin_port):
+    """A rathole server and client on loopback forwarding a port to the origin, over plain TCP or
+    TLS (a throwaway CA and certificate made with openssl)."""
+    control, visitor = free_port(), free_port()
+    tls = name.endswith("tls")
+    server_transport = client_transport = ""
+    if tls:
+        d = work / name
+        d.mkdir()
+        openssl = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+                "-days", "2", "-subj", "/CN=bench-ca")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+                "-subj", "/CN=localhost")
+        (d / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+        openssl("pkcs12", "-export", "-out", "identity.pfx", "-inkey", "server.key", "-in", "server.crt",
+                "-password", "pass:bench")
+        server_transport = (f'[server.transport]\ntype = "tls"\n[server.transport.tls]\n'
+                            f'pkcs12 = "{d}/identity.pfx"\npkcs12_password = "bench"\n')
+        client_transport = (f'[client.transport]\ntype = "tls"\n[client.transport.tls]\n'
+                            f'trusted_root = "{d}/ca.pem"\nhostname = "localhost"\n')
+    server = work / f"{name}-server.toml"
+    server.write_text(f'[server]\nbind_addr = "127.0.0.1:{control}"\n{server_transport}'
+                      f'[server.services.web]\ntoken = "bench"\nbind_addr = "127.0.0.1:{visitor}"\n')
+    client = work / f"{name}-client.toml"
+    client.write_text(f'[client]\nremote_addr = "127.0.0.1:{control}"\n{client_transport}'
+                      f'[client.services.web]\ntoken = "bench"\nlocal_addr = "127.0.0.1:{origin_port}"\n')
+    binary = rathole_binary()
+    env = dict(os.environ, RUST_LOG="warn")
+    procs = [start([binary, "--server", str(server)], logs, env=env)]
+    wait_port(control, f"{name} server")
+    procs.append(start([binary, "--client", str(client)], logs, env=env))
+    deadline = time.time() + 20
+    while True:
+        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            f"http://127.0.0.1:{visitor}/1k.bin"], capture_output=True, text=True)
+        if r.stdout == "200":
+            return Target(name, visitor, None, procs)
+        if time.time() > deadline:
+            raise RuntimeError(f"{name} did not come up (last status {r.stdout!r})")
+        time.sleep(0.2)
 
 
 def hs256(claims, secret):
@@ -391,7 +457,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per sample")
     parser.add_argument("--profiles", default="small,lat,conn,bulk,h2")
-    parser.add_argument("--targets", default="direct,nginx-proxy,haproxy,burrow")
+    parser.add_argument("--targets", default="direct,nginx-proxy,haproxy,rathole-tcp,rathole-tls,burrow")
     parser.add_argument("--no-build", action="store_true", help="use the existing release binaries")
     args = parser.parse_args()
     args.targets = args.targets.split(",")
