@@ -164,15 +164,34 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
     let edges = &client.options.edges;
     let mut attempt: u32 = 0;
     let mut ever_registered = false;
+    // Round-trip time of the last registered connection, to size the fast reconnects' timeout.
+    let mut last_rtt: Option<Duration> = None;
+    let mut retryable_refusal = false;
     loop {
         let edge = &edges[(usize::from(index) + attempt as usize) % edges.len()];
         let mut wait_at_least = Duration::ZERO;
         // Right after a loss the edge is likely restarting: try often, with a short handshake
         // timeout (a packet sent to a closed port is never answered, and quinn waits out its
         // retransmits), so the tunnel is back within about a second of the edge's return.
-        let fast = ever_registered && attempt < FAST_RETRIES;
-        let connect_timeout = if fast { FAST_CONNECT_TIMEOUT } else { CONNECT_TIMEOUT };
-        match connect_and_serve(&client, index, edge, connect_timeout, &shutdown, &mut ever_registered).await {
+        // An edge that answered "not now" (overloaded, draining) gets the usual backoff.
+        let fast = ever_registered && attempt < FAST_RETRIES && !retryable_refusal;
+        let connect_timeout = match (fast, last_rtt) {
+            // Long enough for a handshake over this path even if it got slower, never below 1 s.
+            (true, Some(rtt)) => (rtt * 8).clamp(FAST_CONNECT_TIMEOUT, CONNECT_TIMEOUT),
+            (true, None) => FAST_CONNECT_TIMEOUT,
+            (false, _) => CONNECT_TIMEOUT,
+        };
+        retryable_refusal = false;
+        let attempt_result = connect_and_serve(
+            &client,
+            index,
+            edge,
+            connect_timeout,
+            &shutdown,
+            &mut ever_registered,
+            &mut last_rtt,
+        );
+        match attempt_result.await {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::Revoked) => anyhow::bail!(
                 "tunnel {} was deleted (edge {edge} closed its connections); create it again or use other credentials",
@@ -194,6 +213,7 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
                 }
                 tracing::error!(conn_index = index, edge = %edge, code = ?rejected.code, "registration refused: {}", rejected.message);
                 wait_at_least = Duration::from_millis(rejected.retry_after_ms.unwrap_or(0));
+                retryable_refusal = true;
             }
             Err(AttemptError::Other(e)) => {
                 tracing::warn!(conn_index = index, edge = %edge, "cannot connect to the edge: {e:#}");
@@ -202,7 +222,7 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let delay = if fast {
+        let delay = if fast && !retryable_refusal {
             FAST_RETRY_DELAY.mul_f64(rand::random::<f64>())
         } else {
             backoff(attempt)
@@ -240,6 +260,7 @@ async fn connect_and_serve(
     connect_timeout: Duration,
     shutdown: &CancellationToken,
     ever_registered: &mut bool,
+    last_rtt: &mut Option<Duration>,
 ) -> Result<Ended, AttemptError> {
     let limits = client.options.limits;
     // Connecting and registering give way to a shutdown (nothing is in flight yet).
@@ -356,6 +377,7 @@ async fn connect_and_serve(
             }
         }
     };
+    *last_rtt = Some(conn.rtt());
     if let Ended::Lost(reason) = &ended {
         tracing::debug!(conn_index = index, served = ?served_since.elapsed(), "connection ended: {reason}");
     }

@@ -586,6 +586,32 @@ fn plugin_response(response: types::Response) -> Result<Response<Full<Bytes>>, S
     Ok(out)
 }
 
+/// Headers that frame the request or route it: the edge checked them before the chain ran (one
+/// Host, consistent Content-Length and Transfer-Encoding), so plugins may not change them.
+const PROTECTED_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+fn is_protected(name: &str) -> bool {
+    PROTECTED_HEADERS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// A request header a plugin wants to set, checked.
+fn request_header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+    if is_protected(name) {
+        return Err(format!("the {name} header is managed by the edge"));
+    }
+    header(name, value)
+}
+
 /// A header a plugin gave, checked.
 fn header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
     let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
@@ -639,14 +665,17 @@ impl types::HostRequest for HostState {
     }
 
     fn set_header(&mut self, req: Resource<types::Request>, name: String, value: Vec<u8>) -> Result<(), String> {
-        let (name, value) = header(&name, &value)?;
+        let (name, value) = request_header(&name, &value)?;
         let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
+        if r.headers.len() >= MAX_PLUGIN_HEADERS && !r.headers.contains_key(&name) {
+            return Err(format!("at most {MAX_PLUGIN_HEADERS} headers"));
+        }
         r.headers.insert(name, value);
         Ok(())
     }
 
     fn append_header(&mut self, req: Resource<types::Request>, name: String, value: Vec<u8>) -> Result<(), String> {
-        let (name, value) = header(&name, &value)?;
+        let (name, value) = request_header(&name, &value)?;
         let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
         if r.headers.len() >= MAX_PLUGIN_HEADERS {
             return Err(format!("at most {MAX_PLUGIN_HEADERS} headers"));
@@ -659,17 +688,23 @@ impl types::HostRequest for HostState {
         if path_with_query.len() > MAX_PATH {
             return Err(format!("path over {MAX_PATH} bytes"));
         }
+        // PathAndQuery stops checking at `#`, so refuse one outright; what goes down the tunnel is
+        // the parsed form.
+        if !path_with_query.starts_with('/') || path_with_query.contains('#') {
+            return Err(format!("{path_with_query:?} must start with / and hold no #fragment"));
+        }
         let parsed = http::uri::PathAndQuery::try_from(path_with_query.as_str())
             .map_err(|_| format!("{path_with_query:?} is not a valid path"))?;
-        if !parsed.path().starts_with('/') {
-            return Err(format!("{path_with_query:?} does not start with /"));
-        }
         let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
-        r.path_and_query = path_with_query;
+        r.path_and_query = parsed.as_str().to_owned();
         Ok(())
     }
 
     fn remove_header(&mut self, req: Resource<types::Request>, name: String) {
+        if is_protected(&name) {
+            tracing::debug!(plugin = %self.plugin, "refused to remove the {name} header");
+            return;
+        }
         if let Ok(r) = self.table.get_mut(&ours(&req)) {
             r.headers.remove(name.as_str());
         }

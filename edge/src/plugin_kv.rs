@@ -46,7 +46,12 @@ impl Entry {
 pub struct Space {
     entries: HashMap<String, Entry>,
     bytes: usize,
+    /// When expired entries were last dropped: a full space is swept at most every
+    /// [`SWEEP_INTERVAL`], so a flood of writes to a full store does not scan it on every write.
+    last_sweep: Option<Instant>,
 }
+
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Space {
     pub fn get(&mut self, key: &str, now: Instant) -> Option<Vec<u8>> {
@@ -109,7 +114,7 @@ impl Space {
         let fits = |s: &Self| {
             s.bytes - replaced + cost <= MAX_BYTES && s.entries.len() + usize::from(replaced == 0) <= MAX_ENTRIES
         };
-        if !fits(self) {
+        if !fits(self) && self.last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_INTERVAL) {
             self.drop_expired(now);
         }
         // Dropping expired entries may have removed the one being replaced.
@@ -125,6 +130,7 @@ impl Space {
     }
 
     fn drop_expired(&mut self, now: Instant) {
+        self.last_sweep = Some(now);
         let mut freed = 0;
         self.entries.retain(|key, e| {
             let keep = e.expires > now;

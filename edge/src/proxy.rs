@@ -100,7 +100,8 @@ async fn forward(
         let plugins = route.plugins.clone();
         // What plugins see of the route (a pool may have a balancer): no copy for requests that
         // run none.
-        let scope = (!plugins.is_empty() || matches!(route.target, Target::Pool(_))).then(|| {
+        let balanced = matches!(route.target, Target::Pool(i) if table.pools()[i].spec.balancer.is_some());
+        let scope = (!plugins.is_empty() || balanced).then(|| {
             let account = table.route_account(route).unwrap_or(AccountId(uuid::Uuid::nil()));
             (route.hostname.clone(), account)
         });

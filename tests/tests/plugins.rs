@@ -91,6 +91,9 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
         "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
             "x": base64url(&point[1..33]), "y": base64url(&point[33..65])}]},
         "forward-claims": {"sub": "x-user"},
+        // With a secret as well, an HS256 token made with the public key reaches verification
+        // (and must fail there, not just for an unaccepted algorithm).
+        "secret": "the route's own HMAC secret",
     });
     let limit = serde_json::json!({"rate": 1, "per-secs": 60, "burst": 3, "key": "header:x-client"});
     for (host, plugin, config) in [
@@ -99,10 +102,16 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
         ("limit.test", "rate-limit", limit.clone()),
         ("limit-2.test", "rate-limit", limit),
         (
+            "rewrite-host.test",
+            "rewrite",
+            serde_json::json!({"rules": [{"set-header": {"name": "host", "value": "other.test"}}]}),
+        ),
+        (
             "rewrite.test",
             "rewrite",
             serde_json::json!({"rules": [
                 {"redirect": {"match": "^/old(/.*)?$", "to": "https://new.test$1", "status": 301}},
+                {"redirect": {"match": "^/go(/.*)$", "to": "$1"}},
                 {"strip-prefix": "/api"},
                 {"regex": {"match": "^/users/(\\d+)$", "replace": "/u/$1"}},
                 {"replace-prefix": {"from": "/v1", "to": "/v2"}},
@@ -562,6 +571,16 @@ async fn rewrite_plugin_changes_path_and_headers_or_redirects() {
     let redirect = call("/old/page?q=1").await;
     assert_eq!(redirect.status(), StatusCode::MOVED_PERMANENTLY);
     assert_eq!(redirect.headers()["location"], "https://new.test/page?q=1");
+    let local = call("/go//evil.test/x").await;
+    assert_eq!(local.status(), StatusCode::FOUND);
+    assert_eq!(
+        local.headers()["location"],
+        "/evil.test/x",
+        "a local redirect stays on this host"
+    );
+    // The Host header is the edge's: a plugin that tries to change it fails the request closed.
+    let host = get(&client, edge.http, "rewrite-host.test", "/").await.unwrap();
+    assert_eq!(host.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(hits.load(Ordering::Relaxed), 5, "the redirect is answered at the edge");
     connector.stop().await.unwrap();
     edge.stop().await;

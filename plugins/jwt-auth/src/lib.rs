@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use burrow_plugin::{Action, Level, Plugin, Request};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
 #[derive(serde::Deserialize)]
@@ -138,10 +138,19 @@ impl Verifier {
             .map(|(_, k)| k.clone())
             .collect();
         if let Some(jwks) = &self.config.jwks {
-            let jwks_keys = jwks.keys.iter().filter(|jwk| match (kid, &jwk.common.key_id) {
-                (Some(kid), Some(id)) => kid == id,
-                (Some(_), None) => false,
-                (None, _) => true,
+            let jwks_keys = jwks.keys.iter().filter(|jwk| {
+                let kid_matches = match (kid, &jwk.common.key_id) {
+                    (Some(kid), Some(id)) => kid == id,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                // A key meant for encryption, or declared for another algorithm, never verifies.
+                let for_signing = !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption));
+                let alg_matches = jwk
+                    .common
+                    .key_algorithm
+                    .is_none_or(|declared| Algorithm::try_from(declared).is_ok_and(|a| a == alg));
+                kid_matches && for_signing && alg_matches
             });
             keys.extend(jwks_keys.filter_map(|jwk| DecodingKey::from_jwk(jwk).ok()));
         }

@@ -45,15 +45,19 @@ impl Plugin for RateLimit {
             Err(e) => return misconfigured(&e),
         };
         let client = match config.key.split_once(':') {
-            None if config.key == "client-ip" => req.client_addr(),
+            None if config.key == "client-ip" => client_network(&req.client_addr()),
             // Requests without the header share one bucket.
             Some(("header", name)) => req.header_str(name).unwrap_or_default(),
             _ => return misconfigured("key must be client-ip or header:NAME"),
         };
-        let interval_ms = u64::from(config.per_secs) * 1000 / u64::from(config.rate);
+        let interval_us = u64::from(config.per_secs) * 1_000_000 / u64::from(config.rate);
         let burst = u64::from(config.burst.unwrap_or(config.rate));
+        // The store keeps an entry at most 24 hours: a longer bucket would be forgotten early.
+        if interval_us.max(1).saturating_mul(burst) > MAX_WINDOW_US {
+            return misconfigured("burst x per-secs / rate must be at most 24 hours");
+        }
         // One bucket per route and client: routes of one account share the store.
-        match take_token(&bucket_key(&req.route(), &client), interval_ms.max(1), burst) {
+        match take_token(&bucket_key(&req.route(), &client), interval_us.max(1), burst) {
             Ok(None) => Action::Continue,
             Ok(Some(retry_after_secs)) => burrow_plugin::respond_with(
                 429,
@@ -72,26 +76,41 @@ impl Plugin for RateLimit {
     }
 }
 
+/// The longest bucket the store can hold (its TTL limit), in microseconds.
+const MAX_WINDOW_US: u64 = 24 * 3600 * 1_000_000;
+
+/// An IPv4 address as is; an IPv6 address by its /64, since one client usually holds a whole
+/// /64 and could otherwise take a fresh bucket per address (and fill the store).
+fn client_network(addr: &str) -> String {
+    match addr.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => addr.to_owned(),
+    }
+}
+
 /// Take one token from the bucket under `key`: `None` if there was one, else the seconds until
 /// there will be.
-fn take_token(key: &str, interval_ms: u64, burst: u64) -> Result<Option<u64>, String> {
+fn take_token(key: &str, interval_us: u64, burst: u64) -> Result<Option<u64>, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?
-        .as_millis() as u64;
-    let window = interval_ms.saturating_mul(burst);
+        .as_micros() as u64;
+    let window = interval_us.saturating_mul(burst);
     for _ in 0..CAS_ATTEMPTS {
         let stored = kv::get(key);
         let tat = stored
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
             .map_or(now, |t| t.max(now));
-        let next = tat + interval_ms;
+        let next = tat + interval_us;
         if next - now > window {
-            return Ok(Some((next - now - window).div_ceil(1000).max(1)));
+            return Ok(Some((next - now - window).div_ceil(1_000_000).max(1)));
         }
         // The entry is useless once the bucket is full again.
-        let ttl = u32::try_from(next - now).unwrap_or(u32::MAX);
+        let ttl = u32::try_from((next - now).div_ceil(1000)).unwrap_or(u32::MAX);
         if kv::compare_and_swap(key, stored.as_deref(), next.to_string().as_bytes(), ttl)? {
             return Ok(None);
         }

@@ -125,6 +125,11 @@ fn apply(req: &Request) -> Result<Action, String> {
                 if let Some(captures) = re.captures(&path) {
                     let mut location = String::new();
                     captures.expand(to, &mut location);
+                    // A local redirect stays local: `//evil.example` or `/\\evil.example` would be
+                    // read by browsers as another host.
+                    if location.starts_with('/') {
+                        location = format!("/{}", location.trim_start_matches(['/', '\\']));
+                    }
                     if let Some(query) = query.as_deref().filter(|_| !location.contains('?')) {
                         location = format!("{location}?{query}");
                     }
@@ -148,6 +153,8 @@ fn apply(req: &Request) -> Result<Action, String> {
             path.insert(0, '/');
         }
         let with_query = match query {
+            // A rewrite may have put a query of its own in the path: add the original to it.
+            Some(query) if path.contains('?') => format!("{path}&{query}"),
             Some(query) => format!("{path}?{query}"),
             None => path,
         };
