@@ -103,6 +103,10 @@ pub struct ReportSchedule {
     last: Option<Vec<PoolReport>>,
     sent: Option<Instant>,
     failures: u32,
+    /// The back-off drawn at the last failure, and the refresh period drawn at the last report:
+    /// jittered, so that edges started together do not report in step.
+    wait: Duration,
+    refresh: Duration,
 }
 
 /// Longest wait between two attempts after failures.
@@ -111,16 +115,17 @@ const MAX_REPORT_BACKOFF: Duration = Duration::from_secs(60);
 impl ReportSchedule {
     /// The report to publish now, if any.
     pub fn due(&mut self, state: &EdgeState) -> Option<HealthReport> {
-        if self.sent.is_some_and(|t| t.elapsed() < self.backoff()) {
+        if self.sent.is_some_and(|t| t.elapsed() < self.wait) {
             return None;
         }
         let view = pool_view(state);
-        let fresh = self.sent.is_some_and(|t| t.elapsed() < REPORT_REFRESH);
+        let fresh = self.sent.is_some_and(|t| t.elapsed() < self.refresh);
         if fresh && self.last.as_ref() == Some(&view) {
             return None;
         }
         self.last = Some(view.clone());
         self.sent = Some(Instant::now());
+        self.refresh = REPORT_REFRESH.mul_f64(rand::random_range(0.8..1.0));
         let updated = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -135,14 +140,17 @@ impl ReportSchedule {
     pub fn failed(&mut self) {
         self.last = None;
         self.failures = self.failures.saturating_add(1);
+        self.wait = self.backoff().mul_f64(rand::random_range(0.5..=1.0));
     }
 
     /// Publishing worked: back to reporting changes as they happen.
     pub fn succeeded(&mut self) {
         self.failures = 0;
+        self.wait = Duration::ZERO;
     }
 
-    /// 0 with no failures, then 2 s, 4 s, 8 s … up to [`MAX_REPORT_BACKOFF`].
+    /// The cap of the wait after failures: 0 with none, then 2 s, 4 s, 8 s … up to
+    /// [`MAX_REPORT_BACKOFF`]; the wait itself is drawn between half of it and all of it.
     fn backoff(&self) -> Duration {
         match self.failures {
             0 => Duration::ZERO,
@@ -434,7 +442,8 @@ mod tests {
             })
             .collect();
         assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert!(schedule.wait >= Duration::from_secs(30) && schedule.wait <= Duration::from_secs(60));
         schedule.succeeded();
-        assert_eq!(schedule.backoff(), Duration::ZERO);
+        assert_eq!((schedule.backoff(), schedule.wait), (Duration::ZERO, Duration::ZERO));
     }
 }

@@ -3,6 +3,7 @@
 //! restart or another edge starts empty, which suits what it is for (rate limits, caches).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ pub const MAX_VALUE: usize = 4096;
 pub const MAX_ENTRIES: usize = 50_000;
 pub const MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// All spaces of the edge together: many accounts each filling theirs cannot exhaust memory.
+pub const MAX_TOTAL_BYTES: usize = 256 * 1024 * 1024;
 /// What an entry costs besides its key and value, so that many tiny entries are bounded too.
 const ENTRY_OVERHEAD: usize = 64;
 
@@ -22,11 +25,17 @@ const ENTRY_OVERHEAD: usize = 64;
 #[derive(Default)]
 pub struct KvStores {
     spaces: DashMap<(AccountId, Arc<str>), Arc<Mutex<Space>>>,
+    /// Bytes held by all spaces, bounded by [`MAX_TOTAL_BYTES`].
+    total: Arc<AtomicUsize>,
 }
 
 impl KvStores {
     pub fn space(&self, account: AccountId, plugin: &Arc<str>) -> Arc<Mutex<Space>> {
-        self.spaces.entry((account, plugin.clone())).or_default().clone()
+        let total = &self.total;
+        self.spaces
+            .entry((account, plugin.clone()))
+            .or_insert_with(|| Arc::new(Mutex::new(Space::new(total.clone()))))
+            .clone()
     }
 }
 
@@ -42,10 +51,11 @@ impl Entry {
 }
 
 /// One plugin's entries for one account.
-#[derive(Default)]
 pub struct Space {
     entries: HashMap<String, Entry>,
     bytes: usize,
+    /// The edge-wide count this space's bytes are part of.
+    total: Arc<AtomicUsize>,
     /// When expired entries were last dropped: a full space is swept at most every
     /// [`SWEEP_INTERVAL`], so a flood of writes to a full store does not scan it on every write.
     last_sweep: Option<Instant>,
@@ -54,6 +64,15 @@ pub struct Space {
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Space {
+    fn new(total: Arc<AtomicUsize>) -> Self {
+        Self {
+            entries: HashMap::new(),
+            bytes: 0,
+            total,
+            last_sweep: None,
+        }
+    }
+
     pub fn get(&mut self, key: &str, now: Instant) -> Option<Vec<u8>> {
         self.live(key, now).map(|e| e.value.clone())
     }
@@ -100,8 +119,13 @@ impl Space {
 
     pub fn delete(&mut self, key: &str) {
         if let Some(old) = self.entries.remove(key) {
-            self.bytes -= Entry::cost(key, &old.value);
+            self.release(Entry::cost(key, &old.value));
         }
+    }
+
+    fn release(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
@@ -124,6 +148,14 @@ impl Space {
                 "the key-value store is full ({MAX_ENTRIES} entries or {MAX_BYTES} bytes per plugin and account)"
             ));
         }
+        let grows = cost.saturating_sub(replaced);
+        if grows > 0 && self.total.fetch_add(grows, Ordering::Relaxed) + grows > MAX_TOTAL_BYTES {
+            self.total.fetch_sub(grows, Ordering::Relaxed);
+            return Err(format!(
+                "the edge's key-value stores are full ({MAX_TOTAL_BYTES} bytes in all)"
+            ));
+        }
+        self.total.fetch_sub(replaced.saturating_sub(cost), Ordering::Relaxed);
         self.bytes = self.bytes - replaced + cost;
         self.entries.insert(key, Entry { value, expires });
         Ok(())
@@ -139,7 +171,7 @@ impl Space {
             }
             keep
         });
-        self.bytes -= freed;
+        self.release(freed);
     }
 }
 
@@ -167,7 +199,7 @@ mod tests {
 
     #[test]
     fn entries_expire_and_counters_count() {
-        let mut space = Space::default();
+        let mut space = Space::new(Arc::default());
         let t0 = Instant::now();
         space.set("a".into(), b"1".to_vec(), 1000, t0).unwrap();
         assert_eq!(space.get("a", t0), Some(b"1".to_vec()));
@@ -182,7 +214,7 @@ mod tests {
 
     #[test]
     fn compare_and_swap_sees_changes() {
-        let mut space = Space::default();
+        let mut space = Space::new(Arc::default());
         let now = Instant::now();
         assert_eq!(
             space.compare_and_swap("k".into(), None, b"1".to_vec(), 0, now),
@@ -201,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_full_space_refuses_writes_until_entries_expire() {
-        let mut space = Space::default();
+        let mut space = Space::new(Arc::default());
         let now = Instant::now();
         let value = vec![0u8; MAX_VALUE];
         let fit = MAX_BYTES / Entry::cost("key-00000", &value);
@@ -217,5 +249,21 @@ mod tests {
         assert_eq!(space.entries.len(), 1, "the expired entries were dropped");
         assert!(space.set("x".repeat(MAX_KEY + 1), Vec::new(), 0, now).is_err());
         assert!(space.set("big".into(), vec![0; MAX_VALUE + 1], 0, now).is_err());
+    }
+
+    #[test]
+    fn all_spaces_together_are_bounded() {
+        let total = Arc::new(AtomicUsize::new(MAX_TOTAL_BYTES - 200));
+        let (mut a, mut b) = (Space::new(total.clone()), Space::new(total.clone()));
+        let now = Instant::now();
+        a.set("k".into(), vec![0; 100], 0, now).unwrap();
+        let error = b.set("k".into(), vec![0; 100], 0, now).unwrap_err();
+        assert!(error.contains("in all"), "{error}");
+        a.delete("k");
+        b.set("k".into(), vec![0; 100], 0, now).unwrap();
+        assert_eq!(
+            total.load(Ordering::Relaxed),
+            MAX_TOTAL_BYTES - 200 + Entry::cost("k", &[0; 100])
+        );
     }
 }
