@@ -9,8 +9,7 @@ use std::time::Instant;
 use burrow_protocol::body::{BodyError, FramedBody, send_body, splice};
 use burrow_protocol::headers::{self, is_websocket_upgrade, strip_hop_by_hop};
 use burrow_protocol::{
-    AccountId, Frame, RequestHead, RequestKind, ResponseHead, Scheme, StreamErrorCode, TunnelCodec, TunnelId,
-    error_code,
+    Frame, RequestHead, RequestKind, ResponseHead, Scheme, StreamErrorCode, TunnelCodec, TunnelId, error_code,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -88,7 +87,7 @@ async fn forward(
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_checks::check(&req)?;
-    let (destination, plugins, scope) = {
+    let (destination, plugins, (route_pattern, account)) = {
         // One atomic load; copy out what we need so no guard is held across awaits.
         let table = state.routes.load();
         if let Some(sni) = &client.sni {
@@ -101,10 +100,7 @@ async fn forward(
         // What plugins see of the route (a pool may have a balancer): no copy for requests that
         // run none.
         let balanced = matches!(route.target, Target::Pool(i) if table.pools()[i].spec.balancer.is_some());
-        let scope = (!plugins.is_empty() || balanced).then(|| {
-            let account = table.route_account(route).unwrap_or(AccountId(uuid::Uuid::nil()));
-            (route.hostname.clone(), account)
-        });
+        let scope = (!plugins.is_empty() || balanced).then(|| (route.hostname.clone(), table.route_account(route)));
         let destination = match route.target {
             Target::Tunnel(id) => Destination::Tunnel {
                 id,
@@ -116,10 +112,8 @@ async fn forward(
                 index,
             },
         };
-        let nobody = || (String::new(), AccountId(uuid::Uuid::nil()));
-        (destination, plugins, scope.unwrap_or_else(nobody))
+        (destination, plugins, scope.unwrap_or_default())
     };
-    let (route_pattern, account) = scope;
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -129,6 +123,14 @@ async fn forward(
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     if !plugins.is_empty() {
+        // Key-value spaces are per account: a route without a known owner (which the table build
+        // rules out) runs no plugin rather than share one.
+        let account = account.ok_or_else(|| {
+            ProxyError::PluginFailed(PluginError {
+                plugin: plugins.first().map(|b| b.plugin.clone()).unwrap_or_default(),
+                reason: "the route's account is unknown".into(),
+            })
+        })?;
         let request = PluginRequest {
             method: parts.method.clone(),
             authority: host.clone(),
@@ -163,7 +165,7 @@ async fn forward(
                 account: pool.account,
             };
             let candidates = pool.candidates(&|t| state.registry.load(t), None);
-            let chosen = balance(state, binding.clone(), request, candidates).await;
+            let chosen = balance(state, binding, request, candidates).await;
             steering_key.preferred = chosen.and_then(|i| pool.spec.origins.get(i as usize)).map(|o| o.tunnel);
         }
     }
@@ -477,12 +479,12 @@ async fn run_plugins(
 /// the edge chooses instead (the plugin host trips a balancer that keeps failing).
 async fn balance(
     state: &EdgeState,
-    binding: PluginBinding,
+    binding: &PluginBinding,
     request: PluginRequest,
     candidates: Vec<crate::plugin_host::Candidate>,
 ) -> Option<u32> {
     let host = state.config.plugins.clone()?;
-    match host.select_origin(&binding, request, candidates).await {
+    match host.select_origin(binding, request, candidates).await {
         Ok(choice) => choice,
         Err(e) => {
             tracing::debug!("{e}; the edge chooses the origin");

@@ -283,6 +283,79 @@ impl TestEdge {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
     }
+
+    /// Serve a tunnel created in this edge's store (`ControlPlane::create_tunnel`) from `origin`
+    /// with a connector of `connections` connections, once the edge's table holds the tunnel (a
+    /// connector refused at its first registration gives up, as with wrong credentials).
+    pub async fn serve_store_tunnel(
+        &self,
+        tunnel: &burrow_edge::resources::Tunnel,
+        secret: TunnelSecret,
+        origin: &str,
+        connections: u8,
+    ) -> TestConnector {
+        let credentials = self.credentials(&TestTunnel {
+            id: tunnel.id,
+            name: tunnel.name.clone(),
+            account: tunnel.account,
+            secret,
+        });
+        eventually(Duration::from_secs(10), "the edge to know the tunnel", || async {
+            self.state.routes.load().tunnel(&tunnel.id).is_some()
+        })
+        .await;
+        let connector = TestConnector::to_url(credentials, origin, connections);
+        connector.wait_ready(usize::from(connections)).await;
+        connector
+    }
+}
+
+/// Clients sending GET / to one hostname in a loop until [`Load::finish`]: how many got a 200,
+/// and what the others got.
+pub struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    clients: Vec<JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(edge: SocketAddr, host: &str, headers: &[(&str, &str)], clients: usize) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, host, headers) = (stop.clone(), host.to_owned(), headers.clone());
+                tokio::spawn(async move {
+                    let client = http1_client();
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    while !stop.is_cancelled() {
+                        let mut request = Request::get(format!("http://{edge}/")).header("host", &host);
+                        for (name, value) in &headers {
+                            request = request.header(name, value);
+                        }
+                        match client.request(request.body(empty()).unwrap()).await {
+                            Ok(response) if response.status() == StatusCode::OK => ok += 1,
+                            Ok(response) => failed.push(response.status().to_string()),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    /// Stop the clients: requests answered 200, and the others' statuses or errors.
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.cancel();
+        let (mut ok, mut failed) = (0, Vec::new());
+        for client in self.clients {
+            let (n, f) = client.await.unwrap();
+            ok += n;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
 }
 
 /// A connector running in this process.

@@ -448,20 +448,9 @@ async fn route_changes_apply_live_without_failing_requests() {
         .await
         .unwrap();
     let origin = named_origin("ok").await;
-    let credentials = edge.credentials(&TestTunnel {
-        id: tunnel.id,
-        name: "web".into(),
-        account: account.id,
-        secret,
-    });
-    // A connector refused at its first registration gives up (wrong credentials), so start it
-    // once the edge has applied the table that holds the new tunnel.
-    eventually(Duration::from_secs(10), "the edge to know the tunnel", || async {
-        edge.state.routes.load().tunnel(&tunnel.id).is_some()
-    })
-    .await;
-    let connector = TestConnector::to_url(credentials, &format!("http://{origin}"), 2);
-    connector.wait_ready(2).await;
+    let connector = edge
+        .serve_store_tunnel(&tunnel, secret, &format!("http://{origin}"), 2)
+        .await;
     let http = edge.http;
     eventually(Duration::from_secs(10), "the first table from the store", || async {
         matches!(get(&http1_client(), http, "stable.test", "/").await, Ok(r) if r.status == StatusCode::OK)
@@ -469,21 +458,7 @@ async fn route_changes_apply_live_without_failing_requests() {
     .await;
 
     // A bounded load on one hostname while 100 other routes change.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let load = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let client = http1_client();
-            let (mut ok, mut failed) = (0, 0);
-            while !stop.is_cancelled() {
-                match get(&client, http, "stable.test", "/").await {
-                    Ok(r) if r.status == StatusCode::OK => ok += 1,
-                    _ => failed += 1,
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = Load::start(http, "stable.test", &[], 1);
     for i in 0..100 {
         control
             .route(
@@ -501,9 +476,11 @@ async fn route_changes_apply_live_without_failing_requests() {
         matches!(get(&http1_client(), http, "h99.test", "/").await, Ok(r) if r.status == StatusCode::OK)
     })
     .await;
-    stop.cancel();
-    let (ok, failed) = load.await.unwrap();
-    assert_eq!(failed, 0, "no request fails while routes change ({ok} succeeded)");
+    let (ok, failed) = load.finish().await;
+    assert!(
+        failed.is_empty(),
+        "no request fails while routes change ({ok} succeeded): {failed:?}"
+    );
     assert!(ok > 0);
     assert!(
         dir.path().join("snapshot.json").exists(),

@@ -619,41 +619,15 @@ async fn swapping_plugins_under_load_fails_no_request() {
         .await
         .unwrap();
     let origin = named_origin("ok").await;
-    let credentials = edge.credentials(&TestTunnel {
-        id: tunnel.id,
-        name: "web".into(),
-        account: account.id,
-        secret,
-    });
-    eventually(Duration::from_secs(10), "the edge to know the tunnel", || async {
+    let connector = edge
+        .serve_store_tunnel(&tunnel, secret, &format!("http://{origin}"), 1)
+        .await;
+    eventually(Duration::from_secs(10), "the route to be served", || async {
         edge.state.routes.load().lookup("swap.test").is_some()
     })
     .await;
-    let connector = TestConnector::to_url(credentials, &format!("http://{origin}"), 1);
-    connector.wait_ready(1).await;
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (stop, http) = (stop.clone(), edge.http);
-        load.push(tokio::spawn(async move {
-            let client = http1_client();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                let request = http::Request::get(format!("http://{http}/"))
-                    .header("host", "swap.test")
-                    .header("x-api-key", "k2")
-                    .body(empty())
-                    .unwrap();
-                match client.request(request).await {
-                    Ok(response) if response.status() == StatusCode::OK => ok += 1,
-                    Ok(response) => failed.push(response.status().to_string()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start(edge.http, "swap.test", &[("x-api-key", "k2")], 4);
     for round in 1..=12 {
         let chain = chains[round % chains.len()].clone();
         control
@@ -670,18 +644,12 @@ async fn swapping_plugins_under_load_fails_no_request() {
         .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for task in load {
-        let (n, f) = task.await.unwrap();
-        ok += n;
-        failed.extend(f);
-    }
+    let (ok, failed) = load.finish().await;
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {failed:?}",
         failed.len(),
-        ok as usize + failed.len()
+        ok + failed.len()
     );
     assert!(ok >= 100, "the load ran ({ok} requests)");
     connector.stop().await.unwrap();
