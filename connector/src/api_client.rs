@@ -88,13 +88,25 @@ impl ApiClient {
         body: Option<Value>,
         headers: &[(&str, String)],
     ) -> Result<Value> {
-        let url = format!("{}{path}", self.login.api.trim_end_matches('/'));
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        self.send(method, path, body, "application/json", headers).await
+    }
+
+    /// [`Self::call_with`] with a body of any type (e.g. a plugin's `.wasm`).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.login.api.trim_end_matches('/'));
         let mut request = Request::builder()
             .method(method)
             .uri(&url)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.login.token))
-            .header(header::CONTENT_TYPE, "application/json");
+            .header(header::CONTENT_TYPE, content_type);
         for (name, value) in headers {
             request = request.header(*name, value);
         }

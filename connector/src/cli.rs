@@ -70,6 +70,12 @@ enum Command {
     /// Load-balanced pools of tunnels: origins, steering, health checks, fallback.
     #[command(subcommand)]
     Pool(crate::pools::PoolCommand),
+    /// WebAssembly plugins: upload, list, delete.
+    #[command(subcommand)]
+    Plugin(crate::plugins::PluginCommand),
+    /// Hostname routes: their plugin chains.
+    #[command(subcommand)]
+    Route(crate::plugins::RouteCommand),
 }
 
 #[derive(Subcommand)]
@@ -205,6 +211,8 @@ pub fn main() -> ExitCode {
             overwrite_dns,
         })) => crate::pools::route_lb(&tunnel, &hostname, &pool, overwrite_dns),
         Command::Pool(command) => crate::pools::run(command),
+        Command::Plugin(command) => crate::plugins::run(command),
+        Command::Route(command) => crate::plugins::run_route(command),
         Command::Tunnel(TunnelCommand::Run(args)) => run_tunnel(args),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Validate { config })) => validate(config),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Rule { url, config })) => rule(&url, config),

@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod ingress;
 pub mod manage;
 pub mod origin;
+pub mod plugins;
 pub mod pools;
 pub mod status;
 pub mod tls;

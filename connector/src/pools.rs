@@ -56,7 +56,8 @@ pub struct Settings {
     /// For hash steering: client-ip, header:NAME or cookie:NAME.
     #[arg(long)]
     hash_on: Option<String>,
-    /// For plugin steering: the balancer plugin's name.
+    /// For plugin steering: the balancer plugin, NAME or NAME@VERSION [default: the latest
+    /// uploaded version, else the operator's plugin of that name].
     #[arg(long)]
     balancer: Option<String>,
     /// Pool that serves when this one has no healthy origin.
@@ -150,16 +151,13 @@ pub fn run(command: PoolCommand) -> Result<()> {
                 };
                 push_origin(&mut spec, tunnel, weight, true)?;
             }
-            settings.apply(&mut spec);
+            settings.apply(&mut spec)?;
             let path = pool_path(&name)?;
             rt.block_on(api.call_with(Method::PUT, &path, Some(spec), &[("if-none-match", "*".into())]))?;
             println!("Created pool {name} with {} origin(s)", origins.len());
             Ok(())
         }
-        PoolCommand::Set { name, settings } => rt.block_on(edit(&api, &name, |spec| {
-            settings.apply(spec);
-            Ok(())
-        })),
+        PoolCommand::Set { name, settings } => rt.block_on(edit(&api, &name, |spec| settings.apply(spec))),
         PoolCommand::List { output } => {
             let body = rt.block_on(api.call(Method::GET, "/v1/pools", None))?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
@@ -332,8 +330,8 @@ async fn monitor(api: &ApiClient, command: MonitorCommand) -> Result<()> {
 }
 
 impl Settings {
-    fn apply(&self, spec: &mut Value) {
-        let Some(map) = spec.as_object_mut() else { return };
+    fn apply(&self, spec: &mut Value) -> Result<()> {
+        let Some(map) = spec.as_object_mut() else { return Ok(()) };
         let mut set = |key: &str, value: Option<Value>, clear: bool| {
             if let Some(value) = value {
                 map.insert(key.into(), value);
@@ -345,7 +343,13 @@ impl Settings {
         set("steering", self.steering.clone().map(Value::from), false);
         // A new steering policy drops settings that only applied to the old one.
         set("hash-on", self.hash_on.clone().map(Value::from), changes_steering);
-        let balancer = self.balancer.clone().map(|plugin| json!({ "plugin": plugin }));
+        let balancer = match &self.balancer {
+            Some(reference) => {
+                let (plugin, version) = crate::plugins::plugin_ref(reference)?;
+                Some(json!({ "plugin": plugin, "version": version }))
+            }
+            None => None,
+        };
         set("balancer", balancer, changes_steering);
         set("fallback", self.fallback.clone().map(Value::from), self.no_fallback);
         set(
@@ -353,6 +357,7 @@ impl Settings {
             self.affinity_ttl.map(Value::from),
             self.no_affinity,
         );
+        Ok(())
     }
 }
 

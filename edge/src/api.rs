@@ -10,7 +10,12 @@
 //! | GET, DELETE | /v1/tunnels/{name or id} | one tunnel with its connections; delete (`?force=true`) |
 //! | DELETE | /v1/tunnels/{ref}/connections | drop stale connection records |
 //! | GET | /v1/routes | the caller's hostname routes |
-//! | PUT, DELETE | /v1/routes/{hostname} | route `{"tunnel" or "pool", "overwrite", "plugins"}`; unroute |
+//! | GET, PUT, DELETE | /v1/routes/{hostname} | one route with its revision; route `{"tunnel" or "pool", "overwrite", "plugins"}`; unroute |
+//! | PUT | /v1/routes/{hostname}/plugins | replace the route's plugin chain `{"plugins"}` (`If-Match: "REV"`) |
+//! | GET | /v1/plugins | the caller's uploaded plugin versions, with what binds each |
+//! | PUT | /v1/plugins/{name} | upload a component (body: the `.wasm`) as the next version |
+//! | DELETE | /v1/plugins/{name}[/{version}] | delete every version, or one (refused while bound) |
+//! | GET | /v1/plugin-wasm/{account}/{name}/{version} | node token: a plugin version's component, for edge-only nodes |
 //! | GET | /v1/pools | the caller's pools |
 //! | GET, PUT, DELETE | /v1/pools/{name} | one pool with each origin's health on this edge; create or replace (body: the pool spec; `If-Match: "REV"`, or `If-None-Match: *` to only create); delete |
 //! | GET | /v1/watch | node token: NDJSON stream of routing snapshots, for edge-only nodes |
@@ -32,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
 use crate::health::{HealthReport, origin_report};
+use crate::plugin_catalog::{MAX_PLUGIN_SIZE, PluginKind};
 use crate::plugin_host::MAX_REUSE;
 use crate::resources::{ControlPlane, CpError, PoolDoc, RouteTo, Tunnel};
 use crate::route_table::PluginBinding;
@@ -115,6 +121,23 @@ async fn serve(state: &EdgeState, req: Request<Incoming>) -> Response<ApiBody> {
     if let (Some(cp), "/v1/watch") = (&state.control, req.uri().path()) {
         return match watch(cp, &req).await {
             Ok(response) => response,
+            Err(e) => error_response(e),
+        };
+    }
+    if let (Some(cp), Some(rest), &Method::GET) = (
+        &state.control,
+        req.uri().path().strip_prefix("/v1/plugin-wasm/"),
+        req.method(),
+    ) {
+        let rest = rest.to_owned();
+        return match plugin_wasm(cp, &rest, &req).await {
+            Ok(wasm) => {
+                let mut response = Response::new(Full::new(Bytes::from(wasm)).boxed_unsync());
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/wasm"));
+                response
+            }
             Err(e) => error_response(e),
         };
     }
@@ -221,6 +244,24 @@ async fn put_health(cp: &ControlPlane, node: &str, req: Request<Incoming>) -> Re
     Ok(())
 }
 
+/// `GET /v1/plugin-wasm/{account}/{name}/{version}` (node token): the component of a plugin
+/// version, for an edge-only node loading what its snapshot binds.
+async fn plugin_wasm(cp: &ControlPlane, rest: &str, req: &Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+    let denied = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let token = bearer(req).ok_or_else(|| denied("a node token is required"))?;
+    if cp.authenticate_node(token).await?.is_none() {
+        return Err(denied("invalid node token"));
+    }
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such plugin version");
+    let [account, name, version] = rest.split('/').collect::<Vec<_>>()[..] else {
+        return Err(not_found());
+    };
+    let account = account.parse::<uuid::Uuid>().map_err(|_| not_found())?;
+    let version = version.parse::<u32>().map_err(|_| not_found())?;
+    let doc = cp.plugin_version(AccountId(account), name, Some(version)).await?;
+    Ok(cp.plugin_wasm(&doc).await?)
+}
+
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     value.strip_prefix("Bearer ").map(str::trim)
@@ -319,11 +360,12 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
                 pool: Option<String>,
                 #[serde(default)]
                 overwrite: bool,
+                /// Absent: keep the route's current chain.
                 #[serde(default)]
-                plugins: Vec<crate::route_table::PluginBinding>,
+                plugins: Option<Vec<PluginBinding>>,
             }
             let hostname = (*hostname).to_owned();
-            let body: Put = json_body(req).await?;
+            let mut body: Put = json_body(req).await?;
             let to = match (&body.tunnel, &body.pool) {
                 (Some(tunnel), None) => RouteTo::Tunnel(tunnel),
                 (None, Some(pool)) => RouteTo::Pool(pool),
@@ -335,12 +377,100 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
                     ));
                 }
             };
-            for binding in &body.plugins {
-                check_plugin(state, binding, false)?;
+            for binding in body.plugins.iter_mut().flatten() {
+                check_plugin(state, cp, account, binding, false).await?;
             }
             let route = cp.route(account, &hostname, to, body.overwrite, body.plugins).await?;
             tracing::info!(%account, hostname = %route.hostname, tunnel = ?route.tunnel, pool = ?route.pool, "route set");
             Ok((StatusCode::OK, json!(route)))
+        }
+        (&Method::GET, ["routes", hostname]) => {
+            let (route, revision) = cp.route_doc(account, hostname).await?;
+            let mut body = json!(route);
+            body["revision"] = json!(revision);
+            Ok((StatusCode::OK, body))
+        }
+        (&Method::PUT, ["routes", hostname, "plugins"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Chain {
+                plugins: Vec<PluginBinding>,
+            }
+            let hostname = (*hostname).to_owned();
+            let expect = precondition(&req)?;
+            let mut body: Chain = json_body(req).await?;
+            for binding in &mut body.plugins {
+                check_plugin(state, cp, account, binding, false).await?;
+            }
+            let route = cp.set_route_plugins(account, &hostname, body.plugins, expect).await?;
+            tracing::info!(%account, hostname = %route.hostname, plugins = route.plugins.len(), "route plugins set");
+            Ok((StatusCode::OK, json!(route)))
+        }
+        (&Method::GET, ["plugins"]) => {
+            let versions = cp.plugin_versions(account, None).await?;
+            let routes = cp.list_routes(account).await?;
+            let pools = cp.list_pools(account).await?;
+            let items: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let mut bound: Vec<String> = routes
+                        .iter()
+                        .filter(|r| r.plugins.iter().any(|b| v.is_bound_by(b)))
+                        .map(|r| format!("route {}", r.hostname))
+                        .collect();
+                    bound.extend(
+                        pools
+                            .iter()
+                            .filter(|p| p.spec.balancer.as_ref().is_some_and(|b| v.is_bound_by(b)))
+                            .map(|p| format!("pool {}", p.name)),
+                    );
+                    let mut item = json!(v);
+                    item["bound"] = json!(bound);
+                    item
+                })
+                .collect();
+            Ok((StatusCode::OK, json!({ "items": items })))
+        }
+        (&Method::PUT, ["plugins", name]) => {
+            let name = (*name).to_owned();
+            crate::resources::validate_name("name", &name)?;
+            let wasm = raw_body(req, MAX_PLUGIN_SIZE, Duration::from_secs(120)).await?;
+            check_component_header(&wasm)?;
+            let host = state.config.plugins.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_plugin_host",
+                    "this edge runs no plugin host; upload to an edge that serves the store",
+                )
+            })?;
+            let wasm: std::sync::Arc<[u8]> = wasm.to_vec().into();
+            let kind = host.check_upload(&name, wasm.clone()).await.map_err(|e| ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_plugin",
+                message: format!("{e:#}"),
+                field: Some("wasm"),
+            })?;
+            let (version, created) = cp.put_plugin(account, &name, &wasm, kind).await?;
+            tracing::info!(%account, plugin = %name, version = version.version, sha256 = %version.sha256, created, "plugin uploaded");
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok((status, json!(version)))
+        }
+        (&Method::DELETE, ["plugins", name]) => {
+            let deleted = cp.delete_plugin(account, name, None).await?;
+            tracing::info!(%account, plugin = %name, versions = deleted.len(), "plugin deleted");
+            Ok((StatusCode::OK, json!({ "deleted": deleted })))
+        }
+        (&Method::DELETE, ["plugins", name, version]) => {
+            let version = version.parse::<u32>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no version {version:?} of plugin {name:?}"),
+                )
+            })?;
+            let deleted = cp.delete_plugin(account, name, Some(version)).await?;
+            tracing::info!(%account, plugin = %name, version, "plugin version deleted");
+            Ok((StatusCode::OK, json!({ "deleted": deleted })))
         }
         (&Method::DELETE, ["routes", hostname]) => {
             cp.delete_route(account, hostname).await?;
@@ -361,9 +491,9 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
         (&Method::PUT, ["pools", name]) => {
             let name = (*name).to_owned();
             let expect = precondition(&req)?;
-            let spec: crate::pool::PoolSpec<String> = json_body(req).await?;
-            if let Some(balancer) = &spec.balancer {
-                check_plugin(state, balancer, true)?;
+            let mut spec: crate::pool::PoolSpec<String> = json_body(req).await?;
+            if let Some(balancer) = &mut spec.balancer {
+                check_plugin(state, cp, account, balancer, true).await?;
             }
             let pool = cp.put_pool(account, &name, spec, expect).await?;
             tracing::info!(%account, pool = %name, origins = pool.spec.origins.len(), "pool set");
@@ -399,19 +529,51 @@ async fn json_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 }
 
 async fn json_body_limited<T: for<'de> Deserialize<'de>>(req: Request<Incoming>, limit: usize) -> Result<T, ApiError> {
+    let bytes = raw_body(req, limit, Duration::from_secs(30)).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("request body: {e}")))
+}
+
+/// The whole request body, at most `limit` bytes, received within `timeout`.
+async fn raw_body(req: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     let read = Limited::new(req.into_body(), limit).collect();
-    let bytes = tokio::time::timeout(Duration::from_secs(30), read)
+    let bytes = tokio::time::timeout(timeout, read)
         .await
-        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body took over 30s"))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the request body took over {}s", timeout.as_secs()),
+            )
+        })?
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("request bodies are limited to {limit} bytes"),
+                format!("this request body is limited to {limit} bytes"),
             )
         })?;
-    serde_json::from_slice(&bytes.to_bytes())
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("request body: {e}")))
+    Ok(bytes.to_bytes())
+}
+
+/// Refuse what is plainly not a component before compiling anything.
+fn check_component_header(wasm: &[u8]) -> Result<(), ApiError> {
+    let invalid = |message: &str| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_plugin",
+        message: message.to_owned(),
+        field: Some("wasm"),
+    };
+    match wasm.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(invalid(
+            "this is a core WebAssembly module, not a component: build the plugin with \
+             `cargo build --release --target wasm32-wasip2`",
+        )),
+        _ => Err(invalid(
+            "not a WebAssembly component (the file does not start with \\0asm)",
+        )),
+    }
 }
 
 /// A query parameter's raw value.
@@ -423,16 +585,23 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         .map(|(_, v)| v)
 }
 
-/// A binding must name a plugin loaded on this edge, of the right kind: a config that could not
-/// run is refused here instead of failing requests later.
-fn check_plugin(state: &EdgeState, binding: &PluginBinding, balancer: bool) -> Result<(), ApiError> {
+/// A binding must name a plugin the account uploaded (its version is pinned here: the latest
+/// unless given) or one loaded on this edge by the operator, of the right kind: a binding that
+/// could not run is refused here instead of failing requests later.
+async fn check_plugin(
+    state: &EdgeState,
+    cp: &ControlPlane,
+    account: AccountId,
+    binding: &mut PluginBinding,
+    balancer: bool,
+) -> Result<(), ApiError> {
     let invalid = |message: String| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         code: "invalid",
         message,
         field: Some("plugins"),
     };
-    let name = &binding.plugin;
+    let name = binding.plugin.clone();
     if binding.reuse > MAX_REUSE {
         return Err(invalid(format!("reuse is at most {MAX_REUSE} requests per instance")));
     }
@@ -441,10 +610,22 @@ fn check_plugin(state: &EdgeState, binding: &PluginBinding, balancer: bool) -> R
             "a balancer always runs in a fresh instance: remove reuse from the pool's balancer".into(),
         ));
     }
-    let kind = state.config.plugins.as_ref().and_then(|host| host.is_balancer(name));
+    let kind = match cp.plugin_version(account, &name, binding.version).await {
+        Ok(uploaded) => {
+            binding.version = Some(uploaded.version);
+            Some(uploaded.kind == PluginKind::Balancer)
+        }
+        Err(CpError::NotFound(_)) if binding.version.is_none() => {
+            state.config.plugins.as_ref().and_then(|host| host.is_balancer(&name))
+        }
+        Err(CpError::NotFound(what)) => {
+            return Err(invalid(format!("{what} does not exist; see `burrow plugin list`")));
+        }
+        Err(e) => return Err(e.into()),
+    };
     match (kind, balancer) {
         (None, _) => Err(invalid(format!(
-            "plugin {name:?} is not loaded on this edge (burrow-edge run --plugin {name}=FILE.wasm)"
+            "plugin {name:?} does not exist: upload it with `burrow plugin upload {name} FILE.wasm`"
         ))),
         (Some(true), false) => Err(invalid(format!(
             "plugin {name:?} is a balancer: bind it to a pool (steering: plugin), not to a route"

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config_sync;
+use crate::plugin_host::PluginHost;
 use crate::resources::{ControlPlane, RouteTo};
 use crate::route_table::{RouteTable, hash_secret};
 use crate::store::sqlite::SqliteStore;
@@ -253,10 +254,13 @@ async fn run(args: RunArgs) -> Result<()> {
         (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
         _ => TlsIdentity::self_signed_in(&dir, &self_signed_names(&names))?,
     };
+    // Uploaded plugins come with a control plane (local store or remote); a tunnels file has
+    // only the operator's.
+    let plugins = load_plugins(&args.plugins, args.tunnels.is_none().then(|| dir.join("plugins")))?;
     let (table, control) = match (&args.tunnels, &args.control_plane) {
         (Some(file), _) => (TunnelsFile::load(file)?.to_table()?, None),
-        (None, Some(_)) => (snapshot_table(&dir)?.0, None),
-        (None, None) => open_control_plane(&dir)?,
+        (None, Some(_)) => (snapshot_table(&dir, plugins.as_ref()).await?.0, None),
+        (None, None) => open_control_plane(&dir, plugins.as_ref()).await?,
     };
     let mut config = EdgeConfig::new(node_name, tls);
     config.data_dir = Some(dir.clone());
@@ -269,7 +273,7 @@ async fn run(args: RunArgs) -> Result<()> {
     config.tunnel_idle_timeout = args.tunnel_idle_timeout;
     config.max_connections = args.max_connections;
     config.registrations_per_minute = args.registrations_per_minute;
-    config.plugins = load_plugins(&args.plugins)?;
+    config.plugins = plugins;
     let listeners = Listeners {
         http: bind_optional(&args.listen.http, "--http").await?,
         https: bind_optional(&args.listen.https, "--https").await?,
@@ -294,8 +298,11 @@ async fn run(args: RunArgs) -> Result<()> {
 
 /// The store in `dir`, and the table to serve until it has been read: the last snapshot. If the
 /// store cannot be opened, serve the snapshot alone (the control plane is down, the edge is not).
-fn open_control_plane(dir: &Path) -> Result<(RouteTable, Option<ControlPlane>)> {
-    let (table, has_snapshot) = snapshot_table(dir)?;
+async fn open_control_plane(
+    dir: &Path,
+    plugins: Option<&Arc<PluginHost>>,
+) -> Result<(RouteTable, Option<ControlPlane>)> {
+    let (table, has_snapshot) = snapshot_table(dir, plugins).await?;
     match SqliteStore::open(&dir.join("store.db")) {
         Ok(store) => Ok((table, Some(ControlPlane::new(store)))),
         Err(e) if has_snapshot => {
@@ -306,12 +313,16 @@ fn open_control_plane(dir: &Path) -> Result<(RouteTable, Option<ControlPlane>)> 
     }
 }
 
-/// Compile the `--plugin NAME=PATH` components (once, at start).
-fn load_plugins(specs: &[String]) -> Result<Option<Arc<crate::plugin_host::PluginHost>>> {
-    if specs.is_empty() {
+/// Compile the `--plugin NAME=PATH` components (once, at start). With `cache_dir`, the host
+/// also runs uploaded plugins, and keeps their compiled artifacts there.
+fn load_plugins(specs: &[String], cache_dir: Option<PathBuf>) -> Result<Option<Arc<PluginHost>>> {
+    if specs.is_empty() && cache_dir.is_none() {
         return Ok(None);
     }
-    let mut host = crate::plugin_host::PluginHost::new()?;
+    let mut host = PluginHost::new()?;
+    if let Some(dir) = cache_dir {
+        host.set_cache_dir(dir);
+    }
     for spec in specs {
         let (name, path) = spec
             .split_once('=')
@@ -322,15 +333,19 @@ fn load_plugins(specs: &[String]) -> Result<Option<Arc<crate::plugin_host::Plugi
     Ok(Some(Arc::new(host)))
 }
 
-/// The table of the last saved snapshot (empty if none), and whether there was one.
-fn snapshot_table(dir: &Path) -> Result<(RouteTable, bool)> {
+/// The table of the last saved snapshot (empty if none), and whether there was one. Uploaded
+/// plugins it binds come from the artifact cache (the control plane is not asked yet).
+async fn snapshot_table(dir: &Path, plugins: Option<&Arc<PluginHost>>) -> Result<(RouteTable, bool)> {
     let snapshot = config_sync::load_snapshot(dir).unwrap_or_else(|e| {
         tracing::warn!("ignoring the config snapshot: {e:#}");
         None
     });
     match &snapshot {
         Some(s) => {
-            let table = s.to_table().map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?;
+            let not_yet = |_| async { anyhow::bail!("not in the artifact cache; waiting for the control plane") };
+            let table = config_sync::build_table(plugins, s, not_yet)
+                .await
+                .map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?;
             tracing::info!(
                 revision = s.revision,
                 "serving the last config snapshot until the control plane answers"
@@ -499,7 +514,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     let (account, token) = control.create_account("dev").await?;
     let (tunnel, secret) = control.create_tunnel(account.id, "dev").await?;
     control
-        .route(account.id, "hello.localhost", RouteTo::Tunnel("dev"), false, Vec::new())
+        .route(account.id, "hello.localhost", RouteTo::Tunnel("dev"), false, None)
         .await?;
 
     let tls = TlsIdentity::generate_self_signed(&self_signed_names(&[]))?;

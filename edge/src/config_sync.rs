@@ -8,6 +8,7 @@
 //! The edge also holds a lease in the store and records each live tunnel connection under it
 //! (`burrow tunnel list/info` read them); if the edge dies, the lease expires and so do they.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,8 +18,11 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
+use crate::plugin_catalog::PluginVersion;
+use crate::plugin_host::PluginHost;
 use crate::registry::ConnectionInfo;
 use crate::resources::{Connection, ControlPlane, CpError, Snapshot, affects_routing};
+use crate::route_table::RouteTable;
 
 /// How long connection records outlive a silent edge.
 const NODE_LEASE_TTL: Duration = Duration::from_secs(15);
@@ -45,9 +49,13 @@ pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: Cancella
     tokio::spawn(keep_node_lease(state.clone(), shutdown.clone()));
     tokio::spawn(publish_health(state.clone(), shutdown.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(snapshots(cp, tx, shutdown));
+    tokio::spawn(snapshots(cp.clone(), tx, shutdown));
     while let Some(snapshot) = rx.recv().await {
-        apply(&state, &snapshot, &data_dir);
+        let fetch = |version: PluginVersion| {
+            let cp = cp.clone();
+            async move { Ok(cp.plugin_wasm(&version).await?) }
+        };
+        apply(&state, &snapshot, &data_dir, fetch).await;
     }
 }
 
@@ -100,10 +108,33 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
     }
 }
 
+/// Build the table of `snapshot`: first load the uploaded plugin versions it binds (from memory,
+/// the artifact cache, or `fetch` — compiled before the swap, never on the request path).
+pub async fn build_table<F, Fut>(
+    plugins: Option<&Arc<PluginHost>>,
+    snapshot: &Snapshot,
+    fetch: F,
+) -> Result<RouteTable, String>
+where
+    F: Fn(PluginVersion) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>>>,
+{
+    if let Some(host) = plugins {
+        host.prepare(&snapshot.plugins, fetch).await;
+    } else if !snapshot.plugins.is_empty() {
+        tracing::error!("the config binds uploaded plugins but this edge runs no plugin host");
+    }
+    snapshot.to_table(plugins.map(|host| &**host))
+}
+
 /// Build the table from `snapshot`, swap it in and keep the snapshot on disk; a snapshot that
 /// does not build is reported and the current table keeps serving.
-pub fn apply(state: &EdgeState, snapshot: &Snapshot, data_dir: &Path) {
-    match snapshot.to_table() {
+pub async fn apply<F, Fut>(state: &EdgeState, snapshot: &Snapshot, data_dir: &Path, fetch: F)
+where
+    F: Fn(PluginVersion) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>>>,
+{
+    match build_table(state.config.plugins.as_ref(), snapshot, fetch).await {
         Ok(table) => {
             state.swap_routes(table);
             if let Err(e) = write_snapshot(data_dir, snapshot) {

@@ -24,6 +24,7 @@ pub mod config_sync;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod plugin_catalog;
 pub mod plugin_host;
 pub mod plugin_kv;
 pub mod pool;

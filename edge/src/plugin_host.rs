@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::metrics::{CallResult, PluginCallMetrics, PluginMetrics};
+use crate::plugin_catalog::{PluginKind, PluginVersion, sha256_hex};
 use crate::plugin_kv::{KvStores, Space};
 use crate::route_table::PluginBinding;
 use burrow_protocol::AccountId;
@@ -119,6 +121,7 @@ struct HostState {
     wasi: WasiCtx,
     limits: StoreLimits,
     plugin: Arc<str>,
+    space_name: Arc<str>,
     config: String,
     account: AccountId,
     kv: Arc<KvStores>,
@@ -127,13 +130,19 @@ struct HostState {
 }
 
 struct LoadedPlugin {
+    /// For logs and metrics: `name`, or `name@version` for an uploaded plugin.
     name: Arc<str>,
+    /// The plugin's key-value space name (the same for every version).
+    space: Arc<str>,
+    /// Hex sha256 of the component (uploaded plugins).
+    sha256: String,
     world: World,
     consecutive_failures: AtomicU32,
     metrics: PluginCallMetrics,
 }
 
 /// Which world a component implements, ready to instantiate.
+#[derive(Clone)]
 enum World {
     /// Request hooks, bound to routes.
     Hooks(bindings::PluginPre<HostState>),
@@ -141,10 +150,16 @@ enum World {
     Balancer(balancer_bindings::BalancerPre<HostState>),
 }
 
-/// The compiled plugins of one edge, by name.
+/// The compiled plugins of one edge: the operator's (`--plugin`, by name) and the uploaded
+/// versions that the current route table binds.
 pub struct PluginHost {
     engine: Engine,
-    plugins: HashMap<String, LoadedPlugin>,
+    plugins: HashMap<String, Arc<LoadedPlugin>>,
+    uploaded: std::sync::Mutex<HashMap<UploadedKey, Arc<LoadedPlugin>>>,
+    /// Compiled components by sha256: uploads checked by the API, then what bindings use.
+    compiled: std::sync::Mutex<HashMap<String, World>>,
+    /// Where compiled components are kept across restarts (`<data-dir>/plugins`).
+    cache_dir: Option<PathBuf>,
     stop_ticker: Arc<AtomicBool>,
     slots: Arc<tokio::sync::Semaphore>,
     /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
@@ -152,6 +167,44 @@ pub struct PluginHost {
     kv: Arc<KvStores>,
     pub metrics: PluginMetrics,
 }
+
+impl World {
+    fn kind(&self) -> PluginKind {
+        match self {
+            World::Hooks(_) => PluginKind::Hooks,
+            World::Balancer(_) => PluginKind::Balancer,
+        }
+    }
+}
+
+impl LoadedPlugin {
+    fn kind(&self) -> PluginKind {
+        self.world.kind()
+    }
+}
+
+/// An uploaded plugin version of one account.
+type UploadedKey = (AccountId, String, u32);
+
+/// The uploaded plugin version a binding runs, found when the route table is built (no lookup
+/// per request). Empty for operator plugins and for versions this edge could not load.
+#[derive(Clone, Default)]
+pub struct ResolvedPlugin(Option<Arc<LoadedPlugin>>);
+
+impl std::fmt::Debug for ResolvedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.0.as_ref().map(|p| &*p.name);
+        write!(f, "ResolvedPlugin({name:?})")
+    }
+}
+
+/// Resolution is derived from the binding's fields, not part of what a binding is.
+impl PartialEq for ResolvedPlugin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ResolvedPlugin {}
 
 /// An instance kept between requests of one reuse-mode binding.
 struct Warm {
@@ -271,6 +324,9 @@ impl PluginHost {
         Ok(Self {
             engine,
             plugins: HashMap::new(),
+            uploaded: Default::default(),
+            compiled: Default::default(),
+            cache_dir: None,
             stop_ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             warm_idle: Arc::new(AtomicUsize::new(0)),
@@ -285,48 +341,201 @@ impl PluginHost {
         self.slots.acquire().await.ok()
     }
 
-    /// Compile and link a component under `name`; errors name what is wrong with it.
+    /// Keep compiled uploaded plugins in `dir`, so a restart does not compile them again.
+    pub fn set_cache_dir(&mut self, dir: PathBuf) {
+        self.cache_dir = Some(dir);
+    }
+
+    /// Compile and link an operator plugin under `name`; errors name what is wrong with it.
     pub fn load(&mut self, name: &str, wasm: &[u8]) -> Result<()> {
         let component = Component::from_binary(&self.engine, wasm)
             .map_err(|e| anyhow::anyhow!("plugin {name:?} is not a valid WebAssembly component: {e:?}"))?;
+        let world = self.link(name, &component)?;
+        let loaded = self.loaded(name.into(), name.into(), String::new(), world);
+        tracing::info!(plugin = name, kind = ?loaded.kind(), "plugin loaded");
+        self.plugins.insert(name.to_owned(), Arc::new(loaded));
+        Ok(())
+    }
+
+    fn loaded(&self, name: Arc<str>, space: Arc<str>, sha256: String, world: World) -> LoadedPlugin {
+        LoadedPlugin {
+            metrics: self.metrics.for_plugin(&name),
+            name,
+            space,
+            sha256,
+            world,
+            consecutive_failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Link a component against the host: it must implement one of the two worlds.
+    fn link(&self, name: &str, component: &Component) -> Result<World> {
         let mut linker = Linker::<HostState>::new(&self.engine);
         bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(|e| anyhow::anyhow!("linking host functions: {e:?}"))?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
         let pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| anyhow::anyhow!("plugin {name:?} does not fit the burrow:plugin contract: {e:?}"))?;
-        let world = match bindings::PluginPre::new(pre.clone()) {
-            Ok(hooks) => World::Hooks(hooks),
-            Err(hooks_error) => World::Balancer(balancer_bindings::BalancerPre::new(pre).map_err(|e| {
-                anyhow::anyhow!(
-                    "plugin {name:?} exports neither on-request-headers (world plugin: {hooks_error:?}) \
+        match bindings::PluginPre::new(pre.clone()) {
+            Ok(hooks) => Ok(World::Hooks(hooks)),
+            Err(hooks_error) => Ok(World::Balancer(balancer_bindings::BalancerPre::new(pre).map_err(
+                |e| {
+                    anyhow::anyhow!(
+                        "plugin {name:?} exports neither on-request-headers (world plugin: {hooks_error:?}) \
                      nor select-origin (world balancer: {e:?})"
-                )
-            })?),
-        };
-        let kind = match world {
-            World::Hooks(_) => "request hooks",
-            World::Balancer(_) => "balancer",
-        };
-        let loaded = LoadedPlugin {
-            name: name.into(),
-            world,
-            consecutive_failures: AtomicU32::new(0),
-            metrics: self.metrics.for_plugin(name),
-        };
-        self.plugins.insert(name.to_owned(), loaded);
-        tracing::info!(plugin = name, kind, "plugin loaded");
-        Ok(())
+                    )
+                },
+            )?)),
+        }
     }
 
-    pub fn is_loaded(&self, name: &str) -> bool {
-        self.plugins.contains_key(name)
-    }
-
-    /// Whether `name` is loaded and is a balancer (`Some(true)`) or request hooks (`Some(false)`).
+    /// Whether `name` is an operator plugin and a balancer (`Some(true)`) or request hooks
+    /// (`Some(false)`).
     pub fn is_balancer(&self, name: &str) -> Option<bool> {
-        self.plugins.get(name).map(|p| matches!(p.world, World::Balancer(_)))
+        self.plugins.get(name).map(|p| p.kind() == PluginKind::Balancer)
+    }
+
+    /// Check an upload: compile it (off the runtime's workers) and say which world it implements.
+    /// The compiled component is kept for the edge to use once the upload is bound.
+    pub async fn check_upload(self: &Arc<Self>, name: &str, wasm: Arc<[u8]>) -> Result<PluginKind> {
+        let (host, name) = (self.clone(), name.to_owned());
+        let world = tokio::task::spawn_blocking(move || host.compile(&name, &sha256_hex(&wasm), Some(&wasm)))
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("no component to compile"))?;
+        Ok(world.kind())
+    }
+
+    /// The component with this sha256, linked: from memory, from the artifact cache on disk, or
+    /// compiled from `wasm` (then cached on disk). `None`: not compiled yet and no `wasm` given.
+    /// Blocking: compiling takes up to seconds.
+    fn compile(&self, name: &str, sha256: &str, wasm: Option<&[u8]>) -> Result<Option<World>> {
+        if let Some(world) = self.compiled.lock().ok().and_then(|c| c.get(sha256).cloned()) {
+            return Ok(Some(world));
+        }
+        let artifact = self.cache_dir.as_ref().map(|dir| dir.join(format!("{sha256}.cwasm")));
+        let cached = artifact.as_ref().filter(|path| path.exists()).and_then(|path| {
+            // SAFETY: the file is an artifact this edge wrote itself (`Component::serialize`) into
+            // its private data directory, whole then renamed into place; wasmtime checks that it
+            // was made by this version with this configuration. The only unsafe code of Burrow.
+            #[allow(unsafe_code, reason = "loading our own precompiled artifact")]
+            let deserialized = unsafe { Component::deserialize_file(&self.engine, path) };
+            match deserialized {
+                Ok(component) => Some(component),
+                Err(e) => {
+                    tracing::warn!(
+                        plugin = name,
+                        "cached artifact {} not usable ({e}); compiling",
+                        path.display()
+                    );
+                    None
+                }
+            }
+        });
+        let component = match (cached, wasm) {
+            (Some(component), _) => component,
+            (None, None) => return Ok(None),
+            (None, Some(wasm)) => {
+                let component = Component::from_binary(&self.engine, wasm)
+                    .map_err(|e| anyhow::anyhow!("plugin {name:?} is not a valid WebAssembly component: {e:?}"))?;
+                if let Some(path) = &artifact {
+                    let written = component
+                        .serialize()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))
+                        .and_then(|bytes| burrow_connector::credentials::write_private(path, &bytes));
+                    if let Err(e) = written {
+                        tracing::warn!(plugin = name, "could not cache the compiled plugin: {e:#}");
+                    }
+                }
+                component
+            }
+        };
+        let world = self.link(name, &component)?;
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.insert(sha256.to_owned(), world.clone());
+        }
+        Ok(Some(world))
+    }
+
+    /// Make `versions` (what the next route table binds) ready to run, fetching and compiling
+    /// the ones not loaded yet, before the table is swapped in. A version that cannot be loaded
+    /// is logged and left out: requests of its routes fail with a clear error (or pass, if
+    /// fail-open) while every other route keeps working.
+    pub async fn prepare<F, Fut>(self: &Arc<Self>, versions: &[PluginVersion], fetch: F)
+    where
+        F: Fn(PluginVersion) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>>>,
+    {
+        let current = self.uploaded.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut next = HashMap::with_capacity(versions.len());
+        for v in versions {
+            let key = (v.account, v.name.clone(), v.version);
+            if let Some(loaded) = current.get(&key).filter(|p| p.sha256 == v.sha256) {
+                next.insert(key, loaded.clone());
+                continue;
+            }
+            let label = format!("{}@{}", v.name, v.version);
+            match self.load_version(&label, v, &fetch).await {
+                Ok(world) => {
+                    tracing::info!(plugin = %label, account = %v.account, sha256 = %v.sha256, "plugin version loaded");
+                    let loaded = self.loaded(label.into(), v.name.as_str().into(), v.sha256.clone(), world);
+                    next.insert(key, Arc::new(loaded));
+                }
+                Err(e) => tracing::error!(
+                    plugin = %label, account = %v.account,
+                    "plugin version not loaded; its routes fail until it is: {e:#}"
+                ),
+            }
+        }
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.retain(|sha, _| next.values().any(|p| p.sha256 == *sha));
+        }
+        if let Ok(mut uploaded) = self.uploaded.lock() {
+            *uploaded = next;
+        }
+    }
+
+    async fn load_version<F, Fut>(self: &Arc<Self>, label: &str, v: &PluginVersion, fetch: &F) -> Result<World>
+    where
+        F: Fn(PluginVersion) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>>>,
+    {
+        let (host, name, sha) = (self.clone(), label.to_owned(), v.sha256.clone());
+        if let Some(world) = tokio::task::spawn_blocking(move || host.compile(&name, &sha, None)).await?? {
+            return Ok(world);
+        }
+        let wasm = fetch(v.clone()).await?;
+        anyhow::ensure!(
+            sha256_hex(&wasm) == v.sha256,
+            "the fetched component does not match its sha256"
+        );
+        let (host, name, sha) = (self.clone(), label.to_owned(), v.sha256.clone());
+        tokio::task::spawn_blocking(move || host.compile(&name, &sha, Some(&wasm)))
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("not compiled"))
+    }
+
+    /// `binding` with the uploaded version it names attached (see [`ResolvedPlugin`]).
+    pub fn resolve(&self, account: AccountId, binding: &PluginBinding) -> PluginBinding {
+        let mut binding = binding.clone();
+        if let Some(version) = binding.version {
+            let key = (account, binding.plugin.clone(), version);
+            binding.resolved = ResolvedPlugin(self.uploaded.lock().ok().and_then(|u| u.get(&key).cloned()));
+        }
+        binding
+    }
+
+    /// The plugin a binding runs: its resolved upload, or the operator plugin of that name.
+    fn plugin_for<'a>(&'a self, binding: &'a PluginBinding) -> Result<&'a LoadedPlugin, String> {
+        match (&binding.resolved.0, binding.version) {
+            (Some(plugin), _) => Ok(plugin),
+            (None, Some(version)) => Err(format!("version {version} is not loaded on this edge (see its log)")),
+            (None, None) => self
+                .plugins
+                .get(&binding.plugin)
+                .map(|p| &**p)
+                .ok_or_else(|| "not loaded on this edge".into()),
+        }
     }
 
     /// Run `on-request-headers` of every binding in order. Stops at the first `respond`.
@@ -343,12 +552,10 @@ impl PluginHost {
                 plugin: binding.plugin.clone(),
                 reason,
             };
-            let Some(plugin) = self.plugins.get(&binding.plugin) else {
-                let error = failed("not loaded on this edge".into());
-                if binding.fail_open {
-                    continue;
-                }
-                return Err(error);
+            let plugin = match self.plugin_for(binding) {
+                Ok(plugin) => plugin,
+                Err(_) if binding.fail_open => continue,
+                Err(reason) => return Err(failed(reason)),
             };
             match self.call(plugin, binding, request).await {
                 Ok((back, None)) => request = back,
@@ -378,10 +585,7 @@ impl PluginHost {
             plugin: binding.plugin.clone(),
             reason,
         };
-        let plugin = self
-            .plugins
-            .get(&binding.plugin)
-            .ok_or_else(|| failed("not loaded on this edge".into()))?;
+        let plugin = self.plugin_for(binding).map_err(failed)?;
         let World::Balancer(pre) = &plugin.world else {
             return Err(failed("is not a balancer (it does not export select-origin)".into()));
         };
@@ -455,6 +659,7 @@ impl PluginHost {
             wasi,
             limits,
             plugin: plugin.name.clone(),
+            space_name: plugin.space.clone(),
             config: binding.config.clone(),
             account,
             kv: self.kv.clone(),
@@ -770,7 +975,7 @@ impl HostState {
     fn kv<R>(&mut self, op: impl FnOnce(&mut Space, Instant) -> R) -> R {
         let space = self
             .space
-            .get_or_insert_with(|| self.kv.space(self.account, &self.plugin))
+            .get_or_insert_with(|| self.kv.space(self.account, &self.space_name))
             .clone();
         // A panic while holding the lock cannot leave a space half-updated in a way that
         // matters more than losing it: recover the guard.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::EdgeState;
 use crate::api::WATCH_HEARTBEAT;
 use crate::config_sync::apply;
+use crate::plugin_catalog::{MAX_PLUGIN_SIZE, PluginVersion};
 use crate::resources::Snapshot;
 
+/// Time to download one plugin component.
+const PLUGIN_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// A snapshot line bigger than this is refused (about 300k routes).
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
@@ -172,11 +175,39 @@ async fn stream_once(client: &HttpClient, base: &str, token: &str, state: &EdgeS
             }
             let snapshot: Snapshot = serde_json::from_slice(line).context("a snapshot does not parse")?;
             tracing::debug!(revision = snapshot.revision, "snapshot from the control plane");
-            apply(state, &snapshot, data_dir);
+            let fetch = |version| fetch_plugin(client, base, token, version);
+            apply(state, &snapshot, data_dir, fetch).await;
         }
         anyhow::ensure!(
             buf.remaining() <= MAX_LINE,
             "a snapshot is larger than {MAX_LINE} bytes"
         );
     }
+}
+
+/// The component of an uploaded plugin version (`GET /v1/plugin-wasm/...`, node token).
+async fn fetch_plugin(client: &HttpClient, base: &str, token: &str, v: PluginVersion) -> Result<Vec<u8>> {
+    let url = format!(
+        "{}/v1/plugin-wasm/{}/{}/{}",
+        base.trim_end_matches('/'),
+        v.account,
+        v.name,
+        v.version
+    );
+    let request = Request::get(&url)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::new())?;
+    let fetched = async {
+        let response = client.request(request).await.context("unreachable")?;
+        anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+        let body = Limited::new(response.into_body(), MAX_PLUGIN_SIZE)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the component: {e}"))?;
+        Ok(body.to_bytes().to_vec())
+    };
+    tokio::time::timeout(PLUGIN_FETCH_TIMEOUT, fetched)
+        .await
+        .with_context(|| format!("{url}: not received within {PLUGIN_FETCH_TIMEOUT:?}"))?
+        .with_context(|| format!("fetching {url}"))
 }

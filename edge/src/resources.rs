@@ -28,6 +28,8 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::health::HealthReport;
+use crate::plugin_catalog::PluginVersion;
+use crate::plugin_host::PluginHost;
 use crate::pool::PoolSpec;
 use crate::route_table::{
     PluginBinding, PoolDef, Route, RouteTable, Target, TunnelRecord, hash_secret, validate_hostname,
@@ -144,12 +146,20 @@ pub struct Snapshot {
     pub routes: Vec<RouteDoc>,
     #[serde(default)]
     pub pools: Vec<PoolDoc>,
+    /// The uploaded plugin versions that bindings name (metadata; edges fetch the components).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginVersion>,
 }
 
 impl Snapshot {
-    /// Build the routing table. A route whose tunnel belongs to another account is never
-    /// served (the API prevents it; this guards against a store edited by hand).
-    pub fn to_table(&self) -> Result<RouteTable, String> {
+    /// Build the routing table, with bindings of uploaded plugins attached to what `plugins`
+    /// has loaded (see [`PluginHost::prepare`]). A route whose tunnel belongs to another account
+    /// is never served (the API prevents it; this guards against a store edited by hand).
+    pub fn to_table(&self, plugins: Option<&PluginHost>) -> Result<RouteTable, String> {
+        let resolve = |account: AccountId, binding: &PluginBinding| match plugins {
+            Some(host) => host.resolve(account, binding),
+            None => binding.clone(),
+        };
         let mut records = Vec::with_capacity(self.tunnels.len());
         for t in &self.tunnels {
             let hash =
@@ -167,6 +177,7 @@ impl Snapshot {
         let mut pool_index = std::collections::HashMap::new();
         for p in &self.pools {
             let mut spec = p.spec.clone();
+            spec.balancer = spec.balancer.map(|b| resolve(p.account, &b));
             // A tunnel deleted in a race with a pool edit is dropped, not fatal for the table.
             spec.origins.retain(|o| owners.get(&o.tunnel) == Some(&p.account));
             if let Err(reason) = spec.validate() {
@@ -215,7 +226,8 @@ impl Snapshot {
                         return None;
                     }
                 };
-                Some(Route { hostname: r.hostname.clone(), target, plugins: r.plugins.clone().into() })
+                let plugins = r.plugins.iter().map(|b| resolve(r.account, b)).collect();
+                Some(Route { hostname: r.hostname.clone(), target, plugins })
             })
             .collect();
         RouteTable::build(records, routes, pools)
@@ -229,20 +241,42 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn from_json<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, CpError> {
+pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, CpError> {
     serde_json::from_slice(&kv.value).map_err(|e| CpError::Corrupt {
         key: kv.key.clone(),
         reason: e.to_string(),
     })
+}
+
+/// A plugin chain's size limits.
+fn validate_plugins(plugins: &[PluginBinding]) -> Result<(), CpError> {
+    if plugins.len() > MAX_PLUGINS_PER_ROUTE {
+        let reason = format!("at most {MAX_PLUGINS_PER_ROUTE} plugins per route");
+        return Err(CpError::Invalid {
+            field: "plugins",
+            reason,
+        });
+    }
+    if plugins
+        .iter()
+        .any(|p| p.config.len() > MAX_PLUGIN_CONFIG || validate_name("plugins", &p.plugin).is_err())
+    {
+        let reason = format!("each plugin needs a valid name and a config of at most {MAX_PLUGIN_CONFIG} bytes");
+        return Err(CpError::Invalid {
+            field: "plugins",
+            reason,
+        });
+    }
+    Ok(())
 }
 
 pub fn validate_name(field: &'static str, name: &str) -> Result<(), CpError> {
@@ -267,7 +301,10 @@ impl ControlPlane {
         &self.store
     }
 
-    async fn list_all<T: for<'de> Deserialize<'de>>(&self, prefix: &str) -> Result<(Vec<T>, Revision), CpError> {
+    pub(crate) async fn list_all<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<T>, Revision), CpError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         let mut revision = 0;
@@ -509,24 +546,10 @@ impl ControlPlane {
         hostname: &str,
         to: RouteTo<'_>,
         overwrite: bool,
-        plugins: Vec<PluginBinding>,
+        plugins: Option<Vec<PluginBinding>>,
     ) -> Result<RouteDoc, CpError> {
-        if plugins.len() > MAX_PLUGINS_PER_ROUTE {
-            let reason = format!("at most {MAX_PLUGINS_PER_ROUTE} plugins per route");
-            return Err(CpError::Invalid {
-                field: "plugins",
-                reason,
-            });
-        }
-        if plugins
-            .iter()
-            .any(|p| p.config.len() > MAX_PLUGIN_CONFIG || validate_name("plugins", &p.plugin).is_err())
-        {
-            let reason = format!("each plugin needs a valid name and a config of at most {MAX_PLUGIN_CONFIG} bytes");
-            return Err(CpError::Invalid {
-                field: "plugins",
-                reason,
-            });
+        if let Some(plugins) = &plugins {
+            validate_plugins(plugins)?;
         }
         let hostname = hostname.to_ascii_lowercase();
         validate_hostname(&hostname).map_err(|reason| CpError::Invalid {
@@ -539,10 +562,12 @@ impl ControlPlane {
         };
         let key = format!("routes/{hostname}");
         let existing = self.store.get(&key).await?;
+        let mut kept_plugins = Vec::new();
         let compare = match &existing {
             None => Compare::Missing(key.clone()),
             Some(kv) => {
                 let current: RouteDoc = from_json(kv)?;
+                kept_plugins = current.plugins;
                 if current.account != account {
                     return Err(CpError::Conflict(format!("{hostname} is routed by another account")));
                 }
@@ -560,7 +585,7 @@ impl ControlPlane {
             tunnel,
             pool,
             created: now(),
-            plugins,
+            plugins: plugins.unwrap_or(kept_plugins),
         };
         let result = self
             .store
@@ -575,6 +600,57 @@ impl ControlPlane {
             .await?;
         if !result.succeeded {
             return Err(CpError::Conflict(format!("{hostname} changed concurrently; retry")));
+        }
+        Ok(doc)
+    }
+
+    /// One route of `account`, and the revision it was last written at (for `If-Match`).
+    pub async fn route_doc(&self, account: AccountId, hostname: &str) -> Result<(RouteDoc, Revision), CpError> {
+        let kv = self
+            .store
+            .get(&format!("routes/{}", hostname.to_ascii_lowercase()))
+            .await?;
+        let not_found = || CpError::NotFound(format!("route {hostname}"));
+        let kv = kv.ok_or_else(not_found)?;
+        let doc: RouteDoc = from_json(&kv)?;
+        if doc.account != account {
+            return Err(not_found());
+        }
+        Ok((doc, kv.mod_revision))
+    }
+
+    /// Replace a route's plugin chain (`expect`: the route must be unchanged since that revision).
+    pub async fn set_route_plugins(
+        &self,
+        account: AccountId,
+        hostname: &str,
+        plugins: Vec<PluginBinding>,
+        expect: Option<Revision>,
+    ) -> Result<RouteDoc, CpError> {
+        validate_plugins(&plugins)?;
+        let (mut doc, revision) = self.route_doc(account, hostname).await?;
+        if expect.is_some_and(|e| e != revision) {
+            return Err(CpError::Conflict(format!(
+                "route {hostname} changed since revision {}; read it again",
+                expect.unwrap_or_default()
+            )));
+        }
+        doc.plugins = plugins;
+        let key = format!("routes/{}", doc.hostname);
+        let put = Op::Put {
+            key: key.clone(),
+            value: to_json(&doc),
+            lease: None,
+        };
+        if !self
+            .store
+            .txn(vec![Compare::ModRevision(key, revision)], vec![put])
+            .await?
+            .succeeded
+        {
+            return Err(CpError::Conflict(format!(
+                "route {hostname} changed concurrently; retry"
+            )));
         }
         Ok(doc)
     }
@@ -796,19 +872,23 @@ impl ControlPlane {
         let (tunnels, rev_t) = self.list_all::<Tunnel>("tunnels/").await?;
         let (routes, rev_r) = self.list_all::<RouteDoc>("routes/").await?;
         let (pools, rev_p) = self.list_all::<PoolDoc>("pools/").await?;
+        let plugins = self.bound_plugin_versions(&routes, &pools).await?;
         // Separate reads: if a write landed between them, the watch delivers it and we rebuild.
         Ok(Snapshot {
             revision: rev_t.min(rev_r).min(rev_p),
             tunnels,
             routes,
             pools,
+            plugins,
         })
     }
 }
 
 /// Whether a changed key affects what edges serve.
 pub fn affects_routing(key: &str) -> bool {
-    key.starts_with("tunnels/") || key.starts_with("routes/") || key.starts_with("pools/")
+    ["tunnels/", "routes/", "pools/", "plugins/"]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
 }
 
 #[cfg(test)]
@@ -855,8 +935,9 @@ mod tests {
             tunnels: vec![tunnel.clone()],
             routes: vec![route],
             pools: vec![pool("a", "b"), pool("b", "a"), pool("c", "missing")],
+            plugins: Vec::new(),
         };
-        let table = snapshot.to_table().unwrap();
+        let table = snapshot.to_table(None).unwrap();
         assert_eq!(table.pools().len(), 3);
         let fallbacks: Vec<_> = table.pools().iter().map(|p| p.fallback).collect();
         assert_eq!(

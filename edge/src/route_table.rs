@@ -80,6 +80,10 @@ pub struct PoolDef {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PluginBinding {
     pub plugin: String,
+    /// The uploaded version this binding runs (pinned when bound); `None`: a plugin the
+    /// operator loads with `burrow-edge run --plugin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
     /// Handed to the plugin as-is (usually JSON).
     #[serde(default)]
     pub config: String,
@@ -98,6 +102,9 @@ pub struct PluginBinding {
     /// routes, accounts or configs.
     #[serde(skip)]
     pub warm: crate::plugin_host::WarmInstances,
+    /// The uploaded version's compiled plugin, attached when the table is built.
+    #[serde(skip)]
+    pub resolved: crate::plugin_host::ResolvedPlugin,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -215,10 +215,15 @@ impl TestEdge {
         config.data_dir = data_dir;
         config.max_connections = options.max_connections;
         config.registrations_per_minute = options.registrations_per_minute;
-        if !options.plugins.is_empty() {
+        // As `burrow-edge run`: a host for the operator's plugins, and for uploaded ones when
+        // the edge has a store.
+        if !options.plugins.is_empty() || control.is_some() {
             let mut host = burrow_edge::plugin_host::PluginHost::new().unwrap();
             for (name, path) in &options.plugins {
                 host.load(name, &std::fs::read(path).unwrap()).unwrap();
+            }
+            if let (Some(_), Some(dir)) = (&control, &config.data_dir) {
+                host.set_cache_dir(dir.join("plugins"));
             }
             config.plugins = Some(Arc::new(host));
         }
@@ -343,6 +348,21 @@ impl Load {
             })
             .collect();
         Self { stop, clients }
+    }
+
+    /// Stop the clients and assert that none failed and at least `at_least` were answered 200.
+    pub async fn finish_without_failures(self, at_least: usize) {
+        let (ok, failed) = self.finish().await;
+        let total = ok + failed.len();
+        assert!(
+            failed.is_empty(),
+            "{} of {total} requests failed: {failed:?}",
+            failed.len()
+        );
+        assert!(
+            ok >= at_least,
+            "the load ran ({ok} requests, expected {at_least} or more)"
+        );
     }
 
     /// Stop the clients: requests answered 200, and the others' statuses or errors.

@@ -444,7 +444,7 @@ async fn route_changes_apply_live_without_failing_requests() {
     let (account, _token) = control.create_account("alice").await.unwrap();
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
     control
-        .route(account.id, "stable.test", RouteTo::Tunnel("web"), false, Vec::new())
+        .route(account.id, "stable.test", RouteTo::Tunnel("web"), false, None)
         .await
         .unwrap();
     let origin = named_origin("ok").await;
@@ -461,13 +461,7 @@ async fn route_changes_apply_live_without_failing_requests() {
     let load = Load::start(http, "stable.test", &[], 1);
     for i in 0..100 {
         control
-            .route(
-                account.id,
-                &format!("h{i}.test"),
-                RouteTo::Tunnel("web"),
-                false,
-                Vec::new(),
-            )
+            .route(account.id, &format!("h{i}.test"), RouteTo::Tunnel("web"), false, None)
             .await
             .unwrap();
     }
@@ -476,12 +470,7 @@ async fn route_changes_apply_live_without_failing_requests() {
         matches!(get(&http1_client(), http, "h99.test", "/").await, Ok(r) if r.status == StatusCode::OK)
     })
     .await;
-    let (ok, failed) = load.finish().await;
-    assert!(
-        failed.is_empty(),
-        "no request fails while routes change ({ok} succeeded): {failed:?}"
-    );
-    assert!(ok > 0);
+    load.finish_without_failures(1).await;
     assert!(
         dir.path().join("snapshot.json").exists(),
         "the applied config is kept on disk"

@@ -1,0 +1,299 @@
+//! Plugins uploaded by accounts (`burrow plugin upload`), kept in the [`Store`] next to tunnels
+//! and routes. Each upload of a name is a new immutable *version*, identified by the sha256 of its
+//! component. A binding pins a version when it is made, so uploading never changes what a route
+//! runs until the route is bound to the new version.
+//!
+//! Keys:
+//!
+//! ```text
+//! plugins/<account>/<name>/<version>          PluginVersion (version zero-padded: key order)
+//! plugin-wasm/<account>/<name>/<version>/<i>  the component, in chunks (store values are small)
+//! ```
+//!
+//! [`Store`]: crate::store::Store
+
+use burrow_protocol::AccountId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::resources::{ControlPlane, CpError, PoolDoc, RouteDoc, from_json, now, to_json, validate_name};
+use crate::route_table::PluginBinding;
+use crate::store::{Compare, Op};
+use crate::tunnels_file::encode_hex;
+
+/// Largest component an account may upload.
+pub const MAX_PLUGIN_SIZE: usize = 8 * 1024 * 1024;
+/// Plugin names per account, and versions kept per name.
+pub const MAX_PLUGINS: usize = 64;
+pub const MAX_VERSIONS: usize = 20;
+/// Store values stay well under the store's own limit.
+const CHUNK: usize = 512 * 1024;
+
+/// Which world a component implements: request hooks (bound to routes) or `select-origin`
+/// (bound to pools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    Hooks,
+    Balancer,
+}
+
+/// One uploaded version of a plugin (the component itself is stored apart, in chunks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    pub account: AccountId,
+    pub name: String,
+    pub version: u32,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    pub size: usize,
+    pub kind: PluginKind,
+    pub created: u64,
+}
+
+impl PluginVersion {
+    fn key(&self) -> String {
+        version_key(self.account, &self.name, self.version)
+    }
+
+    fn wasm_prefix(&self) -> String {
+        format!("plugin-wasm/{}/{}/{:010}/", self.account, self.name, self.version)
+    }
+
+    /// Whether `binding` runs this version.
+    pub fn is_bound_by(&self, binding: &PluginBinding) -> bool {
+        binding.plugin == self.name && binding.version == Some(self.version)
+    }
+}
+
+fn version_key(account: AccountId, name: &str, version: u32) -> String {
+    format!("plugins/{account}/{name}/{version:010}")
+}
+
+/// Hex SHA-256 of a component, as [`PluginVersion::sha256`] holds it.
+pub fn sha256_hex(wasm: &[u8]) -> String {
+    encode_hex(&Sha256::digest(wasm))
+}
+
+impl ControlPlane {
+    /// Store `wasm` (already checked to be a component of `kind`) as the next version of `name`.
+    /// Uploading the same bytes as the latest version returns that version (`false`: nothing new).
+    pub async fn put_plugin(
+        &self,
+        account: AccountId,
+        name: &str,
+        wasm: &[u8],
+        kind: PluginKind,
+    ) -> Result<(PluginVersion, bool), CpError> {
+        validate_name("name", name)?;
+        if wasm.len() > MAX_PLUGIN_SIZE {
+            return Err(CpError::Invalid {
+                field: "wasm",
+                reason: format!("a plugin is at most {MAX_PLUGIN_SIZE} bytes"),
+            });
+        }
+        let sha256 = sha256_hex(wasm);
+        let versions = self.plugin_versions(account, Some(name)).await?;
+        if let Some(latest) = versions.last() {
+            if latest.sha256 == sha256 && latest.kind == kind {
+                return Ok((latest.clone(), false));
+            }
+            if versions.len() >= MAX_VERSIONS {
+                return Err(CpError::Conflict(format!(
+                    "plugin {name:?} has {MAX_VERSIONS} versions, the most kept; delete an old one first \
+                     (`burrow plugin delete {name}@{}`)",
+                    versions[0].version
+                )));
+            }
+        } else {
+            let mut names: Vec<String> = self
+                .plugin_versions(account, None)
+                .await?
+                .into_iter()
+                .map(|v| v.name)
+                .collect();
+            names.dedup();
+            if names.len() >= MAX_PLUGINS {
+                return Err(CpError::Conflict(format!(
+                    "the account has {MAX_PLUGINS} plugins, the most allowed; delete one first (`burrow plugin delete NAME`)"
+                )));
+            }
+        }
+        let doc = PluginVersion {
+            account,
+            name: name.to_owned(),
+            version: versions.last().map_or(1, |v| v.version + 1),
+            sha256,
+            size: wasm.len(),
+            kind,
+            created: now(),
+        };
+        let key = doc.key();
+        let prefix = doc.wasm_prefix();
+        let mut ops: Vec<Op> = wasm
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, chunk)| Op::Put {
+                key: format!("{prefix}{i:03}"),
+                value: chunk.to_vec(),
+                lease: None,
+            })
+            .collect();
+        ops.push(Op::Put {
+            key: key.clone(),
+            value: to_json(&doc),
+            lease: None,
+        });
+        if !self.store().txn(vec![Compare::Missing(key)], ops).await?.succeeded {
+            return Err(CpError::Conflict(format!(
+                "another upload of plugin {name:?} happened at the same time; retry"
+            )));
+        }
+        Ok((doc, true))
+    }
+
+    /// The account's plugin versions (of one name, or all), by name then version.
+    pub async fn plugin_versions(&self, account: AccountId, name: Option<&str>) -> Result<Vec<PluginVersion>, CpError> {
+        let prefix = match name {
+            Some(name) => format!("plugins/{account}/{name}/"),
+            None => format!("plugins/{account}/"),
+        };
+        Ok(self.list_all(&prefix).await?.0)
+    }
+
+    /// One version of the account's plugin (`None`: the latest).
+    pub async fn plugin_version(
+        &self,
+        account: AccountId,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<PluginVersion, CpError> {
+        let versions = self.plugin_versions(account, Some(name)).await?;
+        let found = match version {
+            Some(v) => versions.into_iter().find(|p| p.version == v),
+            None => versions.into_iter().last(),
+        };
+        found.ok_or_else(|| match version {
+            Some(v) => CpError::NotFound(format!("version {v} of plugin {name:?}")),
+            None => CpError::NotFound(format!("plugin {name:?}")),
+        })
+    }
+
+    /// The component of one version, checked against its sha256.
+    pub async fn plugin_wasm(&self, version: &PluginVersion) -> Result<Vec<u8>, CpError> {
+        let corrupt = |reason: &str| CpError::Corrupt {
+            key: version.wasm_prefix(),
+            reason: reason.to_owned(),
+        };
+        let (chunks, _) = self
+            .store()
+            .list(&version.wasm_prefix(), None, MAX_PLUGIN_SIZE / CHUNK + 1)
+            .await?;
+        let mut wasm = Vec::with_capacity(version.size);
+        for chunk in &chunks {
+            wasm.extend_from_slice(&chunk.value);
+        }
+        if wasm.len() != version.size || sha256_hex(&wasm) != version.sha256 {
+            return Err(corrupt("the stored component does not match its sha256"));
+        }
+        Ok(wasm)
+    }
+
+    /// Delete one version of a plugin, or every version. Refused while a route or pool of the
+    /// account is bound to one of them.
+    pub async fn delete_plugin(
+        &self,
+        account: AccountId,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Vec<PluginVersion>, CpError> {
+        let doomed: Vec<PluginVersion> = self
+            .plugin_versions(account, Some(name))
+            .await?
+            .into_iter()
+            .filter(|v| version.is_none_or(|n| v.version == n))
+            .collect();
+        if doomed.is_empty() {
+            let what = version.map_or_else(
+                || format!("plugin {name:?}"),
+                |v| format!("version {v} of plugin {name:?}"),
+            );
+            return Err(CpError::NotFound(what));
+        }
+        if let Some((version, user)) = self.first_binding(account, &doomed).await? {
+            return Err(CpError::Conflict(format!(
+                "plugin {name}@{} is bound to {user}; unbind it first",
+                version.version
+            )));
+        }
+        let mut ops = Vec::with_capacity(doomed.len() * 2);
+        for v in &doomed {
+            ops.push(Op::Delete { key: v.key() });
+            ops.push(Op::DeletePrefix {
+                prefix: v.wasm_prefix(),
+            });
+        }
+        self.store().txn(vec![], ops).await?;
+        Ok(doomed)
+    }
+
+    /// A route or pool of `account` bound to one of `versions`, described with the command that
+    /// unbinds it.
+    async fn first_binding<'v>(
+        &self,
+        account: AccountId,
+        versions: &'v [PluginVersion],
+    ) -> Result<Option<(&'v PluginVersion, String)>, CpError> {
+        for route in self.list_routes(account).await? {
+            let RouteDoc { hostname, plugins, .. } = route;
+            for binding in &plugins {
+                if let Some(v) = versions.iter().find(|v| v.is_bound_by(binding)) {
+                    let how = format!("route {hostname} (`burrow route plugin remove {hostname} {}`)", v.name);
+                    return Ok(Some((v, how)));
+                }
+            }
+        }
+        let pools: Vec<PoolDoc> = self.list_pools(account).await?;
+        for pool in pools {
+            if let Some(binding) = &pool.spec.balancer
+                && let Some(v) = versions.iter().find(|v| v.is_bound_by(binding))
+            {
+                return Ok(Some((v, format!("pool {} as its balancer", pool.name))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every plugin version some route or pool is bound to (what edges must load).
+    pub(crate) async fn bound_plugin_versions(
+        &self,
+        routes: &[RouteDoc],
+        pools: &[PoolDoc],
+    ) -> Result<Vec<PluginVersion>, CpError> {
+        let mut wanted: Vec<(AccountId, &str, u32)> = Vec::new();
+        let bindings = routes
+            .iter()
+            .flat_map(|r| r.plugins.iter().map(move |b| (r.account, b)))
+            .chain(
+                pools
+                    .iter()
+                    .filter_map(|p| p.spec.balancer.as_ref().map(|b| (p.account, b))),
+            );
+        for (account, binding) in bindings {
+            if let Some(version) = binding.version {
+                wanted.push((account, &binding.plugin, version));
+            }
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = Vec::with_capacity(wanted.len());
+        for (account, name, version) in wanted {
+            match self.store().get(&version_key(account, name, version)).await? {
+                Some(kv) => out.push(from_json(&kv)?),
+                // Deleted in a race with a bind: that route's requests fail with a clear error.
+                None => tracing::warn!(%account, plugin = name, version, "a binding names a deleted plugin version"),
+            }
+        }
+        Ok(out)
+    }
+}
