@@ -130,6 +130,16 @@ async fn served(ports: &Ports, host: &str) -> Option<(StatusCode, String)> {
         .map(|r| (r.status, r.text()))
 }
 
+/// The status of `GET /` for `host`, with `x-api-key: key` if given.
+async fn key_status(ports: &Ports, host: &str, key: Option<&str>) -> Option<u16> {
+    let mut request = http::Request::get(format!("http://{}/", ports.http())).header("host", host);
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = http1_client().request(request.body(empty()).unwrap()).await.ok()?;
+    Some(response.status().as_u16())
+}
+
 #[tokio::test]
 async fn tunnel_lifecycle_through_the_cli() {
     init_logging();
@@ -550,6 +560,28 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     })
     .await;
 
+    // A plugin uploaded and bound with the CLI reaches the edge-only node, which fetches the
+    // component with its node token.
+    let config = dir.path().join("gate.json");
+    std::fs::write(&config, r#"{"keys": ["k2"]}"#).unwrap();
+    let out = ok(BURROW, &alice, &["plugin", "upload", "gate", env!("PLUGIN_HEADER_AUTH")]).await;
+    assert!(out.contains("Uploaded gate@1 (hooks"), "{out}");
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "gate.test"]).await;
+    let add = ["route", "plugin", "add", "gate.test", "gate", "--config", config.to_str().unwrap()];
+    let out = ok(BURROW, &alice, &add).await;
+    assert!(out.contains("gate.test now runs gate@1"), "{out}");
+    let out = ok(BURROW, &alice, &["plugin", "list"]).await;
+    assert!(out.contains("route gate.test"), "{out}");
+    let out = ok(BURROW, &alice, &["route", "plugin", "list", "gate.test"]).await;
+    assert!(out.lines().any(|l| l.split_whitespace().take(3).eq(["1", "gate", "1"])), "{out}");
+    let (code, out) = cli(BURROW, &alice, &["plugin", "delete", "gate"]).await;
+    assert!(code != Some(0) && out.contains("gate@1 is bound to route gate.test"), "{out}");
+    let guarded = || async {
+        key_status(&node_ports, "gate.test", None).await == Some(401)
+            && key_status(&node_ports, "gate.test", Some("k2")).await == Some(200)
+    };
+    eventually(Duration::from_secs(20), "the edge-only node to run the plugin", guarded).await;
+
     // Control plane down: the node keeps serving, and a restarted connector still registers.
     let _ = control_plane.kill9().await;
     assert!(serves().await);
@@ -568,6 +600,8 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     let node = edge_with(&node_dir, &node_ports, &node_args);
     node.wait_for_output("serving the last config snapshot").await;
     eventually(Duration::from_secs(30), "web.test served by the restarted node", serves).await;
+    // Its plugin too, from the compiled artifact it kept.
+    eventually(Duration::from_secs(10), "the restarted node to run the plugin", guarded).await;
     drop(connector);
     drop(node);
 }
