@@ -564,18 +564,37 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     // component with its node token.
     let config = dir.path().join("gate.json");
     std::fs::write(&config, r#"{"keys": ["k2"]}"#).unwrap();
-    let out = ok(BURROW, &alice, &["plugin", "upload", "gate", env!("PLUGIN_HEADER_AUTH")]).await;
+    let out = ok(
+        BURROW,
+        &alice,
+        &["plugin", "upload", "gate", env!("PLUGIN_HEADER_AUTH")],
+    )
+    .await;
     assert!(out.contains("Uploaded gate@1 (hooks"), "{out}");
     ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "gate.test"]).await;
-    let add = ["route", "plugin", "add", "gate.test", "gate", "--config", config.to_str().unwrap()];
+    let add = [
+        "route",
+        "plugin",
+        "add",
+        "gate.test",
+        "gate",
+        "--config",
+        config.to_str().unwrap(),
+    ];
     let out = ok(BURROW, &alice, &add).await;
     assert!(out.contains("gate.test now runs gate@1"), "{out}");
     let out = ok(BURROW, &alice, &["plugin", "list"]).await;
     assert!(out.contains("route gate.test"), "{out}");
     let out = ok(BURROW, &alice, &["route", "plugin", "list", "gate.test"]).await;
-    assert!(out.lines().any(|l| l.split_whitespace().take(3).eq(["1", "gate", "1"])), "{out}");
+    assert!(
+        out.lines().any(|l| l.split_whitespace().take(3).eq(["1", "gate", "1"])),
+        "{out}"
+    );
     let (code, out) = cli(BURROW, &alice, &["plugin", "delete", "gate"]).await;
-    assert!(code != Some(0) && out.contains("gate@1 is bound to route gate.test"), "{out}");
+    assert!(
+        code != Some(0) && out.contains("gate@1 is bound to route gate.test"),
+        "{out}"
+    );
     let guarded = || async {
         key_status(&node_ports, "gate.test", None).await == Some(401)
             && key_status(&node_ports, "gate.test", Some("k2")).await == Some(200)

@@ -62,7 +62,14 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
     let auth = r#"{"header": "x-api-key", "keys": ["alpha", "beta"], "forward-as": "x-user"}"#;
     for (host, plugins) in [
         ("auth.test", vec![binding("header-auth", auth, false)]),
-        ("trap.test", vec![binding("test-trap", "", false)]),
+        (
+            "trap.test",
+            // Room for the memory bomb to reach the cap (filling 16 MiB takes a few ms).
+            vec![PluginBinding {
+                deadline_ms: Some(100),
+                ..binding("test-trap", "", false)
+            }],
+        ),
         ("open.test", vec![binding("test-trap", "", true)]),
         ("spin.test", vec![binding("test-spin", "", false)]),
         ("missing.test", vec![binding("not-loaded", "", false)]),

@@ -484,3 +484,96 @@ async fn a_tunnels_file_that_fails_to_load_keeps_the_old_table() {
     assert_eq!(status("web.test").await, StatusCode::NOT_FOUND);
     drop(edge);
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A plugin that tries to take 64 MiB per request hits the 16 MiB cap every time: each of those
+/// requests fails alone, and the edge gives the memory back (its resident size stays flat).
+#[tokio::test]
+async fn memory_bombs_fail_their_requests_and_leave_the_edge_flat() {
+    init_logging();
+    let dir = TempDir::new();
+    let tunnel = TestTunnel::new("app");
+    let mut file = tunnels_file(&[&tunnel], &[]);
+    file.routes.push(burrow_edge::tunnels_file::RouteEntry {
+        hostname: "bomb.test".into(),
+        tunnel: Some("app".into()),
+        pool: None,
+        plugins: vec![burrow_edge::route_table::PluginBinding {
+            plugin: "bomb".into(),
+            deadline_ms: Some(100),
+            ..Default::default()
+        }],
+    });
+    file.save(&dir.path().join("tunnels.yml")).unwrap();
+    let (http, tunnel_port) = (free_tcp_port(), free_udp_port());
+    let plugin = format!("bomb={}", env!("PLUGIN_TEST_TRAP"));
+    let edge = Process::spawn(
+        BURROW_EDGE,
+        &[
+            "run",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--https",
+            "off",
+            "--tunnel",
+            &format!("127.0.0.1:{tunnel_port}"),
+            "--admin",
+            "off",
+            "--tunnels",
+            dir.path().join("tunnels.yml").to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("edge").to_str().unwrap(),
+            "--plugin",
+            &plugin,
+        ],
+        &[("BURROW_HOME", dir.path())],
+    );
+    edge.wait_for_output("public listener ready").await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let bombs = |n: usize| async move {
+        let client = http1_client();
+        for _ in 0..n {
+            let response = get(&client, addr, "bomb.test", "/grow").await.unwrap();
+            assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(response.headers["burrow-error"], "plugin_failed");
+            assert!(
+                response.text().contains("trapped"),
+                "the cap, not the deadline: {}",
+                response.text()
+            );
+        }
+    };
+    bombs(20).await;
+    let before = rss_kib(edge.pid());
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let (sampler_peak, pid) = (peak.clone(), edge.pid());
+    let sampler = tokio::spawn(async move {
+        loop {
+            sampler_peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    // 8 at a time, 400 in all: 25 GiB asked for.
+    let clients: Vec<_> = (0..8).map(|_| tokio::spawn(bombs(50))).collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    sampler.abort();
+    let after = rss_kib(edge.pid());
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("edge RSS: {before} KiB before, {peak} KiB peak, {after} KiB after 400 memory bombs");
+    assert!(
+        peak < before + 8 * 17 * 1024 + 32 * 1024,
+        "at most 8 capped instances at once: peak {peak} KiB"
+    );
+    assert!(
+        after < before + 32 * 1024,
+        "memory is given back: {before} → {after} KiB"
+    );
+}

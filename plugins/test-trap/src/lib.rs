@@ -1,6 +1,6 @@
 //! Test plugin, hostile on purpose:
 //! - a path containing `/trap` panics (a guest trap);
-//! - a path containing `/grow` allocates 64 MiB, past the edge's memory cap;
+//! - a path containing `/grow` fills memory 1 MiB at a time towards 64 MiB, past the edge's cap;
 //! - every call checks a static that it then marks: a value left by an earlier request would
 //!   mean instances share memory, and the request is refused with 409.
 //!
@@ -30,7 +30,12 @@ impl Guest for Trap {
             panic!("this plugin traps on purpose");
         }
         if path.contains("/grow") {
-            let hoard = vec![7u8; 64 << 20];
+            // 1 MiB at a time, every page written, up to 64 MiB: the cap stops it at 16 MiB
+            // with that memory really in use.
+            let mut hoard = Vec::new();
+            for _ in 0..64 {
+                hoard.push(vec![7u8; 1 << 20]);
+            }
             std::hint::black_box(&hoard);
         }
         Action::Continue
