@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [&str; 8] = [
+const PLUGINS: [&str; 9] = [
+    "api_key",
     "header_auth",
     "jwt_auth",
     "rate_limit",
@@ -21,6 +22,7 @@ fn main() {
     for watched in [
         "../plugins/Cargo.toml",
         "../plugins/sdk",
+        "../plugins/api-key",
         "../plugins/header-auth",
         "../plugins/jwt-auth",
         "../plugins/rate-limit",

@@ -11,6 +11,7 @@ use burrow_edge::tunnels_file::RouteEntry;
 use burrow_tests::*;
 use http::{Response, StatusCode};
 
+const API_KEY_PLUGIN: &str = env!("PLUGIN_API_KEY");
 const HEADER_AUTH: &str = env!("PLUGIN_HEADER_AUTH");
 const JWT_AUTH: &str = env!("PLUGIN_JWT_AUTH");
 const RATE_LIMIT: &str = env!("PLUGIN_RATE_LIMIT");
@@ -103,10 +104,15 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
         "secret": "the route's own HMAC secret",
     });
     let limit = serde_json::json!({"rate": 1, "per-secs": 60, "burst": 3, "key": "header:x-client"});
+    let api_key = serde_json::json!({
+        "query": "api_key", "forward-as": "x-user",
+        "keys": [{"id": "ci", "sha256": sha256_hex(API_KEY)}, {"id": "other", "sha256": sha256_hex("other")}],
+    });
     for (host, plugin, config) in [
         ("jwt.test", "jwt-auth", jwt_hs),
         ("jwt-es.test", "jwt-auth", jwt_es),
         ("limit.test", "rate-limit", limit.clone()),
+        ("key.test", "api-key", api_key),
         ("limit-2.test", "rate-limit", limit),
         (
             "rewrite-host.test",
@@ -141,6 +147,7 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
     }
     let options = EdgeOptions {
         plugins: vec![
+            ("api-key", API_KEY_PLUGIN),
             ("header-auth", HEADER_AUTH),
             ("jwt-auth", JWT_AUTH),
             ("rate-limit", RATE_LIMIT),
@@ -155,6 +162,66 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
     connector.wait_ready(1).await;
     edge.wait_connections(&tunnel, 1).await;
     (edge, connector, hits)
+}
+
+/// The key of the key.test route; its config holds only the SHA-256.
+const API_KEY: &str = "s3cret+key/1";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn api_key_plugin_checks_hashed_keys_in_a_header_or_the_query() {
+    let (edge, connector, hits) = setup().await;
+    let client = http1_client();
+    let call = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = http::Request::get(format!("http://{}{path}", edge.http)).header("host", "key.test");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(empty()).unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await.unwrap();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            };
+            let (status, challenge, path) = (response.status(), header("www-authenticate"), header("x-seen-path"));
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned(), challenge, path)
+        }
+    };
+    let (status, _, challenge, _) = call("/", &[]).await;
+    assert_eq!((status, challenge.as_str()), (StatusCode::UNAUTHORIZED, "ApiKey"));
+    assert_eq!(call("/", &[("x-api-key", "wrong")]).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call("/?api_key=wrong", &[]).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(hits.load(Ordering::Relaxed), 0, "no denied request reaches the origin");
+
+    // In the header: the origin learns which key, never the key; a visitor's own x-user is replaced.
+    let (status, body, _, _) = call("/", &[("x-api-key", API_KEY), ("x-user", "admin")]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "user=ci key="));
+    // In the query (percent-encoded): the parameter is taken out of what the origin is asked for.
+    let (status, body, _, path) = call("/items?a=1&api_key=s3cret%2Bkey%2F1&b=2", &[]).await;
+    assert_eq!(
+        (status, body.as_str(), path.as_str()),
+        (StatusCode::OK, "user=ci key=", "/items?a=1&b=2")
+    );
+    let (status, _, _, path) = call("/items?api_key=s3cret%2Bkey%2F1", &[]).await;
+    assert_eq!((status, path.as_str()), (StatusCode::OK, "/items"));
+    connector.stop().await.unwrap();
+    edge.stop().await;
 }
 
 #[tokio::test]
