@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: [&str; 9] = [
+const PLUGINS: [&str; 10] = [
     "api_key",
     "header_auth",
     "jwt_auth",
@@ -14,6 +14,7 @@ const PLUGINS: [&str; 9] = [
     "balancer_hash",
     "test_trap",
     "test_spin",
+    "test_body",
 ];
 
 fn main() {
@@ -31,6 +32,7 @@ fn main() {
         "../plugins/balancer-hash",
         "../plugins/test-trap",
         "../plugins/test-spin",
+        "../plugins/test-body",
         "../wit",
     ] {
         println!("cargo:rerun-if-changed={watched}");

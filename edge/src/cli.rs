@@ -256,7 +256,7 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     // Uploaded plugins come with a control plane (local store or remote); a tunnels file has
     // only the operator's.
-    let plugins = load_plugins(&args.plugins, args.tunnels.is_none().then(|| dir.join("plugins")))?;
+    let plugins = load_plugins(&args.plugins, args.tunnels.is_none().then(|| dir.join("plugins"))).await?;
     let (table, control) = match (&args.tunnels, &args.control_plane) {
         (Some(file), _) => (TunnelsFile::load(file)?.to_table()?, None),
         (None, Some(_)) => (snapshot_table(&dir, plugins.as_ref()).await?.0, None),
@@ -315,7 +315,7 @@ async fn open_control_plane(
 
 /// Compile the `--plugin NAME=PATH` components (once, at start). With `cache_dir`, the host
 /// also runs uploaded plugins, and keeps their compiled artifacts there.
-fn load_plugins(specs: &[String], cache_dir: Option<PathBuf>) -> Result<Option<Arc<PluginHost>>> {
+async fn load_plugins(specs: &[String], cache_dir: Option<PathBuf>) -> Result<Option<Arc<PluginHost>>> {
     if specs.is_empty() && cache_dir.is_none() {
         return Ok(None);
     }
@@ -328,7 +328,7 @@ fn load_plugins(specs: &[String], cache_dir: Option<PathBuf>) -> Result<Option<A
             .split_once('=')
             .with_context(|| format!("--plugin {spec:?}: expected NAME=PATH"))?;
         let wasm = std::fs::read(path).with_context(|| format!("--plugin {name}: reading {path}"))?;
-        host.load(name, &wasm)?;
+        host.load(name, &wasm).await?;
     }
     Ok(Some(Arc::new(host)))
 }

@@ -95,16 +95,90 @@ pub struct PluginRequest {
     pub account: AccountId,
 }
 
+/// The origin's response head, while the response hooks run.
+pub struct PluginResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+/// What a phase of the chain works on, handed from plugin to plugin: the request, the origin's
+/// response head (response phases), and the buffered body of a body phase.
+pub struct Exchange {
+    pub request: PluginRequest,
+    pub response: Option<PluginResponse>,
+    pub body: Option<Bytes>,
+}
+
 /// What the chain decided.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once per phase; boxing would allocate per request"
+)]
 pub enum Outcome {
-    Continue(PluginRequest),
+    Continue(Exchange),
     Respond(Response<Full<Bytes>>),
 }
 
-/// A finished call: the request (with the plugin's changes) and its answer, if it gave one.
-type CallSuccess = (PluginRequest, Option<Response<Full<Bytes>>>);
-/// A failed call: the request if it could be taken back, and why.
-type CallFailure = (Option<PluginRequest>, String);
+/// The hook phases of a request, in the order they run (see `wit/plugin.wit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+}
+
+/// Largest body a plugin may declare for a body hook (its instance holds it, maybe twice).
+pub const MAX_HOOK_BODY: usize = 4 * 1024 * 1024;
+
+/// The hooks a plugin implements beyond `on-request-headers` (asked once, when it is loaded), or
+/// those of a whole chain (the smallest body limit wins).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// Buffer request bodies up to this size for `on-request-body`.
+    pub request_body: Option<usize>,
+    pub response_headers: bool,
+    /// Buffer response bodies up to this size for `on-response-body`.
+    pub response_body: Option<usize>,
+}
+
+impl Declared {
+    fn runs(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::RequestHeaders => true,
+            Phase::RequestBody => self.request_body.is_some(),
+            Phase::ResponseHeaders => self.response_headers,
+            Phase::ResponseBody => self.response_body.is_some(),
+        }
+    }
+
+    /// Whether any response hook runs.
+    pub fn response(&self) -> bool {
+        self.response_headers || self.response_body.is_some()
+    }
+
+    fn merge(self, other: Declared) -> Declared {
+        let smallest = |a: Option<usize>, b: Option<usize>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Declared {
+            request_body: smallest(self.request_body, other.request_body),
+            response_headers: self.response_headers || other.response_headers,
+            response_body: smallest(self.response_body, other.response_body),
+        }
+    }
+}
+
+/// What a hook decided: the union of `action` and `body-action`.
+enum Decision {
+    Continue,
+    Replace(Bytes),
+    Respond(Response<Full<Bytes>>),
+}
+
+/// A failed call: the exchange if it could be taken back, and why.
+type CallFailure = (Option<Exchange>, String);
 
 /// Why a plugin failed this request. Logged once by the caller.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +211,7 @@ struct LoadedPlugin {
     /// Hex sha256 of the component (uploaded plugins).
     sha256: String,
     world: World,
+    declared: Declared,
     consecutive_failures: AtomicU32,
     metrics: PluginCallMetrics,
 }
@@ -347,25 +422,68 @@ impl PluginHost {
     }
 
     /// Compile and link an operator plugin under `name`; errors name what is wrong with it.
-    pub fn load(&mut self, name: &str, wasm: &[u8]) -> Result<()> {
+    pub async fn load(&mut self, name: &str, wasm: &[u8]) -> Result<()> {
         let component = Component::from_binary(&self.engine, wasm)
             .map_err(|e| anyhow::anyhow!("plugin {name:?} is not a valid WebAssembly component: {e:?}"))?;
         let world = self.link(name, &component)?;
-        let loaded = self.loaded(name.into(), name.into(), String::new(), world);
-        tracing::info!(plugin = name, kind = ?loaded.kind(), "plugin loaded");
+        let loaded = self.loaded(name.into(), name.into(), String::new(), world).await?;
+        tracing::info!(plugin = name, kind = ?loaded.kind(), hooks = ?loaded.declared, "plugin loaded");
         self.plugins.insert(name.to_owned(), Arc::new(loaded));
         Ok(())
     }
 
-    fn loaded(&self, name: Arc<str>, space: Arc<str>, sha256: String, world: World) -> LoadedPlugin {
-        LoadedPlugin {
+    async fn loaded(&self, name: Arc<str>, space: Arc<str>, sha256: String, world: World) -> Result<LoadedPlugin> {
+        let declared = self.declared_hooks(&name, &world).await?;
+        Ok(LoadedPlugin {
             metrics: self.metrics.for_plugin(&name),
             name,
             space,
             sha256,
             world,
+            declared,
             consecutive_failures: AtomicU32::new(0),
-        }
+        })
+    }
+
+    /// Ask a component which hooks it implements (`hooks`), in a throwaway instance.
+    async fn declared_hooks(&self, name: &str, world: &World) -> Result<Declared> {
+        let World::Hooks(pre) = world else {
+            return Ok(Declared::default());
+        };
+        let _slot = self.slot().await;
+        let binding = PluginBinding::default();
+        let mut store = self.new_store(name.into(), name.into(), &binding, AccountId(uuid::Uuid::nil()));
+        let failed = |e: wasmtime::Error| anyhow::anyhow!("plugin {name:?}: hooks() failed: {}", describe_trap(&e));
+        let instance = pre.instantiate_async(&mut store).await.map_err(failed)?;
+        let hooks = instance.call_hooks(&mut store).await.map_err(failed)?;
+        let size = |n: u32, what: &str| {
+            let n = n as usize;
+            anyhow::ensure!(
+                n <= MAX_HOOK_BODY,
+                "plugin {name:?} declares a {what} of {n} bytes; at most {MAX_HOOK_BODY}"
+            );
+            Ok(n)
+        };
+        let set = hooks.hooks;
+        Ok(Declared {
+            request_body: set
+                .contains(types::HookSet::REQUEST_BODY)
+                .then(|| size(hooks.max_request_body, "max-request-body"))
+                .transpose()?,
+            response_headers: set.contains(types::HookSet::RESPONSE_HEADERS),
+            response_body: set
+                .contains(types::HookSet::RESPONSE_BODY)
+                .then(|| size(hooks.max_response_body, "max-response-body"))
+                .transpose()?,
+        })
+    }
+
+    /// What the proxy must do for `chain`: the hooks its plugins declare, together.
+    pub fn chain_needs(&self, chain: &[PluginBinding]) -> Declared {
+        chain
+            .iter()
+            .filter_map(|binding| self.plugin_for(binding).ok())
+            .fold(Declared::default(), |needs, plugin| needs.merge(plugin.declared))
     }
 
     /// Link a component against the host: it must implement one of the two worlds.
@@ -399,10 +517,11 @@ impl PluginHost {
     /// Check an upload: compile it (off the runtime's workers) and say which world it implements.
     /// The compiled component is kept for the edge to use once the upload is bound.
     pub async fn check_upload(self: &Arc<Self>, name: &str, wasm: Arc<[u8]>) -> Result<PluginKind> {
-        let (host, name) = (self.clone(), name.to_owned());
-        let world = tokio::task::spawn_blocking(move || host.compile(&name, &sha256_hex(&wasm), Some(&wasm)))
+        let (host, label) = (self.clone(), name.to_owned());
+        let world = tokio::task::spawn_blocking(move || host.compile(&label, &sha256_hex(&wasm), Some(&wasm)))
             .await??
             .ok_or_else(|| anyhow::anyhow!("no component to compile"))?;
+        self.declared_hooks(name, &world).await?;
         Ok(world.kind())
     }
 
@@ -475,10 +594,16 @@ impl PluginHost {
                 continue;
             }
             let label = format!("{}@{}", v.name, v.version);
-            match self.load_version(&label, v, &fetch).await {
+            let loaded = match self.load_version(&label, v, &fetch).await {
                 Ok(world) => {
+                    self.loaded(label.as_str().into(), v.name.as_str().into(), v.sha256.clone(), world)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(loaded) => {
                     tracing::info!(plugin = %label, account = %v.account, sha256 = %v.sha256, "plugin version loaded");
-                    let loaded = self.loaded(label.into(), v.name.as_str().into(), v.sha256.clone(), world);
                     next.insert(key, Arc::new(loaded));
                 }
                 Err(e) => tracing::error!(
@@ -538,16 +663,21 @@ impl PluginHost {
         }
     }
 
-    /// Run `on-request-headers` of every binding in order. Stops at the first `respond`.
-    /// A failing binding fails the request unless it is fail-open.
-    pub async fn on_request_headers(
+    /// Run one phase of the chain: the plugins that implement its hook, in chain order for the
+    /// request phases and in reverse for the response phases (the first plugin sees the request
+    /// first and the response last). Stops at the first `respond`. A failing binding fails the
+    /// request unless it is fail-open.
+    pub async fn run(
         &self,
         chain: &[PluginBinding],
-        mut request: PluginRequest,
+        phase: Phase,
+        mut exchange: Exchange,
     ) -> Result<Outcome, PluginError> {
         // One instance at a time per chain: a reused one goes back before the next call.
         let _slot = self.slot().await;
-        for binding in chain {
+        let reverse = matches!(phase, Phase::ResponseHeaders | Phase::ResponseBody);
+        for i in 0..chain.len() {
+            let binding = &chain[if reverse { chain.len() - 1 - i } else { i }];
             let failed = |reason: String| PluginError {
                 plugin: binding.plugin.clone(),
                 reason,
@@ -557,21 +687,28 @@ impl PluginHost {
                 Err(_) if binding.fail_open => continue,
                 Err(reason) => return Err(failed(reason)),
             };
-            match self.call(plugin, binding, request).await {
-                Ok((back, None)) => request = back,
-                Ok((_, Some(response))) => return Ok(Outcome::Respond(response)),
+            if !plugin.declared.runs(phase) {
+                continue;
+            }
+            match self.call(plugin, binding, exchange, phase).await {
+                Ok((back, Decision::Continue)) => exchange = back,
+                Ok((mut back, Decision::Replace(body))) => {
+                    back.body = Some(body);
+                    exchange = back;
+                }
+                Ok((_, Decision::Respond(response))) => return Ok(Outcome::Respond(response)),
                 Err(failure) => {
                     let (back, reason) = *failure;
                     if binding.fail_open {
                         tracing::warn!(plugin = %plugin.name, "plugin failed, continuing (fail-open): {reason}");
-                        request = back.ok_or_else(|| failed(format!("{reason}; the request was lost")))?;
+                        exchange = back.ok_or_else(|| failed(format!("{reason}; the request was lost")))?;
                         continue;
                     }
                     return Err(failed(reason));
                 }
             }
         }
-        Ok(Outcome::Continue(request))
+        Ok(Outcome::Continue(exchange))
     }
 
     /// Ask a balancer plugin which candidate serves this request (`None`: let the edge choose).
@@ -648,6 +785,16 @@ impl PluginHost {
 
     /// A fresh store for one call: empty WASI, memory cap, deadline.
     fn store(&self, plugin: &LoadedPlugin, binding: &PluginBinding, account: AccountId) -> Store<HostState> {
+        self.new_store(plugin.name.clone(), plugin.space.clone(), binding, account)
+    }
+
+    fn new_store(
+        &self,
+        name: Arc<str>,
+        space: Arc<str>,
+        binding: &PluginBinding,
+        account: AccountId,
+    ) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new().memory_size(MAX_MEMORY).instances(4).build();
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -658,8 +805,8 @@ impl PluginHost {
             table: ResourceTable::new(),
             wasi,
             limits,
-            plugin: plugin.name.clone(),
-            space_name: plugin.space.clone(),
+            plugin: name,
+            space_name: space,
             config: binding.config.clone(),
             account,
             kv: self.kv.clone(),
@@ -671,21 +818,36 @@ impl PluginHost {
         store
     }
 
-    /// One hook call in a fresh instance. On error, the request comes back if it could be saved.
+    /// One hook call, in a fresh instance or (reuse mode) a warm one. On error, the exchange
+    /// comes back if it could be saved.
     async fn call(
         &self,
         plugin: &LoadedPlugin,
         binding: &PluginBinding,
-        request: PluginRequest,
-    ) -> Result<CallSuccess, Box<CallFailure>> {
+        exchange: Exchange,
+        phase: Phase,
+    ) -> Result<(Exchange, Decision), Box<CallFailure>> {
         let World::Hooks(pre) = &plugin.world else {
             return Err(Box::new((
-                Some(request),
+                Some(exchange),
                 "is a balancer: bind it to a pool (steering: plugin), not to a route".into(),
             )));
         };
         if let Some(reason) = self.tripped(plugin) {
-            return Err(Box::new((Some(request), reason)));
+            return Err(Box::new((Some(exchange), reason)));
+        }
+        let body = exchange.body.clone().unwrap_or_default();
+        let limit = match phase {
+            Phase::RequestBody => plugin.declared.request_body,
+            Phase::ResponseBody => plugin.declared.response_body,
+            _ => None,
+        };
+        if let Some(limit) = limit.filter(|limit| body.len() > *limit) {
+            let reason = format!(
+                "the body ({} bytes) is over the {limit} bytes this plugin reads",
+                body.len()
+            );
+            return Err(Box::new((Some(exchange), reason)));
         }
         let started = Instant::now();
         let reuse = binding.reuse.min(MAX_REUSE);
@@ -700,7 +862,7 @@ impl PluginHost {
                 warm
             }
             None => {
-                let mut store = self.store(plugin, binding, request.account);
+                let mut store = self.store(plugin, binding, exchange.request.account);
                 match pre.instantiate_async(&mut store).await {
                     Ok(hooks) => Warm {
                         store,
@@ -709,43 +871,83 @@ impl PluginHost {
                     },
                     Err(e) => {
                         let reason = self.record(plugin, started, Some(&e)).err().unwrap_or_default();
-                        return Err(Box::new((Some(request), reason)));
+                        return Err(Box::new((Some(exchange), reason)));
                     }
                 }
             }
         };
-        let handle = match store.data_mut().table.push(request) {
-            Ok(h) => h,
+        let Exchange {
+            request,
+            response,
+            body: kept_body,
+        } = exchange;
+        let table = &mut store.data_mut().table;
+        let request_rep = match table.push(request) {
+            Ok(handle) => handle.rep(),
             Err(e) => return Err(Box::new((None, format!("resource table: {e}")))),
         };
-        let rep = handle.rep();
-        let result = hooks
-            .call_on_request_headers(&mut store, Resource::new_borrow(rep))
-            .await;
-        // Take the request back whatever happened, so a fail-open binding can still forward it.
-        let back = store
-            .data_mut()
-            .table
-            .delete(Resource::<PluginRequest>::new_own(rep))
-            .ok();
+        let response_rep = match response.map(|r| table.push(r)).transpose() {
+            Ok(handle) => handle.map(|h| h.rep()),
+            Err(e) => return Err(Box::new((None, format!("resource table: {e}")))),
+        };
+        let req = || Resource::new_borrow(request_rep);
+        let result = match (phase, response_rep) {
+            (Phase::RequestHeaders, _) => hooks.call_on_request_headers(&mut store, req()).await.map(Raw::Action),
+            (Phase::RequestBody, _) => hooks
+                .call_on_request_body(&mut store, req(), &body)
+                .await
+                .map(Raw::Body),
+            (Phase::ResponseHeaders, Some(rep)) => hooks
+                .call_on_response_headers(&mut store, req(), Resource::new_borrow(rep))
+                .await
+                .map(Raw::Action),
+            (Phase::ResponseBody, Some(rep)) => hooks
+                .call_on_response_body(&mut store, req(), Resource::new_borrow(rep), &body)
+                .await
+                .map(Raw::Body),
+            _ => Err(wasmtime::Error::msg("a response hook needs the response")),
+        };
+        // Take the exchange back whatever happened, so a fail-open binding can still forward it.
+        let table = &mut store.data_mut().table;
+        let request = table.delete(Resource::<PluginRequest>::new_own(request_rep)).ok();
+        let response = response_rep.and_then(|rep| table.delete(Resource::<PluginResponse>::new_own(rep)).ok());
+        let back = request.map(|request| Exchange {
+            request,
+            response,
+            body: kept_body,
+        });
         let recorded = self.record(plugin, started, result.as_ref().err());
         // An instance that failed (trap, deadline, limit) may be in any state: never reused.
         if result.is_ok() && served + 1 < reuse {
             let served = served + 1;
             binding.warm.put(Warm { store, hooks, served }, &self.warm_idle);
         }
-        match (result, back) {
-            (Ok(action), Some(request)) => match action {
-                types::Action::Continue => Ok((request, None)),
-                types::Action::Respond(response) => match plugin_response(response) {
-                    Ok(response) => Ok((request, Some(response))),
-                    Err(reason) => Err(Box::new((Some(request), reason))),
-                },
-            },
-            (Ok(_), None) => Err(Box::new((None, "the request resource was lost".into()))),
-            (Err(_), back) => Err(Box::new((back, recorded.err().unwrap_or_default()))),
+        let raw = match (result, back) {
+            (Ok(raw), Some(back)) => (raw, back),
+            (Ok(_), None) => return Err(Box::new((None, "the request resource was lost".into()))),
+            (Err(_), back) => return Err(Box::new((back, recorded.err().unwrap_or_default()))),
+        };
+        let decided = match raw.0 {
+            Raw::Action(types::Action::Continue) | Raw::Body(types::BodyAction::Continue) => Ok(Decision::Continue),
+            Raw::Action(types::Action::Respond(r)) | Raw::Body(types::BodyAction::Respond(r)) => {
+                plugin_response(r).map(Decision::Respond)
+            }
+            Raw::Body(types::BodyAction::Replace(body)) if body.len() > MAX_HOOK_BODY => {
+                Err(format!("a replaced body is over {MAX_HOOK_BODY} bytes"))
+            }
+            Raw::Body(types::BodyAction::Replace(body)) => Ok(Decision::Replace(Bytes::from(body))),
+        };
+        match decided {
+            Ok(decision) => Ok((raw.1, decision)),
+            Err(reason) => Err(Box::new((Some(raw.1), reason))),
         }
     }
+}
+
+/// A hook's answer as the guest gave it.
+enum Raw {
+    Action(types::Action),
+    Body(types::BodyAction),
 }
 
 /// Give the next call the binding's deadline (1–100 ms, in epoch ticks of 1 ms). The call yields
@@ -791,8 +993,9 @@ fn plugin_response(response: types::Response) -> Result<Response<Full<Bytes>>, S
     Ok(out)
 }
 
-/// Headers that frame the request or route it: the edge checked them before the chain ran (one
-/// Host, consistent Content-Length and Transfer-Encoding), so plugins may not change them.
+/// Headers that frame the message or route it: the edge checked them before the chain ran (one
+/// Host, consistent Content-Length and Transfer-Encoding) or sets them itself, so plugins may
+/// not change them (in requests and responses alike).
 const PROTECTED_HEADERS: [&str; 9] = [
     "host",
     "content-length",
@@ -809,12 +1012,41 @@ fn is_protected(name: &str) -> bool {
     PROTECTED_HEADERS.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
-/// A request header a plugin wants to set, checked.
-fn request_header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+/// Every value of a header.
+fn header_values(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    headers.get_all(name).iter().map(|v| v.as_bytes().to_vec()).collect()
+}
+
+fn header_entries(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Set (or with `append`, add) a header a plugin gave, unless it is protected or one too many.
+fn edit_header(headers: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
     if is_protected(name) {
         return Err(format!("the {name} header is managed by the edge"));
     }
-    header(name, value)
+    let (name, value) = header(name, value)?;
+    if headers.len() >= MAX_PLUGIN_HEADERS && (append || !headers.contains_key(&name)) {
+        return Err(format!("at most {MAX_PLUGIN_HEADERS} headers"));
+    }
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+fn remove_header(headers: &mut HeaderMap, name: &str, plugin: &str) {
+    if is_protected(name) {
+        tracing::debug!(plugin, "refused to remove the {name} header");
+        return;
+    }
+    headers.remove(name);
 }
 
 /// A header a plugin gave, checked.
@@ -861,32 +1093,19 @@ impl types::HostRequest for HostState {
     }
 
     fn header(&mut self, req: Resource<types::Request>, name: String) -> Vec<Vec<u8>> {
-        let Some(r) = self.request(&req) else { return Vec::new() };
-        r.headers
-            .get_all(name.as_str())
-            .iter()
-            .map(|v| v.as_bytes().to_vec())
-            .collect()
+        self.request(&req)
+            .map(|r| header_values(&r.headers, &name))
+            .unwrap_or_default()
     }
 
     fn set_header(&mut self, req: Resource<types::Request>, name: String, value: Vec<u8>) -> Result<(), String> {
-        let (name, value) = request_header(&name, &value)?;
         let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
-        if r.headers.len() >= MAX_PLUGIN_HEADERS && !r.headers.contains_key(&name) {
-            return Err(format!("at most {MAX_PLUGIN_HEADERS} headers"));
-        }
-        r.headers.insert(name, value);
-        Ok(())
+        edit_header(&mut r.headers, &name, &value, false)
     }
 
     fn append_header(&mut self, req: Resource<types::Request>, name: String, value: Vec<u8>) -> Result<(), String> {
-        let (name, value) = request_header(&name, &value)?;
         let r = self.table.get_mut(&ours(&req)).map_err(|e| e.to_string())?;
-        if r.headers.len() >= MAX_PLUGIN_HEADERS {
-            return Err(format!("at most {MAX_PLUGIN_HEADERS} headers"));
-        }
-        r.headers.append(name, value);
-        Ok(())
+        edit_header(&mut r.headers, &name, &value, true)
     }
 
     fn set_path_with_query(&mut self, req: Resource<types::Request>, path_with_query: String) -> Result<(), String> {
@@ -906,21 +1125,16 @@ impl types::HostRequest for HostState {
     }
 
     fn remove_header(&mut self, req: Resource<types::Request>, name: String) {
-        if is_protected(&name) {
-            tracing::debug!(plugin = %self.plugin, "refused to remove the {name} header");
-            return;
-        }
+        let plugin = self.plugin.clone();
         if let Ok(r) = self.table.get_mut(&ours(&req)) {
-            r.headers.remove(name.as_str());
+            remove_header(&mut r.headers, &name, &plugin);
         }
     }
 
     fn entries(&mut self, req: Resource<types::Request>) -> Vec<(String, Vec<u8>)> {
-        let Some(r) = self.request(&req) else { return Vec::new() };
-        r.headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect()
+        self.request(&req)
+            .map(|r| header_entries(&r.headers))
+            .unwrap_or_default()
     }
 
     fn client_addr(&mut self, req: Resource<types::Request>) -> String {
@@ -939,6 +1153,64 @@ impl types::HostRequest for HostState {
 
     fn drop(&mut self, _req: Resource<types::Request>) -> wasmtime::Result<()> {
         // Only ever lent to the guest: the host takes it back after the call.
+        Ok(())
+    }
+}
+
+/// The guest's handle of the response head, as our `PluginResponse` (as [`ours`] for requests).
+fn ours_response(handle: &Resource<types::ResponseHead>) -> Resource<PluginResponse> {
+    Resource::new_borrow(handle.rep())
+}
+
+impl types::HostResponseHead for HostState {
+    fn status(&mut self, resp: Resource<types::ResponseHead>) -> u16 {
+        self.table.get(&ours_response(&resp)).map_or(0, |r| r.status.as_u16())
+    }
+
+    fn set_status(&mut self, resp: Resource<types::ResponseHead>, status: u16) -> Result<(), String> {
+        let status = StatusCode::from_u16(status)
+            .ok()
+            .filter(|s| *s != StatusCode::SWITCHING_PROTOCOLS && s.as_u16() >= 200)
+            .ok_or_else(|| format!("{status} is not a status a response may have here"))?;
+        let r = self.table.get_mut(&ours_response(&resp)).map_err(|e| e.to_string())?;
+        r.status = status;
+        Ok(())
+    }
+
+    fn header(&mut self, resp: Resource<types::ResponseHead>, name: String) -> Vec<Vec<u8>> {
+        let r = self.table.get(&ours_response(&resp));
+        r.map(|r| header_values(&r.headers, &name)).unwrap_or_default()
+    }
+
+    fn set_header(&mut self, resp: Resource<types::ResponseHead>, name: String, value: Vec<u8>) -> Result<(), String> {
+        let r = self.table.get_mut(&ours_response(&resp)).map_err(|e| e.to_string())?;
+        edit_header(&mut r.headers, &name, &value, false)
+    }
+
+    fn append_header(
+        &mut self,
+        resp: Resource<types::ResponseHead>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        let r = self.table.get_mut(&ours_response(&resp)).map_err(|e| e.to_string())?;
+        edit_header(&mut r.headers, &name, &value, true)
+    }
+
+    fn remove_header(&mut self, resp: Resource<types::ResponseHead>, name: String) {
+        let plugin = self.plugin.clone();
+        if let Ok(r) = self.table.get_mut(&ours_response(&resp)) {
+            remove_header(&mut r.headers, &name, &plugin);
+        }
+    }
+
+    fn entries(&mut self, resp: Resource<types::ResponseHead>) -> Vec<(String, Vec<u8>)> {
+        let r = self.table.get(&ours_response(&resp));
+        r.map(|r| header_entries(&r.headers)).unwrap_or_default()
+    }
+
+    fn drop(&mut self, _resp: Resource<types::ResponseHead>) -> wasmtime::Result<()> {
+        // Only ever lent to the guest, like the request.
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::EdgeState;
-use crate::plugin_host::{Outcome, PluginError, PluginRequest};
+use crate::plugin_host::{Declared, Exchange, Outcome, Phase, PluginError, PluginRequest, PluginResponse};
 use crate::pool::{self, RequestKey};
 use crate::registry::InFlight;
 use crate::request_checks;
@@ -73,10 +73,14 @@ enum Destination {
     },
 }
 
+/// The request body for the origin: streamed from the client, or buffered for the plugins'
+/// `on-request-body` (and perhaps replaced by them).
+type RequestBody = Either<Incoming, Full<Bytes>>;
+
 /// What goes to the origin besides the head: the client's body (`None` when empty) and, for a
 /// WebSocket, the client side of the upgrade.
 struct Upstream {
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
@@ -117,11 +121,20 @@ async fn forward(
 
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
+    let mut incoming = Some(incoming);
+    // The body as the request-body hooks left it, when they ran.
+    let mut buffered = None;
     let mut path = parts
         .uri
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let needs = match &state.config.plugins {
+        Some(host) if !plugins.is_empty() => host.chain_needs(&plugins),
+        _ => Declared::default(),
+    };
+    // The request as the response hooks will see it (kept only when some plugin has one).
+    let mut for_response = None;
     if !plugins.is_empty() {
         // Key-value spaces are per account: a route without a known owner (which the table build
         // rules out) runs no plugin rather than share one.
@@ -141,14 +154,53 @@ async fn forward(
             route: route_pattern.clone(),
             account,
         };
-        match run_plugins(state, plugins, request).await? {
-            Outcome::Continue(request) => {
-                parts.headers = request.headers;
-                path = request.path_and_query;
-            }
+        let exchange = Exchange {
+            request,
+            response: None,
+            body: None,
+        };
+        let mut exchange = match run_plugins(state, &plugins, Phase::RequestHeaders, exchange).await? {
+            Outcome::Continue(exchange) => exchange,
             Outcome::Respond(response) => return Ok(response.map(Either::Right)),
+        };
+        // Only after on-request-headers: a refused request is never buffered.
+        if let Some(limit) = needs.request_body
+            && let Some(streamed) = incoming.take()
+        {
+            exchange.body = Some(buffer_request_body(state, streamed, limit).await?);
+            exchange = match run_plugins(state, &plugins, Phase::RequestBody, exchange).await? {
+                Outcome::Continue(exchange) => exchange,
+                Outcome::Respond(response) => return Ok(response.map(Either::Right)),
+            };
+            let buffered_body = exchange.body.take().unwrap_or_default();
+            exchange.request.headers.remove(http::header::TRANSFER_ENCODING);
+            exchange
+                .request
+                .headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(buffered_body.len()));
+            buffered = Some(buffered_body);
         }
+        let request = exchange.request;
+        if needs.response() {
+            for_response = Some(PluginRequest {
+                method: request.method.clone(),
+                authority: request.authority.clone(),
+                path_and_query: request.path_and_query.clone(),
+                headers: request.headers.clone(),
+                client_addr: request.client_addr,
+                request_id: request.request_id.clone(),
+                route: request.route.clone(),
+                account: request.account,
+            });
+        }
+        parts.headers = request.headers;
+        path = request.path_and_query;
     }
+    let body: RequestBody = match (buffered, incoming) {
+        (Some(bytes), _) => Either::Right(Full::new(bytes)),
+        (None, Some(streamed)) => Either::Left(streamed),
+        (None, None) => Either::Right(Full::default()),
+    };
     let mut steering_key = RequestKey::default();
     if let Destination::Pool { table, index } = &destination {
         let pool = &table.pools()[*index];
@@ -193,8 +245,8 @@ async fn forward(
         body: (!body.is_end_stream()).then_some(body),
         on_upgrade,
     };
-    match destination {
-        Destination::Tunnel { id, name } => exchange(state, id, &name, &head_bytes, upstream).await,
+    let response = match destination {
+        Destination::Tunnel { id, name } => exchange(state, id, &name, &head_bytes, upstream).await?,
         Destination::Pool { table, index } => {
             let retry = idempotent && !websocket;
             to_pool(
@@ -207,9 +259,92 @@ async fn forward(
                 upstream,
                 retry,
             )
-            .await
+            .await?
         }
+    };
+    match for_response {
+        Some(request) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
+            run_response_plugins(state, &plugins, needs, request, response).await
+        }
+        _ => Ok(response),
     }
+}
+
+/// Read the whole request body for `on-request-body`, within the body timeouts: at most `limit`
+/// bytes (more is a 413).
+async fn buffer_request_body(state: &EdgeState, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    let timeout = state.config.request_body_timeout;
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(ProxyError::RequestTimeout(format!("did not arrive within {timeout:?}"))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::PayloadTooLarge(limit)),
+        Ok(Err(e)) => Err(ProxyError::BadRequest(format!("reading the request body: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// The response hooks of the chain, on the origin's response: `on-response-headers`, then (with
+/// the body read whole, at most the chain's limit) `on-response-body`.
+async fn run_response_plugins(
+    state: &EdgeState,
+    chain: &Arc<[PluginBinding]>,
+    needs: Declared,
+    request: PluginRequest,
+    response: Response<ResponseBody>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = response.into_parts();
+    let head = PluginResponse {
+        status: parts.status,
+        headers: std::mem::take(&mut parts.headers),
+    };
+    let mut exchange = Exchange {
+        request,
+        response: Some(head),
+        body: None,
+    };
+    if needs.response_headers {
+        exchange = match run_plugins(state, chain, Phase::ResponseHeaders, exchange).await? {
+            Outcome::Continue(exchange) => exchange,
+            Outcome::Respond(response) => return Ok(response.map(Either::Right)),
+        };
+    }
+    let mut body = body;
+    if let Some(limit) = needs.response_body {
+        let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+        let collected = tokio::time::timeout(state.config.origin_timeout, read)
+            .await
+            .map_err(|_| ProxyError::OriginTimeout {
+                name: "(response body for plugins)".into(),
+                timeout: state.config.origin_timeout,
+            })?
+            .map_err(|e| {
+                ProxyError::PluginFailed(PluginError {
+                    plugin: "(response body)".into(),
+                    reason: if e.is::<http_body_util::LengthLimitError>() {
+                        format!("the response body is over {limit} bytes, the most this route's plugins read")
+                    } else {
+                        format!("reading the response body: {e}")
+                    },
+                })
+            })?;
+        exchange.body = Some(collected.to_bytes());
+        exchange = match run_plugins(state, chain, Phase::ResponseBody, exchange).await? {
+            Outcome::Continue(exchange) => exchange,
+            Outcome::Respond(response) => return Ok(response.map(Either::Right)),
+        };
+        let bytes = exchange.body.take().unwrap_or_default();
+        if let Some(head) = exchange.response.as_mut() {
+            head.headers.remove(http::header::TRANSFER_ENCODING);
+            head.headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        }
+        body = Either::Right(Full::new(bytes));
+    }
+    if let Some(head) = exchange.response {
+        parts.status = head.status;
+        parts.headers = head.headers;
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Send a request to a pool: steer, record the outcome for passive health, and retry an
@@ -454,15 +589,16 @@ async fn exchange(
     Ok(response)
 }
 
-/// The route's plugin chain, before anything goes down the tunnel.
+/// One phase of the route's plugin chain.
 async fn run_plugins(
     state: &EdgeState,
-    chain: Arc<[PluginBinding]>,
-    request: PluginRequest,
+    chain: &Arc<[PluginBinding]>,
+    phase: Phase,
+    exchange: Exchange,
 ) -> Result<Outcome, ProxyError> {
     let Some(host) = state.config.plugins.clone() else {
         if chain.iter().all(|b| b.fail_open) {
-            return Ok(Outcome::Continue(request));
+            return Ok(Outcome::Continue(exchange));
         }
         let plugin = chain.first().map(|b| b.plugin.clone()).unwrap_or_default();
         return Err(ProxyError::PluginFailed(PluginError {
@@ -470,9 +606,7 @@ async fn run_plugins(
             reason: "no plugins are loaded on this edge".into(),
         }));
     };
-    host.on_request_headers(&chain, request)
-        .await
-        .map_err(ProxyError::PluginFailed)
+    host.run(chain, phase, exchange).await.map_err(ProxyError::PluginFailed)
 }
 
 /// Ask the pool's balancer plugin for an origin. A failing balancer does not fail the request:

@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// Every origin of the pool (and of its fallbacks) is down, disabled or disconnected.
     #[error("pool {pool:?} has no healthy origin")]
     NoHealthyOrigin { pool: String },
+    /// The request body is bigger than the route's plugins read (`on-request-body`).
+    #[error("the request body is over {0} bytes")]
+    PayloadTooLarge(usize),
     /// The client's request body stalled or took too long (a slow-upload defence).
     #[error("the request body {0}")]
     RequestTimeout(String),
@@ -56,6 +59,7 @@ impl ProxyError {
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
@@ -75,6 +79,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong(_) => "uri_too_long",
             ProxyError::RequestTimeout(_) => "request_timeout",
+            ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::PluginFailed(_) => "plugin_failed",
             ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::UnknownHost(_) => "unknown_host",
@@ -100,6 +105,7 @@ impl ProxyError {
             }
             ProxyError::Misdirected { .. } => "Open a new connection for this site.".into(),
             ProxyError::RequestTimeout(_) => "Send the request body without long pauses.".into(),
+            ProxyError::PayloadTooLarge(limit) => format!("This site reads request bodies of at most {limit} bytes."),
             ProxyError::PluginFailed(_) => {
                 "A plugin of this site failed; its owner can see why in the edge logs.".into()
             }

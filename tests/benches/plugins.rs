@@ -6,7 +6,7 @@
 
 use std::hint::black_box;
 
-use burrow_edge::plugin_host::{Candidate, Outcome, PluginHost, PluginRequest};
+use burrow_edge::plugin_host::{Candidate, Exchange, Outcome, Phase, PluginHost, PluginRequest};
 use burrow_edge::route_table::PluginBinding;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
@@ -34,6 +34,15 @@ fn request() -> PluginRequest {
     }
 }
 
+/// The request as the request-headers phase gets it.
+fn exchange() -> Exchange {
+    Exchange {
+        request: request(),
+        response: None,
+        body: None,
+    }
+}
+
 fn binding(plugin: &str, config: &str) -> PluginBinding {
     PluginBinding {
         plugin: plugin.into(),
@@ -50,16 +59,16 @@ fn hooks(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut host = PluginHost::new().unwrap();
-    host.load("noop", &std::fs::read(env!("PLUGIN_TEST_TRAP")).unwrap())
+    rt.block_on(host.load("noop", &std::fs::read(env!("PLUGIN_TEST_TRAP")).unwrap()))
         .unwrap();
-    host.load("header-auth", &std::fs::read(env!("PLUGIN_HEADER_AUTH")).unwrap())
+    rt.block_on(host.load("header-auth", &std::fs::read(env!("PLUGIN_HEADER_AUTH")).unwrap()))
         .unwrap();
-    host.load("jwt-auth", &std::fs::read(env!("PLUGIN_JWT_AUTH")).unwrap())
+    rt.block_on(host.load("jwt-auth", &std::fs::read(env!("PLUGIN_JWT_AUTH")).unwrap()))
         .unwrap();
-    host.load(
+    rt.block_on(host.load(
         "balancer-latency",
         &std::fs::read(env!("PLUGIN_BALANCER_LATENCY")).unwrap(),
-    )
+    ))
     .unwrap();
 
     // `test-trap` on a path without /trap: one getter call, then continue.
@@ -67,7 +76,7 @@ fn hooks(c: &mut Criterion) {
     c.bench_function("plugin on-request-headers, no-op, fresh instance", |b| {
         b.iter(|| {
             let outcome = rt
-                .block_on(host.on_request_headers(&noop, black_box(request())))
+                .block_on(host.run(&noop, Phase::RequestHeaders, black_box(exchange())))
                 .unwrap();
             assert!(matches!(outcome, Outcome::Continue(_)));
         })
@@ -81,7 +90,7 @@ fn hooks(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let outcome = rt
-                    .block_on(host.on_request_headers(&auth, black_box(request())))
+                    .block_on(host.run(&auth, Phase::RequestHeaders, black_box(exchange())))
                     .unwrap();
                 assert!(matches!(outcome, Outcome::Continue(_)));
             })
@@ -95,7 +104,7 @@ fn hooks(c: &mut Criterion) {
     c.bench_function("plugin on-request-headers, header-auth, reused instance", |b| {
         b.iter(|| {
             let outcome = rt
-                .block_on(host.on_request_headers(&auth_reused, black_box(request())))
+                .block_on(host.run(&auth_reused, Phase::RequestHeaders, black_box(exchange())))
                 .unwrap();
             assert!(matches!(outcome, Outcome::Continue(_)));
         })
@@ -108,7 +117,7 @@ fn hooks(c: &mut Criterion) {
     c.bench_function("plugin on-request-headers, no-op, reused instance", |b| {
         b.iter(|| {
             black_box(
-                rt.block_on(host.on_request_headers(&noop_reused, black_box(request())))
+                rt.block_on(host.run(&noop_reused, Phase::RequestHeaders, black_box(exchange())))
                     .unwrap(),
             )
         })
@@ -152,12 +161,12 @@ fn hooks(c: &mut Criterion) {
     };
     for (name, binding, token) in [("HS256", hs, hs_token), ("ES256 JWKS", es, es_token)] {
         let with_token = || {
-            let mut request = request();
-            request.headers.insert(
+            let mut exchange = exchange();
+            exchange.request.headers.insert(
                 "authorization",
                 HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
             );
-            request
+            exchange
         };
         let reused = PluginBinding {
             reuse: 1_000_000,
@@ -169,7 +178,7 @@ fn hooks(c: &mut Criterion) {
                 |b| {
                     b.iter(|| {
                         let outcome = rt
-                            .block_on(host.on_request_headers(&chain, black_box(with_token())))
+                            .block_on(host.run(&chain, Phase::RequestHeaders, black_box(with_token())))
                             .unwrap();
                         assert!(matches!(outcome, Outcome::Continue(_)));
                     })

@@ -220,7 +220,7 @@ impl TestEdge {
         if !options.plugins.is_empty() || control.is_some() {
             let mut host = burrow_edge::plugin_host::PluginHost::new().unwrap();
             for (name, path) in &options.plugins {
-                host.load(name, &std::fs::read(path).unwrap()).unwrap();
+                host.load(name, &std::fs::read(path).unwrap()).await.unwrap();
             }
             if let (Some(_), Some(dir)) = (&control, &config.data_dir) {
                 host.set_cache_dir(dir.join("plugins"));

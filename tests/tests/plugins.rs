@@ -862,3 +862,96 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     connector.stop().await.unwrap();
     edge.stop().await;
 }
+
+/// Body and response hooks (`test-body`): the request body is read whole and replaced or
+/// refused, the response head changed, the response body rewritten with a matching
+/// Content-Length; bodies over the plugin's limit and a trap in a response hook fail cleanly.
+#[tokio::test]
+async fn body_and_response_hooks_see_and_rewrite_whole_bodies() {
+    init_logging();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let origin = serve_origin(move |req| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let path = req.uri().path().to_owned();
+        async move {
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let (status, body) = match path.as_str() {
+                "/missing" => (404, bytes::Bytes::from_static(b"nope")),
+                "/big" => (200, bytes::Bytes::from(vec![b'x'; 2048])),
+                _ => (200, body),
+            };
+            Response::builder().status(status).body(full(body)).unwrap()
+        }
+    })
+    .await;
+    let tunnel = TestTunnel::new("app");
+    let mut file = tunnels_file(&[&tunnel], &[]);
+    for (host, fail_open) in [("body.test", false), ("body-open.test", true)] {
+        file.routes.push(RouteEntry {
+            hostname: host.into(),
+            tunnel: Some("app".into()),
+            pool: None,
+            plugins: vec![binding("test-body", "", fail_open)],
+        });
+    }
+    let options = EdgeOptions {
+        plugins: vec![("test-body", env!("PLUGIN_TEST_BODY"))],
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&file, options).await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    connector.wait_ready(1).await;
+    let client = http1_client();
+    let call = |host: &'static str, method: &'static str, path: &'static str, body: Vec<u8>| {
+        send(&client, edge.http, method, host, path, full(body))
+    };
+
+    let echoed = call("body.test", "POST", "/echo", b"hello".to_vec()).await.unwrap();
+    assert_eq!(echoed.status, StatusCode::OK);
+    assert_eq!(
+        echoed.text(),
+        "HELLO [inspected 5 bytes]",
+        "upper-cased on the way in, noted on the way out"
+    );
+    assert_eq!(echoed.headers["x-status-seen"], "200");
+    assert_eq!(echoed.headers["content-length"], "25");
+
+    let refused = call("body.test", "POST", "/echo", b"this is forbidden".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.status, refused.text().as_str()),
+        (StatusCode::FORBIDDEN, "forbidden body\n")
+    );
+    let too_big = call("body.test", "POST", "/echo", vec![b'a'; 2048]).await.unwrap();
+    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(too_big.headers["burrow-error"], "payload_too_large");
+    assert_eq!(hits.load(Ordering::Relaxed), 1, "refused bodies never reach the origin");
+
+    let missing = call("body.test", "GET", "/missing", Vec::new()).await.unwrap();
+    assert_eq!(missing.status, StatusCode::GONE);
+    assert_eq!(missing.headers["x-status-seen"], "404");
+    assert_eq!(missing.text(), "nope [inspected 4 bytes]");
+
+    let big = call("body.test", "GET", "/big", Vec::new()).await.unwrap();
+    assert_eq!(big.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(big.headers["burrow-error"], "plugin_failed");
+    assert!(big.text().contains("over 1024 bytes"), "{}", big.text());
+
+    let trapped = call("body.test", "GET", "/trap-response", Vec::new()).await.unwrap();
+    assert_eq!(trapped.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(trapped.headers["burrow-error"], "plugin_failed");
+    // Fail-open: the failed hook is skipped, the later ones still run.
+    let open = call("body-open.test", "GET", "/trap-response", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(open.status, StatusCode::OK);
+    assert!(open.headers.get("x-status-seen").is_none());
+    assert_eq!(open.text(), " [inspected 0 bytes]");
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}

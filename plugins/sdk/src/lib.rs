@@ -39,8 +39,8 @@ pub mod balancer {
         path: "../../wit",
         world: "balancer",
         with: {
-            "burrow:plugin/types@0.1.0": crate::hooks::burrow::plugin::types,
-            "burrow:plugin/host@0.1.0": crate::hooks::burrow::plugin::host,
+            "burrow:plugin/types@0.2.0": crate::hooks::burrow::plugin::types,
+            "burrow:plugin/host@0.2.0": crate::hooks::burrow::plugin::host,
         },
         pub_export_macro: true,
         default_bindings_module: "burrow_plugin::balancer",
@@ -51,14 +51,44 @@ pub use hooks::burrow::plugin::host::Level;
 /// The key-value store shared by every call of this plugin for the route's account on this edge
 /// (see `interface kv` in wit/plugin.wit for its limits).
 pub use hooks::burrow::plugin::kv;
-pub use hooks::burrow::plugin::types::{Action, Candidate, Request, Response};
+pub use hooks::burrow::plugin::types::{
+    Action, BodyAction, Candidate, HookSet, Hooks, Request, Response, ResponseHead,
+};
 
-/// Request hooks. Each has a default that lets the request through unchanged.
+/// Request and response hooks. Each has a default that lets the request through unchanged; the
+/// edge calls a hook beyond [`Plugin::on_request_headers`] only if [`Plugin::hooks`] lists it.
 pub trait Plugin {
+    /// Which hooks this plugin implements beyond `on_request_headers`, and the largest bodies
+    /// (at most 4 MiB) the edge should buffer for the body hooks. Default: none.
+    fn hooks() -> Hooks {
+        Hooks {
+            hooks: HookSet::empty(),
+            max_request_body: 0,
+            max_response_body: 0,
+        }
+    }
+
     /// After the route is found, before anything goes down the tunnel: check the request,
     /// change its headers, or answer it with [`respond`].
     fn on_request_headers(_req: &Request) -> Action {
         Action::Continue
+    }
+
+    /// With `HookSet::REQUEST_BODY`: the whole request body, after `on_request_headers` of the
+    /// chain. Keep it, replace it, or answer.
+    fn on_request_body(_req: &Request, _body: Vec<u8>) -> BodyAction {
+        BodyAction::Continue
+    }
+
+    /// With `HookSet::RESPONSE_HEADERS`: the origin's response head. Change its status or
+    /// headers, or answer with another response ([`respond`]).
+    fn on_response_headers(_req: &Request, _resp: &ResponseHead) -> Action {
+        Action::Continue
+    }
+
+    /// With `HookSet::RESPONSE_BODY`: the whole response body. Keep it, replace it, or answer.
+    fn on_response_body(_req: &Request, _resp: &ResponseHead, _body: Vec<u8>) -> BodyAction {
+        BodyAction::Continue
     }
 }
 
@@ -70,8 +100,24 @@ pub trait Balancer {
 }
 
 impl<T: Plugin> hooks::Guest for T {
+    fn hooks() -> Hooks {
+        T::hooks()
+    }
+
     fn on_request_headers(req: &Request) -> Action {
         T::on_request_headers(req)
+    }
+
+    fn on_request_body(req: &Request, body: Vec<u8>) -> BodyAction {
+        T::on_request_body(req, body)
+    }
+
+    fn on_response_headers(req: &Request, resp: &ResponseHead) -> Action {
+        T::on_response_headers(req, resp)
+    }
+
+    fn on_response_body(req: &Request, resp: &ResponseHead, body: Vec<u8>) -> BodyAction {
+        T::on_response_body(req, resp, body)
     }
 }
 

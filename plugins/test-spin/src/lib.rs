@@ -1,10 +1,10 @@
 //! Test plugin: loops forever on paths containing `/spin`. Proves the deadline stops it.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+use burrow_plugin::{Action, Plugin, Request};
 
 struct Spin;
 
-impl Guest for Spin {
+impl Plugin for Spin {
     fn on_request_headers(req: &Request) -> Action {
         if req.path().contains("/spin") {
             let mut n: u64 = 0;
@@ -16,4 +16,4 @@ impl Guest for Spin {
     }
 }
 
-export!(Spin);
+burrow_plugin::export_plugin!(Spin);

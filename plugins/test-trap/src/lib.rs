@@ -10,13 +10,33 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
-use burrow::plugin::types::Response;
+use burrow::plugin::types::{HookSet, Response};
 
 static MARK: AtomicU32 = AtomicU32::new(0);
 
 struct Trap;
 
 impl Guest for Trap {
+    fn hooks() -> Hooks {
+        Hooks {
+            hooks: HookSet::empty(),
+            max_request_body: 0,
+            max_response_body: 0,
+        }
+    }
+
+    fn on_request_body(_req: &Request, _body: Vec<u8>) -> BodyAction {
+        BodyAction::Continue
+    }
+
+    fn on_response_headers(_req: &Request, _resp: &ResponseHead) -> Action {
+        Action::Continue
+    }
+
+    fn on_response_body(_req: &Request, _resp: &ResponseHead, _body: Vec<u8>) -> BodyAction {
+        BodyAction::Continue
+    }
+
     fn on_request_headers(req: &Request) -> Action {
         if MARK.swap(0xB0B, Ordering::Relaxed) != 0 {
             return Action::Respond(Response {
