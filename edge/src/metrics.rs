@@ -35,26 +35,107 @@ pub struct PluginLabels {
     pub plugin: String,
 }
 
-/// Per-plugin calls and their duration. Owned by the plugin host (which exists before the
-/// edge's state) and registered with the edge's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnMetricLabels {
+    pub plugin: String,
+    pub name: String,
+}
+
+/// Per-plugin calls and their duration, and the plugins' own counters and histograms (the
+/// `metrics` import). Owned by the plugin host (which exists before the edge's state) and
+/// registered with the edge's metrics.
 #[derive(Clone)]
 pub struct PluginMetrics {
     calls: Family<PluginCallLabels, Counter>,
     duration: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    own_counters: Family<OwnMetricLabels, Counter>,
+    own_histograms: Family<OwnMetricLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for PluginMetrics {
     fn default() -> Self {
         // 1 µs … ~100 ms: calls are bounded by a deadline of at most 100 ms.
         let buckets: fn() -> Histogram = || Histogram::new(exponential_buckets(1e-6, 2.5, 14));
+        // Any unit: 1e-6 … 1e6 in powers of ten.
+        let own_buckets: fn() -> Histogram = || Histogram::new(exponential_buckets(1e-6, 10.0, 13));
         Self {
             calls: Family::default(),
             duration: Family::new_with_constructor(buckets),
+            own_counters: Family::default(),
+            own_histograms: Family::new_with_constructor(own_buckets),
         }
     }
 }
 
+/// Names of its own metrics one plugin may create (each is a series on `/metrics`).
+pub const MAX_OWN_METRICS: usize = 32;
+
+/// One plugin's own counters and histograms, by name, created on first use up to
+/// [`MAX_OWN_METRICS`].
+pub struct OwnMetrics {
+    plugin: String,
+    families: PluginMetrics,
+    created: std::sync::Mutex<std::collections::HashMap<String, (Option<Counter>, Option<Histogram>)>>,
+}
+
+impl OwnMetrics {
+    /// The series `name` of this plugin, made with `make` on first use; `None` for a bad name or
+    /// one past the limit.
+    fn series<T: Clone>(
+        &self,
+        name: &str,
+        slot: impl Fn(&mut (Option<Counter>, Option<Histogram>)) -> &mut Option<T>,
+        make: impl FnOnce(&OwnMetricLabels) -> T,
+    ) -> Option<T> {
+        let valid =
+            !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return None;
+        }
+        let mut created = self.created.lock().ok()?;
+        if !created.contains_key(name) && created.len() >= MAX_OWN_METRICS {
+            return None;
+        }
+        let entry = created.entry(name.to_owned()).or_default();
+        let series = slot(entry);
+        if series.is_none() {
+            let labels = OwnMetricLabels {
+                plugin: self.plugin.clone(),
+                name: name.to_owned(),
+            };
+            *series = Some(make(&labels));
+        }
+        series.clone()
+    }
+
+    /// Add to the counter `name`; `false` if the name is invalid or one too many.
+    pub fn counter_add(&self, name: &str, delta: u64) -> bool {
+        let families = &self.families;
+        let counter = self.series(name, |e| &mut e.0, |l| families.own_counters.get_or_create(l).clone());
+        counter.map(|c| c.inc_by(delta)).is_some()
+    }
+
+    /// Record `value` in the histogram `name`; `false` if the name is invalid or one too many.
+    pub fn observe(&self, name: &str, value: f64) -> bool {
+        let families = &self.families;
+        let histogram = self.series(name, |e| &mut e.1, |l| families.own_histograms.get_or_create(l).clone());
+        histogram
+            .filter(|_| value.is_finite())
+            .map(|h| h.observe(value))
+            .is_some()
+    }
+}
+
 impl PluginMetrics {
+    /// The plugin's own metrics (the `metrics` import).
+    pub fn own(&self, plugin: &str) -> std::sync::Arc<OwnMetrics> {
+        std::sync::Arc::new(OwnMetrics {
+            plugin: plugin.to_owned(),
+            families: self.clone(),
+            created: Default::default(),
+        })
+    }
+
     /// The handles of one plugin's series, made once when it is loaded: a call then counts
     /// without building labels or looking them up.
     pub fn for_plugin(&self, plugin: &str) -> PluginCallMetrics {
@@ -140,6 +221,16 @@ impl Metrics {
                 "plugin_call_duration_seconds",
                 "Time of one plugin call, instantiation included",
                 plugins.duration.clone(),
+            );
+            registry.register(
+                "plugin_counter",
+                "Counters plugins keep (metrics.counter-add), by plugin and name",
+                plugins.own_counters.clone(),
+            );
+            registry.register(
+                "plugin_histogram",
+                "Values plugins record (metrics.histogram-observe), by plugin and name",
+                plugins.own_histograms.clone(),
             );
         }
         let requests = Family::<StatusLabels, Counter>::default();

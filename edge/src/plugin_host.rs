@@ -30,7 +30,7 @@ use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::metrics::{CallResult, PluginCallMetrics, PluginMetrics};
+use crate::metrics::{CallResult, MAX_OWN_METRICS, OwnMetrics, PluginCallMetrics, PluginMetrics};
 use crate::plugin_catalog::{PluginKind, PluginVersion, sha256_hex};
 use crate::plugin_kv::{KvStores, Space};
 use crate::route_table::PluginBinding;
@@ -50,11 +50,12 @@ mod balancer_bindings {
             "burrow:plugin/types": super::bindings::burrow::plugin::types,
             "burrow:plugin/host": super::bindings::burrow::plugin::host,
             "burrow:plugin/kv": super::bindings::burrow::plugin::kv,
+            "burrow:plugin/metrics": super::bindings::burrow::plugin::metrics,
         },
     });
 }
 
-use bindings::burrow::plugin::{host as wit_host, kv as wit_kv, types};
+use bindings::burrow::plugin::{host as wit_host, kv as wit_kv, metrics as wit_metrics, types};
 pub use types::Candidate;
 
 /// Time a hook may run (epoch ticks of 1 ms).
@@ -196,6 +197,9 @@ struct HostState {
     limits: StoreLimits,
     plugin: Arc<str>,
     space_name: Arc<str>,
+    own_metrics: Option<Arc<OwnMetrics>>,
+    /// A refused metric name was logged (once per instance).
+    metric_refused: bool,
     config: String,
     account: AccountId,
     kv: Arc<KvStores>,
@@ -212,6 +216,8 @@ struct LoadedPlugin {
     sha256: String,
     world: World,
     declared: Declared,
+    /// Its own counters and histograms (the `metrics` import).
+    own_metrics: Arc<OwnMetrics>,
     consecutive_failures: AtomicU32,
     metrics: PluginCallMetrics,
 }
@@ -436,6 +442,7 @@ impl PluginHost {
         let declared = self.declared_hooks(&name, &world).await?;
         Ok(LoadedPlugin {
             metrics: self.metrics.for_plugin(&name),
+            own_metrics: self.metrics.own(&name),
             name,
             space,
             sha256,
@@ -785,7 +792,9 @@ impl PluginHost {
 
     /// A fresh store for one call: empty WASI, memory cap, deadline.
     fn store(&self, plugin: &LoadedPlugin, binding: &PluginBinding, account: AccountId) -> Store<HostState> {
-        self.new_store(plugin.name.clone(), plugin.space.clone(), binding, account)
+        let mut store = self.new_store(plugin.name.clone(), plugin.space.clone(), binding, account);
+        store.data_mut().own_metrics = Some(plugin.own_metrics.clone());
+        store
     }
 
     fn new_store(
@@ -807,6 +816,8 @@ impl PluginHost {
             limits,
             plugin: name,
             space_name: space,
+            own_metrics: None,
+            metric_refused: false,
             config: binding.config.clone(),
             account,
             kv: self.kv.clone(),
@@ -1216,6 +1227,31 @@ impl types::HostResponseHead for HostState {
 }
 
 impl types::Host for HostState {}
+
+impl wit_metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, delta: u64) {
+        let counted = self.own_metrics.as_ref().is_some_and(|m| m.counter_add(&name, delta));
+        self.refused_metric(counted, &name);
+    }
+
+    fn histogram_observe(&mut self, name: String, value: f64) {
+        let recorded = self.own_metrics.as_ref().is_some_and(|m| m.observe(&name, value));
+        self.refused_metric(recorded, &name);
+    }
+}
+
+impl HostState {
+    fn refused_metric(&mut self, ok: bool, name: &str) {
+        if !ok && self.own_metrics.is_some() && !self.metric_refused {
+            self.metric_refused = true;
+            let name: String = name.chars().take(80).collect();
+            tracing::warn!(
+                plugin = %self.plugin,
+                "metric {name:?} ignored: names are letters, digits and _ (at most 64), at most {MAX_OWN_METRICS} per plugin"
+            );
+        }
+    }
+}
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {

@@ -607,6 +607,13 @@ async fn rate_limit_plugin_answers_429_after_the_burst() {
         5,
         "limited requests never reach the origin"
     );
+    // The plugin counts what it refused (its own metric, on the edge's /metrics).
+    let metrics = get(&http1_client(), edge.admin, "localhost", "/metrics")
+        .await
+        .unwrap()
+        .text();
+    let line = r#"burrow_plugin_counter_total{plugin="rate-limit",name="limited"} 3"#;
+    assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     connector.stop().await.unwrap();
     edge.stop().await;
 }

@@ -59,16 +59,20 @@ impl Plugin for RateLimit {
         // One bucket per route and client: routes of one account share the store.
         match take_token(&bucket_key(&req.route(), &client), interval_us.max(1), burst) {
             Ok(None) => Action::Continue,
-            Ok(Some(retry_after_secs)) => burrow_plugin::respond_with(
-                429,
-                vec![
-                    ("content-type".into(), b"text/plain; charset=utf-8".to_vec()),
-                    ("retry-after".into(), retry_after_secs.to_string().into_bytes()),
-                ],
-                "too many requests",
-            ),
+            Ok(Some(retry_after_secs)) => {
+                burrow_plugin::metrics::counter_add("limited", 1);
+                burrow_plugin::respond_with(
+                    429,
+                    vec![
+                        ("content-type".into(), b"text/plain; charset=utf-8".to_vec()),
+                        ("retry-after".into(), retry_after_secs.to_string().into_bytes()),
+                    ],
+                    "too many requests",
+                )
+            }
             Err(e) => {
                 // A full or contended store must not lock everyone out: let it through.
+                burrow_plugin::metrics::counter_add("not_applied", 1);
                 burrow_plugin::log(Level::Warn, &format!("rate limit not applied: {e}"));
                 Action::Continue
             }

@@ -41,6 +41,8 @@ pub mod balancer {
         with: {
             "burrow:plugin/types@0.2.0": crate::hooks::burrow::plugin::types,
             "burrow:plugin/host@0.2.0": crate::hooks::burrow::plugin::host,
+            "burrow:plugin/kv@0.2.0": crate::hooks::burrow::plugin::kv,
+            "burrow:plugin/metrics@0.2.0": crate::hooks::burrow::plugin::metrics,
         },
         pub_export_macro: true,
         default_bindings_module: "burrow_plugin::balancer",
@@ -51,6 +53,9 @@ pub use hooks::burrow::plugin::host::Level;
 /// The key-value store shared by every call of this plugin for the route's account on this edge
 /// (see `interface kv` in wit/plugin.wit for its limits).
 pub use hooks::burrow::plugin::kv;
+/// Counters and histograms of this plugin, on the edge's `/metrics` (see `interface metrics` in
+/// wit/plugin.wit for the naming rules).
+pub use hooks::burrow::plugin::metrics;
 pub use hooks::burrow::plugin::types::{
     Action, BodyAction, Candidate, HookSet, Hooks, Request, Response, ResponseHead,
 };
