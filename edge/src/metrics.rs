@@ -70,12 +70,15 @@ impl Default for PluginMetrics {
 /// Names of its own metrics one plugin may create (each is a series on `/metrics`).
 pub const MAX_OWN_METRICS: usize = 32;
 
+/// The counter and the histogram of one name (a plugin may use a name as both).
+type OwnSeries = (Option<Counter>, Option<Histogram>);
+
 /// One plugin's own counters and histograms, by name, created on first use up to
 /// [`MAX_OWN_METRICS`].
 pub struct OwnMetrics {
     plugin: String,
     families: PluginMetrics,
-    created: std::sync::Mutex<std::collections::HashMap<String, (Option<Counter>, Option<Histogram>)>>,
+    created: std::sync::Mutex<std::collections::HashMap<String, OwnSeries>>,
 }
 
 impl OwnMetrics {
@@ -84,7 +87,7 @@ impl OwnMetrics {
     fn series<T: Clone>(
         &self,
         name: &str,
-        slot: impl Fn(&mut (Option<Counter>, Option<Histogram>)) -> &mut Option<T>,
+        slot: impl Fn(&mut OwnSeries) -> &mut Option<T>,
         make: impl FnOnce(&OwnMetricLabels) -> T,
     ) -> Option<T> {
         let valid =
