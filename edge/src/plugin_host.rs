@@ -83,6 +83,7 @@ pub const MAX_REUSE: u32 = 100_000;
 const TRIP_AFTER: u32 = 20;
 
 /// What a plugin sees of the request during a hook.
+#[derive(Clone)]
 pub struct PluginRequest {
     pub method: Method,
     pub authority: String,
@@ -121,13 +122,17 @@ pub enum Outcome {
 }
 
 /// The hook phases of a request, in the order they run (see `wit/plugin.wit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Phase {
     RequestHeaders,
     RequestBody,
     ResponseHeaders,
     ResponseBody,
+    /// After the response, with how it went (see [`PluginHost::log`]).
+    Log(LogEntry),
 }
+
+pub use types::LogEntry;
 
 /// Largest body a plugin may declare for a body hook (its instance holds it, maybe twice).
 pub const MAX_HOOK_BODY: usize = 4 * 1024 * 1024;
@@ -141,6 +146,7 @@ pub struct Declared {
     pub response_headers: bool,
     /// Buffer response bodies up to this size for `on-response-body`.
     pub response_body: Option<usize>,
+    pub log: bool,
 }
 
 impl Declared {
@@ -150,6 +156,7 @@ impl Declared {
             Phase::RequestBody => self.request_body.is_some(),
             Phase::ResponseHeaders => self.response_headers,
             Phase::ResponseBody => self.response_body.is_some(),
+            Phase::Log(_) => self.log,
         }
     }
 
@@ -167,6 +174,7 @@ impl Declared {
             request_body: smallest(self.request_body, other.request_body),
             response_headers: self.response_headers || other.response_headers,
             response_body: smallest(self.response_body, other.response_body),
+            log: self.log || other.log,
         }
     }
 }
@@ -482,6 +490,7 @@ impl PluginHost {
                 .contains(types::HookSet::RESPONSE_BODY)
                 .then(|| size(hooks.max_response_body, "max-response-body"))
                 .transpose()?,
+            log: set.contains(types::HookSet::LOG),
         })
     }
 
@@ -718,6 +727,32 @@ impl PluginHost {
         Ok(Outcome::Continue(exchange))
     }
 
+    /// Run `on-log` of the chain's plugins that implement it, in chain order. A failure is
+    /// counted and logged like any call's, and the next plugin still runs.
+    pub async fn log(&self, chain: &[PluginBinding], request: PluginRequest, entry: LogEntry) {
+        let _slot = self.slot().await;
+        let mut exchange = Exchange {
+            request,
+            response: None,
+            body: None,
+        };
+        for binding in chain {
+            let Ok(plugin) = self.plugin_for(binding) else { continue };
+            if !plugin.declared.log {
+                continue;
+            }
+            match self.call(plugin, binding, exchange, Phase::Log(entry)).await {
+                Ok((back, _)) => exchange = back,
+                Err(failure) => {
+                    let (back, reason) = *failure;
+                    tracing::warn!(plugin = %plugin.name, "on-log failed: {reason}");
+                    let Some(back) = back else { return };
+                    exchange = back;
+                }
+            }
+        }
+    }
+
     /// Ask a balancer plugin which candidate serves this request (`None`: let the edge choose).
     pub async fn select_origin(
         &self,
@@ -916,6 +951,10 @@ impl PluginHost {
                 .call_on_response_body(&mut store, req(), Resource::new_borrow(rep), &body)
                 .await
                 .map(Raw::Body),
+            (Phase::Log(entry), _) => hooks
+                .call_on_log(&mut store, req(), entry)
+                .await
+                .map(|()| Raw::Action(types::Action::Continue)),
             _ => Err(wasmtime::Error::msg("a response hook needs the response")),
         };
         // Take the exchange back whatever happened, so a fail-open binding can still forward it.

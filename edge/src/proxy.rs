@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::EdgeState;
-use crate::plugin_host::{Declared, Exchange, Outcome, Phase, PluginError, PluginRequest, PluginResponse};
+use crate::plugin_host::{Declared, Exchange, LogEntry, Outcome, Phase, PluginError, PluginRequest, PluginResponse};
 use crate::pool::{self, RequestKey};
 use crate::registry::InFlight;
 use crate::request_checks;
@@ -44,11 +44,16 @@ pub struct ClientInfo {
     pub sni: Option<Arc<str>>,
 }
 
+/// What the public listener sends: the response body, watched to the end when plugins of the
+/// route run `on-log`.
+pub type PublicBody = Either<ResponseBody, LoggedBody>;
+
 /// Handle one public request. Never fails: errors become responses in [`crate::respond`].
-pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: ClientInfo) -> Response<ResponseBody> {
+pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: ClientInfo) -> Response<PublicBody> {
     let started = Instant::now();
     let request_id = format!("{:032x}", rand::random::<u128>());
-    let mut response = match forward(&state, req, &client, &request_id).await {
+    let mut log = None;
+    let mut response = match forward(&state, req, &client, &request_id, &mut log).await {
         Ok(response) => response,
         Err(err) => error_response(&err, &request_id).map(Either::Right),
     };
@@ -57,7 +62,88 @@ pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: Clien
     }
     state.metrics.count_response(response.status().as_u16());
     state.metrics.request_duration.observe(started.elapsed().as_secs_f64());
-    response
+    match log {
+        Some(pending) => {
+            let status = response.status().as_u16();
+            response.map(|inner| {
+                Either::Right(LoggedBody {
+                    inner,
+                    sent: 0,
+                    pending: Some((pending, status, started)),
+                })
+            })
+        }
+        None => response.map(Either::Left),
+    }
+}
+
+/// The route's `on-log` plugins and the request they are told about.
+pub struct PendingLog {
+    host: Arc<crate::plugin_host::PluginHost>,
+    chain: Arc<[PluginBinding]>,
+    request: PluginRequest,
+}
+
+/// A response body that runs the route's `on-log` plugins when it ends, fails or is dropped,
+/// beside the connection (never in the visitor's way).
+pub struct LoggedBody {
+    inner: ResponseBody,
+    sent: u64,
+    pending: Option<(PendingLog, u16, Instant)>,
+}
+
+impl LoggedBody {
+    fn finish(&mut self, completed: bool) {
+        let Some((log, status, started)) = self.pending.take() else {
+            return;
+        };
+        let entry = LogEntry {
+            status,
+            bytes_sent: self.sent,
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            completed,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { log.host.log(&log.chain, log.request, entry).await });
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // A body the server never polled to its end: complete only if nothing was left.
+        let completed = self.inner.is_end_stream();
+        self.finish(completed);
+    }
 }
 
 /// Where the route sends this request, resolved before any await.
@@ -89,6 +175,7 @@ async fn forward(
     mut req: Request<Incoming>,
     client: &ClientInfo,
     request_id: &str,
+    log: &mut Option<PendingLog>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_checks::check(&req)?;
     let (destination, plugins, (route_pattern, account)) = {
@@ -154,6 +241,14 @@ async fn forward(
             route: route_pattern.clone(),
             account,
         };
+        if let Some(host) = state.config.plugins.as_ref().filter(|_| needs.log) {
+            // As the visitor sent it; on-log runs whatever happens next, errors included.
+            *log = Some(PendingLog {
+                host: host.clone(),
+                chain: plugins.clone(),
+                request: request.clone(),
+            });
+        }
         let exchange = Exchange {
             request,
             response: None,
@@ -182,16 +277,7 @@ async fn forward(
         }
         let request = exchange.request;
         if needs.response() {
-            for_response = Some(PluginRequest {
-                method: request.method.clone(),
-                authority: request.authority.clone(),
-                path_and_query: request.path_and_query.clone(),
-                headers: request.headers.clone(),
-                client_addr: request.client_addr,
-                request_id: request.request_id.clone(),
-                route: request.route.clone(),
-                account: request.account,
-            });
+            for_response = Some(request.clone());
         }
         parts.headers = request.headers;
         path = request.path_and_query;

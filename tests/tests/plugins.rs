@@ -927,6 +927,19 @@ async fn body_and_response_hooks_see_and_rewrite_whole_bodies() {
     assert_eq!(echoed.headers["x-status-seen"], "200");
     assert_eq!(echoed.headers["content-length"], "25");
 
+    // on-log runs once the response is out, beside the request: it saw 25 bytes go out.
+    let logged = || async {
+        let last = call("body.test", "GET", "/last-log?path=/echo", Vec::new())
+            .await
+            .unwrap();
+        last.text() == "200 25 completed\n"
+    };
+    eventually(Duration::from_secs(5), "on-log to see the request", logged).await;
+    let other = call("body.test", "GET", "/last-log?path=/missing", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(other.text(), "\n", "nothing logged for a path not requested yet");
+
     let refused = call("body.test", "POST", "/echo", b"this is forbidden".to_vec())
         .await
         .unwrap();
@@ -959,6 +972,15 @@ async fn body_and_response_hooks_see_and_rewrite_whole_bodies() {
     assert_eq!(open.status, StatusCode::OK);
     assert!(open.headers.get("x-status-seen").is_none());
     assert_eq!(open.text(), " [inspected 0 bytes]");
+    let metrics = get(&client, edge.admin, "localhost", "/metrics").await.unwrap().text();
+    let logged = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"burrow_plugin_counter_total{plugin="test-body",name="logged"} "#))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        logged.is_some_and(|n| n >= 5),
+        "on-log counted the requests: {logged:?}"
+    );
     connector.stop().await.unwrap();
     edge.stop().await;
 }

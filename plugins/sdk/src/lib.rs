@@ -57,7 +57,7 @@ pub use hooks::burrow::plugin::kv;
 /// wit/plugin.wit for the naming rules).
 pub use hooks::burrow::plugin::metrics;
 pub use hooks::burrow::plugin::types::{
-    Action, BodyAction, Candidate, HookSet, Hooks, Request, Response, ResponseHead,
+    Action, BodyAction, Candidate, HookSet, Hooks, LogEntry, Request, Response, ResponseHead,
 };
 
 /// Request and response hooks. Each has a default that lets the request through unchanged; the
@@ -95,6 +95,10 @@ pub trait Plugin {
     fn on_response_body(_req: &Request, _resp: &ResponseHead, _body: Vec<u8>) -> BodyAction {
         BodyAction::Continue
     }
+
+    /// With `HookSet::LOG`: after the visitor got the response (or it was cut short). Runs
+    /// beside the request, not in its way; what it does cannot change the response.
+    fn on_log(_req: &Request, _entry: LogEntry) {}
 }
 
 /// A pool's origin picker.
@@ -123,6 +127,10 @@ impl<T: Plugin> hooks::Guest for T {
 
     fn on_response_body(req: &Request, resp: &ResponseHead, body: Vec<u8>) -> BodyAction {
         T::on_response_body(req, resp, body)
+    }
+
+    fn on_log(req: &Request, entry: LogEntry) {
+        T::on_log(req, entry)
     }
 }
 

@@ -37,6 +37,8 @@ impl Guest for Trap {
         BodyAction::Continue
     }
 
+    fn on_log(_req: &Request, _entry: LogEntry) {}
+
     fn on_request_headers(req: &Request) -> Action {
         if MARK.swap(0xB0B, Ordering::Relaxed) != 0 {
             return Action::Respond(Response {
