@@ -44,8 +44,9 @@ pub enum RouteCommand {
 
 #[derive(Subcommand)]
 pub enum RoutePluginCommand {
-    /// Append PLUGIN (latest version, or PLUGIN@VERSION) to HOSTNAME's chain; a plugin already
-    /// in the chain is replaced in place (this is how a route moves to a new version).
+    /// Append PLUGIN (latest version, or PLUGIN@VERSION) to HOSTNAME's chain. A plugin already
+    /// in the chain moves to that version in place and keeps its settings except those given
+    /// here (this is how a route moves to a new version).
     Add {
         hostname: String,
         #[arg(value_name = "PLUGIN[@VERSION]")]
@@ -53,9 +54,9 @@ pub enum RoutePluginCommand {
         /// File holding the plugin's configuration (usually JSON), handed to it as-is.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// On a trap or timeout, forward the request anyway instead of failing it.
-        #[arg(long)]
-        fail_open: bool,
+        /// On a trap or timeout, forward the request anyway instead of failing it [default: false].
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        fail_open: Option<bool>,
         /// Deadline per hook call in milliseconds [default: 5; at most 100].
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
         deadline_ms: Option<u64>,
@@ -167,24 +168,40 @@ pub fn run_route(command: RouteCommand) -> Result<()> {
         } => {
             let (name, version) = plugin_ref(&plugin)?;
             let config = match &config {
-                Some(path) => String::from_utf8(read_limited(path, MAX_CONFIG_SIZE, "a plugin config")?)
-                    .with_context(|| format!("{} is not UTF-8 text", path.display()))?,
-                None => String::new(),
+                Some(path) => Some(
+                    String::from_utf8(read_limited(path, MAX_CONFIG_SIZE, "a plugin config")?)
+                        .with_context(|| format!("{} is not UTF-8 text", path.display()))?,
+                ),
+                None => None,
             };
-            let mut binding = json!({ "plugin": name, "config": config, "fail-open": fail_open });
-            if let Some(v) = version {
-                binding["version"] = json!(v);
-            }
-            if let Some(ms) = deadline_ms {
-                binding["deadline-ms"] = json!(ms);
-            }
-            if let Some(n) = reuse {
-                binding["reuse"] = json!(n);
-            }
+            // What this command sets; everything else of an existing binding stays.
+            let set = |binding: &mut Value| {
+                binding["plugin"] = json!(name);
+                match version {
+                    Some(v) => binding["version"] = json!(v),
+                    // No version: the API pins the latest.
+                    None => drop(binding.as_object_mut().and_then(|b| b.remove("version"))),
+                }
+                let given = [
+                    ("config", config.clone().map(Value::from)),
+                    ("fail-open", fail_open.map(Value::from)),
+                    ("deadline-ms", deadline_ms.map(Value::from)),
+                    ("reuse", reuse.map(Value::from)),
+                ];
+                for (key, value) in given {
+                    if let Some(value) = value {
+                        binding[key] = value;
+                    }
+                }
+            };
             let route = rt.block_on(edit_chain(&api, &hostname, |chain| {
                 match chain.iter_mut().find(|b| b["plugin"] == json!(name)) {
-                    Some(existing) => *existing = binding.clone(),
-                    None => chain.push(binding.clone()),
+                    Some(existing) => set(existing),
+                    None => {
+                        let mut binding = json!({});
+                        set(&mut binding);
+                        chain.push(binding);
+                    }
                 }
                 Ok(())
             }))?;

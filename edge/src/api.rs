@@ -443,6 +443,23 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
                     "this edge runs no plugin host; upload to an edge that serves the store",
                 )
             })?;
+            if host.is_balancer(&name).is_some() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!(
+                        "this edge provides a plugin named {name:?} to every account; upload yours under another name"
+                    ),
+                ));
+            }
+            // Limits first, and the same bytes again are the version they already are: only
+            // then spend a core compiling.
+            if let Some(existing) = cp
+                .check_upload(account, &name, &crate::plugin_catalog::sha256_hex(&wasm))
+                .await?
+            {
+                return Ok((StatusCode::OK, json!(existing)));
+            }
             let wasm: std::sync::Arc<[u8]> = wasm.to_vec().into();
             let kind = host.check_upload(&name, wasm.clone()).await.map_err(|e| ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,

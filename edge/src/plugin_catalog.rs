@@ -7,7 +7,9 @@
 //!
 //! ```text
 //! plugins/<account>/<name>/<version>          PluginVersion (version zero-padded: key order)
-//! plugin-wasm/<account>/<name>/<version>/<i>  the component, in chunks (store values are small)
+//! plugin-counters/<account>/<name>            the last version number given (kept after deletes)
+//! bulk/plugin-wasm/<account>/<name>/<version>/<i>  the component, in chunks (store values are
+//!                                             small; `bulk/` keeps them out of watches)
 //! ```
 //!
 //! [`Store`]: crate::store::Store
@@ -18,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::resources::{ControlPlane, CpError, PoolDoc, RouteDoc, from_json, now, to_json, validate_name};
 use crate::route_table::PluginBinding;
-use crate::store::{Compare, Op};
+use crate::store::{BULK_PREFIX, Compare, Op};
 use crate::tunnels_file::encode_hex;
 
 /// Largest component an account may upload.
@@ -57,7 +59,10 @@ impl PluginVersion {
     }
 
     fn wasm_prefix(&self) -> String {
-        format!("plugin-wasm/{}/{}/{:010}/", self.account, self.name, self.version)
+        format!(
+            "{BULK_PREFIX}plugin-wasm/{}/{}/{:010}/",
+            self.account, self.name, self.version
+        )
     }
 
     /// Whether `binding` runs this version.
@@ -76,36 +81,17 @@ pub fn sha256_hex(wasm: &[u8]) -> String {
 }
 
 impl ControlPlane {
-    /// Store `wasm` (already checked to be a component of `kind`) as the next version of `name`.
-    /// Uploading the same bytes as the latest version returns that version (`false`: nothing new).
-    pub async fn put_plugin(
+    /// Before an upload is compiled: `Some(version)` when these bytes are already the latest
+    /// version of `name`; an error when a limit refuses a new version.
+    pub async fn check_upload(
         &self,
         account: AccountId,
         name: &str,
-        wasm: &[u8],
-        kind: PluginKind,
-    ) -> Result<(PluginVersion, bool), CpError> {
+        sha256: &str,
+    ) -> Result<Option<PluginVersion>, CpError> {
         validate_name("name", name)?;
-        if wasm.len() > MAX_PLUGIN_SIZE {
-            return Err(CpError::Invalid {
-                field: "wasm",
-                reason: format!("a plugin is at most {MAX_PLUGIN_SIZE} bytes"),
-            });
-        }
-        let sha256 = sha256_hex(wasm);
         let versions = self.plugin_versions(account, Some(name)).await?;
-        if let Some(latest) = versions.last() {
-            if latest.sha256 == sha256 && latest.kind == kind {
-                return Ok((latest.clone(), false));
-            }
-            if versions.len() >= MAX_VERSIONS {
-                return Err(CpError::Conflict(format!(
-                    "plugin {name:?} has {MAX_VERSIONS} versions, the most kept; delete an old one first \
-                     (`burrow plugin delete {name}@{}`)",
-                    versions[0].version
-                )));
-            }
-        } else {
+        let Some(latest) = versions.last() else {
             let mut names: Vec<String> = self
                 .plugin_versions(account, None)
                 .await?
@@ -118,17 +104,74 @@ impl ControlPlane {
                     "the account has {MAX_PLUGINS} plugins, the most allowed; delete one first (`burrow plugin delete NAME`)"
                 )));
             }
+            return Ok(None);
+        };
+        if latest.sha256 == sha256 {
+            return Ok(Some(latest.clone()));
         }
+        if versions.len() >= MAX_VERSIONS {
+            let mut unbound = None;
+            for v in &versions {
+                if self.first_binding(account, std::slice::from_ref(v)).await?.is_none() {
+                    unbound = Some(v.version);
+                    break;
+                }
+            }
+            let next_step = match unbound {
+                Some(v) => format!("delete one first, e.g. `burrow plugin delete {name}@{v}`"),
+                None => "every one is bound; unbind and delete one first (`burrow plugin list`)".into(),
+            };
+            return Err(CpError::Conflict(format!(
+                "plugin {name:?} has {MAX_VERSIONS} versions, the most kept; {next_step}"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Store `wasm` (already checked to be a component of `kind`) as the next version of `name`.
+    /// Uploading the same bytes as the latest version returns that version (`false`: nothing new).
+    /// Version numbers only go up, deletes included: a number never names other code.
+    pub async fn put_plugin(
+        &self,
+        account: AccountId,
+        name: &str,
+        wasm: &[u8],
+        kind: PluginKind,
+    ) -> Result<(PluginVersion, bool), CpError> {
+        if wasm.len() > MAX_PLUGIN_SIZE {
+            return Err(CpError::Invalid {
+                field: "wasm",
+                reason: format!("a plugin is at most {MAX_PLUGIN_SIZE} bytes"),
+            });
+        }
+        let sha256 = sha256_hex(wasm);
+        if let Some(latest) = self.check_upload(account, name, &sha256).await? {
+            return Ok((latest, false));
+        }
+        let counter_key = format!("plugin-counters/{account}/{name}");
+        let (last, compare) = match self.store().get(&counter_key).await? {
+            Some(kv) => (
+                from_json::<u32>(&kv)?,
+                Compare::ModRevision(counter_key.clone(), kv.mod_revision),
+            ),
+            None => {
+                let last = self
+                    .plugin_versions(account, Some(name))
+                    .await?
+                    .last()
+                    .map_or(0, |v| v.version);
+                (last, Compare::Missing(counter_key.clone()))
+            }
+        };
         let doc = PluginVersion {
             account,
             name: name.to_owned(),
-            version: versions.last().map_or(1, |v| v.version + 1),
+            version: last + 1,
             sha256,
             size: wasm.len(),
             kind,
             created: now(),
         };
-        let key = doc.key();
         let prefix = doc.wasm_prefix();
         let mut ops: Vec<Op> = wasm
             .chunks(CHUNK)
@@ -140,11 +183,16 @@ impl ControlPlane {
             })
             .collect();
         ops.push(Op::Put {
-            key: key.clone(),
+            key: doc.key(),
             value: to_json(&doc),
             lease: None,
         });
-        if !self.store().txn(vec![Compare::Missing(key)], ops).await?.succeeded {
+        ops.push(Op::Put {
+            key: counter_key,
+            value: to_json(&doc.version),
+            lease: None,
+        });
+        if !self.store().txn(vec![compare], ops).await?.succeeded {
             return Err(CpError::Conflict(format!(
                 "another upload of plugin {name:?} happened at the same time; retry"
             )));

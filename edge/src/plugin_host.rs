@@ -136,9 +136,22 @@ pub use types::LogEntry;
 
 /// Largest body a plugin may declare for a body hook (its instance holds it, maybe twice).
 pub const MAX_HOOK_BODY: usize = 4 * 1024 * 1024;
+/// Bodies buffered for body hooks at once, all requests together (a visitor trickling many
+/// large bodies must not take the edge's memory).
+pub const MAX_BUFFERED_BODIES: usize = 256 * 1024 * 1024;
+
+/// Bytes of [`MAX_BUFFERED_BODIES`] held by one request (given back on drop).
+pub struct BodyReservation(Arc<AtomicUsize>, usize);
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
 
 /// The hooks a plugin implements beyond `on-request-headers` (asked once, when it is loaded), or
-/// those of a whole chain (the smallest body limit wins).
+/// those of a whole chain (the largest body limit: each plugin still gets only bodies within its
+/// own, see [`PluginHost::run`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Declared {
     /// Buffer request bodies up to this size for `on-request-body`.
@@ -166,14 +179,10 @@ impl Declared {
     }
 
     fn merge(self, other: Declared) -> Declared {
-        let smallest = |a: Option<usize>, b: Option<usize>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         Declared {
-            request_body: smallest(self.request_body, other.request_body),
+            request_body: self.request_body.max(other.request_body),
             response_headers: self.response_headers || other.response_headers,
-            response_body: smallest(self.response_body, other.response_body),
+            response_body: self.response_body.max(other.response_body),
             log: self.log || other.log,
         }
     }
@@ -249,6 +258,10 @@ pub struct PluginHost {
     compiled: std::sync::Mutex<HashMap<String, World>>,
     /// Where compiled components are kept across restarts (`<data-dir>/plugins`).
     cache_dir: Option<PathBuf>,
+    /// Compiling takes a core for up to seconds: one at a time.
+    compiles: tokio::sync::Semaphore,
+    /// Bytes of bodies buffered for body hooks right now.
+    buffered: Arc<AtomicUsize>,
     stop_ticker: Arc<AtomicBool>,
     slots: Arc<tokio::sync::Semaphore>,
     /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
@@ -416,6 +429,8 @@ impl PluginHost {
             uploaded: Default::default(),
             compiled: Default::default(),
             cache_dir: None,
+            compiles: tokio::sync::Semaphore::new(1),
+            buffered: Arc::default(),
             stop_ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             warm_idle: Arc::new(AtomicUsize::new(0)),
@@ -468,6 +483,8 @@ impl PluginHost {
         let _slot = self.slot().await;
         let binding = PluginBinding::default();
         let mut store = self.new_store(name.into(), name.into(), &binding, AccountId(uuid::Uuid::nil()));
+        // hooks() gets a key-value store of its own, dropped after: it runs under no account.
+        store.data_mut().kv = Arc::default();
         let failed = |e: wasmtime::Error| anyhow::anyhow!("plugin {name:?}: hooks() failed: {}", describe_trap(&e));
         let instance = pre.instantiate_async(&mut store).await.map_err(failed)?;
         let hooks = instance.call_hooks(&mut store).await.map_err(failed)?;
@@ -492,6 +509,22 @@ impl PluginHost {
                 .transpose()?,
             log: set.contains(types::HookSet::LOG),
         })
+    }
+
+    /// Whether every binding of `chain` whose plugin runs `phase` is fail-open (so a body too big
+    /// for them may pass without them).
+    pub fn fail_open_for(&self, chain: &[PluginBinding], phase: Phase) -> bool {
+        chain
+            .iter()
+            .all(|b| b.fail_open || self.plugin_for(b).is_ok_and(|p| !p.declared.runs(phase)))
+    }
+
+    /// Room for `bytes` more of buffered bodies, held until the reservation is dropped; `None`
+    /// when all of [`MAX_BUFFERED_BODIES`] is taken.
+    pub fn reserve_body(&self, bytes: usize) -> Option<BodyReservation> {
+        let taken = self.buffered.fetch_add(bytes, Ordering::Relaxed);
+        let reservation = BodyReservation(self.buffered.clone(), bytes);
+        (taken + bytes <= MAX_BUFFERED_BODIES).then_some(reservation)
     }
 
     /// What the proxy must do for `chain`: the hooks its plugins declare, together.
@@ -530,13 +563,18 @@ impl PluginHost {
         self.plugins.get(name).map(|p| p.kind() == PluginKind::Balancer)
     }
 
-    /// Check an upload: compile it (off the runtime's workers) and say which world it implements.
-    /// The compiled component is kept for the edge to use once the upload is bound.
+    /// Check an upload: compile it (off the runtime's workers, one compile at a time) and say
+    /// which world it implements. Nothing is kept: the edges compile a version when a route
+    /// binds it.
     pub async fn check_upload(self: &Arc<Self>, name: &str, wasm: Arc<[u8]>) -> Result<PluginKind> {
+        let _permit = self.compiles.acquire().await?;
         let (host, label) = (self.clone(), name.to_owned());
-        let world = tokio::task::spawn_blocking(move || host.compile(&label, &sha256_hex(&wasm), Some(&wasm)))
-            .await??
-            .ok_or_else(|| anyhow::anyhow!("no component to compile"))?;
+        let world = tokio::task::spawn_blocking(move || {
+            let component = Component::from_binary(&host.engine, &wasm)
+                .map_err(|e| anyhow::anyhow!("plugin {label:?} is not a valid WebAssembly component: {e:?}"))?;
+            host.link(&label, &component)
+        })
+        .await??;
         self.declared_hooks(name, &world).await?;
         Ok(world.kind())
     }
@@ -612,7 +650,9 @@ impl PluginHost {
             let label = format!("{}@{}", v.name, v.version);
             let loaded = match self.load_version(&label, v, &fetch).await {
                 Ok(world) => {
-                    self.loaded(label.as_str().into(), v.name.as_str().into(), v.sha256.clone(), world)
+                    // Uploads keep their key-value data apart from an operator plugin's.
+                    let space = format!("uploaded/{}", v.name);
+                    self.loaded(label.as_str().into(), space.into(), v.sha256.clone(), world)
                         .await
                 }
                 Err(e) => Err(e),
@@ -631,8 +671,29 @@ impl PluginHost {
         if let Ok(mut compiled) = self.compiled.lock() {
             compiled.retain(|sha, _| next.values().any(|p| p.sha256 == *sha));
         }
+        self.remove_unused_artifacts(&next);
         if let Ok(mut uploaded) = self.uploaded.lock() {
             *uploaded = next;
+        }
+    }
+
+    /// Delete cached artifacts no bound version uses (deleted versions, old bindings).
+    fn remove_unused_artifacts(&self, bound: &HashMap<UploadedKey, Arc<LoadedPlugin>>) {
+        let Some(entries) = self.cache_dir.as_ref().and_then(|dir| std::fs::read_dir(dir).ok()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let ours = matches!(path.extension().and_then(|e| e.to_str()), Some("cwasm" | "tmp"));
+            if ours
+                && !bound.values().any(|p| p.sha256 == stem)
+                && let Err(e) = std::fs::remove_file(&path)
+            {
+                tracing::debug!("removing the unused artifact {}: {e}", path.display());
+            }
         }
     }
 
@@ -641,6 +702,16 @@ impl PluginHost {
         F: Fn(PluginVersion) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
+        // The sha256 names a file in the artifact cache: only ever hex digits.
+        anyhow::ensure!(
+            v.sha256.len() == 64
+                && v.sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "the version's sha256 {:?} is not 64 lowercase hex digits",
+            v.sha256
+        );
+        let _permit = self.compiles.acquire().await?;
         let (host, name, sha) = (self.clone(), label.to_owned(), v.sha256.clone());
         if let Some(world) = tokio::task::spawn_blocking(move || host.compile(&name, &sha, None)).await?? {
             return Ok(world);
@@ -1218,10 +1289,12 @@ impl types::HostResponseHead for HostState {
     }
 
     fn set_status(&mut self, resp: Resource<types::ResponseHead>, status: u16) -> Result<(), String> {
+        // 204 and 304 have no body by definition: the body already framed would be wrong.
         let status = StatusCode::from_u16(status)
             .ok()
-            .filter(|s| *s != StatusCode::SWITCHING_PROTOCOLS && s.as_u16() >= 200)
-            .ok_or_else(|| format!("{status} is not a status a response may have here"))?;
+            .filter(|s| (200..=599).contains(&s.as_u16()))
+            .filter(|s| !matches!(*s, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
+            .ok_or_else(|| format!("{status} is not a status a plugin may set (200-599, not 204 or 304)"))?;
         let r = self.table.get_mut(&ours_response(&resp)).map_err(|e| e.to_string())?;
         r.status = status;
         Ok(())

@@ -259,9 +259,25 @@ async fn forward(
             Outcome::Respond(response) => return Ok(response.map(Either::Right)),
         };
         // Only after on-request-headers: a refused request is never buffered.
-        if let Some(limit) = needs.request_body
+        let announced = content_length(&exchange.request.headers);
+        let host = state.config.plugins.as_ref();
+        // A body announced bigger than any plugin reads: skipped when each of those plugins is
+        // fail-open, refused otherwise.
+        let skip = |limit: usize| {
+            announced.is_some_and(|n| n > limit as u64)
+                && host.is_some_and(|h| h.fail_open_for(&plugins, Phase::RequestBody))
+        };
+        if let (Some(limit), Some(host)) = (needs.request_body.filter(|l| !skip(*l)), host)
             && let Some(streamed) = incoming.take()
         {
+            let wanted = if streamed.is_end_stream() {
+                0
+            } else {
+                announced.map_or(limit, |n| (n as usize).min(limit))
+            };
+            let _reserved = host
+                .reserve_body(wanted)
+                .ok_or(ProxyError::Busy("request bodies for plugins"))?;
             exchange.body = Some(buffer_request_body(state, streamed, limit).await?);
             exchange = match run_plugins(state, &plugins, Phase::RequestBody, exchange).await? {
                 Outcome::Continue(exchange) => exchange,
@@ -356,6 +372,11 @@ async fn forward(
     }
 }
 
+/// The Content-Length of a message, if it has one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Read the whole request body for `on-request-body`, within the body timeouts: at most `limit`
 /// bytes (more is a 413).
 async fn buffer_request_body(state: &EdgeState, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
@@ -395,7 +416,29 @@ async fn run_response_plugins(
         };
     }
     let mut body = body;
-    if let Some(limit) = needs.response_body {
+    // Bodiless by definition (HEAD, 204, 304): no body hook, and the framing stays as it is.
+    let status = exchange.response.as_ref().map_or(parts.status, |r| r.status);
+    let bodiless = exchange.request.method == Method::HEAD
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        || status.is_informational();
+    let announced = exchange.response.as_ref().and_then(|r| content_length(&r.headers));
+    let host = state.config.plugins.as_ref();
+    let over = |limit: usize| announced.is_some_and(|n| n > limit as u64);
+    let optional = host.is_some_and(|h| h.fail_open_for(chain, Phase::ResponseBody));
+    if let (Some(limit), Some(host)) = (
+        needs.response_body.filter(|l| !(bodiless || over(*l) && optional)),
+        host,
+    ) {
+        if over(limit) {
+            return Err(ProxyError::PluginFailed(PluginError {
+                plugin: "(response body)".into(),
+                reason: format!("the response body is over {limit} bytes, the most this route's plugins read"),
+            }));
+        }
+        let wanted = announced.map_or(limit, |n| (n as usize).min(limit));
+        let _reserved = host
+            .reserve_body(wanted)
+            .ok_or(ProxyError::Busy("response bodies for plugins"))?;
         let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
         let collected = tokio::time::timeout(state.config.origin_timeout, read)
             .await

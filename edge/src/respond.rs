@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// Every origin of the pool (and of its fallbacks) is down, disabled or disconnected.
     #[error("pool {pool:?} has no healthy origin")]
     NoHealthyOrigin { pool: String },
+    /// The edge has no room left for more buffered bodies right now.
+    #[error("the edge is busy: no room for more {0}")]
+    Busy(&'static str),
     /// The request body is bigger than the route's plugins read (`on-request-body`).
     #[error("the request body is over {0} bytes")]
     PayloadTooLarge(usize),
@@ -60,6 +63,7 @@ impl ProxyError {
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
@@ -80,6 +84,7 @@ impl ProxyError {
             ProxyError::UriTooLong(_) => "uri_too_long",
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
+            ProxyError::Busy(_) => "busy",
             ProxyError::PluginFailed(_) => "plugin_failed",
             ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::UnknownHost(_) => "unknown_host",
@@ -106,6 +111,7 @@ impl ProxyError {
             ProxyError::Misdirected { .. } => "Open a new connection for this site.".into(),
             ProxyError::RequestTimeout(_) => "Send the request body without long pauses.".into(),
             ProxyError::PayloadTooLarge(limit) => format!("This site reads request bodies of at most {limit} bytes."),
+            ProxyError::Busy(_) => "The edge is under heavy load; retry in a moment.".into(),
             ProxyError::PluginFailed(_) => {
                 "A plugin of this site failed; its owner can see why in the edge logs.".into()
             }

@@ -600,6 +600,21 @@ async fn edge_only_node_survives_a_control_plane_outage() {
             && key_status(&node_ports, "gate.test", Some("k2")).await == Some(200)
     };
     eventually(Duration::from_secs(20), "the edge-only node to run the plugin", guarded).await;
+    // Changing one setting keeps the others (the config stays: still guarded, not misconfigured).
+    ok(
+        BURROW,
+        &alice,
+        &["route", "plugin", "add", "gate.test", "gate", "--fail-open"],
+    )
+    .await;
+    let out = ok(BURROW, &alice, &["route", "plugin", "list", "gate.test"]).await;
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().take(4).eq(["1", "gate", "1", "true"])),
+        "{out}"
+    );
+    assert!(out.contains(r#"{"keys": ["k2"]}"#), "the config stayed: {out}");
+    eventually(Duration::from_secs(20), "the fail-open binding to apply", guarded).await;
 
     // Control plane down: the node keeps serving, and a restarted connector still registers.
     let _ = control_plane.kill9().await;

@@ -404,6 +404,13 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
 
     let (status, body) = api("PUT", "/v1/routes/a.test", route("header-auth")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // An account cannot upload under the name of a plugin the edge provides to everyone.
+    let upload = http::Request::put(format!("http://{}/v1/plugins/header-auth", edge.admin))
+        .header("authorization", format!("Bearer {token}"))
+        .body(full(std::fs::read(HEADER_AUTH).unwrap()))
+        .unwrap();
+    let response = client.request(upload).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
     let (status, body) = api("PUT", "/v1/pools/p", pool("latency")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     edge.stop().await;
@@ -864,6 +871,10 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
         .map(|v| (v["version"].as_u64().unwrap(), v["bound"].to_string()))
         .collect();
     assert_eq!(versions, [(2, r#"["route up.test"]"#.to_owned()), (3, "[]".to_owned())]);
+    // Numbers are never given twice: after deleting 3, the next upload is 4.
+    api.call(Method::DELETE, "/v1/plugins/gate/3", None).await.unwrap();
+    let v4 = upload("gate", std::fs::read(API_KEY_PLUGIN).unwrap()).await.unwrap();
+    assert_eq!(v4["version"], 4);
     assert_eq!(with_token(&edge, "up.test", None, &[]).await.1, "tagged");
 
     connector.stop().await.unwrap();
@@ -981,6 +992,14 @@ async fn body_and_response_hooks_see_and_rewrite_whole_bodies() {
         logged.is_some_and(|n| n >= 5),
         "on-log counted the requests: {logged:?}"
     );
+    // Bodies announced bigger than a fail-open plugin reads pass untouched, both ways.
+    let passed = call("body-open.test", "POST", "/echo", vec![b'a'; 2048]).await.unwrap();
+    assert_eq!((passed.status, passed.body.len()), (StatusCode::OK, 2048));
+    assert!(passed.body.iter().all(|b| *b == b'a'), "neither upper-cased nor noted");
+    // HEAD has no body to hook, and keeps its framing.
+    let head = call("body.test", "HEAD", "/big", Vec::new()).await.unwrap();
+    assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+    assert_eq!(head.headers["content-length"], "2048");
     connector.stop().await.unwrap();
     edge.stop().await;
 }

@@ -64,6 +64,11 @@ pub struct TxnResult {
     pub revision: Revision,
 }
 
+/// Keys under this prefix hold bulk data (plugin components): a watch learns that such a key
+/// changed but not its value, and the watch history does not keep the value either (so a few
+/// large writes cannot fill the history or be copied to every watcher).
+pub const BULK_PREFIX: &str = "bulk/";
+
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

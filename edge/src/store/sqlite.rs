@@ -431,6 +431,16 @@ fn commit(
     sender: &broadcast::Sender<Batch>,
     cap: u64,
 ) -> Result<(), StoreError> {
+    let events: Vec<Event> = events
+        .into_iter()
+        .map(|event| match event {
+            Event::Put(mut kv) if kv.key.starts_with(super::BULK_PREFIX) => {
+                kv.value = Vec::new();
+                Event::Put(kv)
+            }
+            other => other,
+        })
+        .collect();
     tx.execute("UPDATE meta SET revision = ?1 WHERE id = 1", [rev])?;
     {
         let mut ins = tx.prepare_cached(
@@ -825,6 +835,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_values_stay_out_of_watches_and_history() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.db()).unwrap();
+        let mut live = s.watch("", 0).await.unwrap();
+        put1(&s, "bulk/blob", "a large value").await;
+        put1(&s, "small", "v").await;
+        let values = |batch: Vec<Event>| -> Vec<(String, Vec<u8>)> {
+            batch
+                .into_iter()
+                .map(|e| match e {
+                    Event::Put(kv) => (kv.key, kv.value),
+                    Event::Delete { key, .. } => (key, Vec::new()),
+                })
+                .collect()
+        };
+        assert_eq!(
+            values(live.recv().await.unwrap()),
+            [("bulk/blob".to_owned(), Vec::new())]
+        );
+        assert_eq!(
+            values(live.recv().await.unwrap()),
+            [("small".to_owned(), b"v".to_vec())]
+        );
+        // Replayed from history: the same.
+        let mut replay = s.watch("", 0).await.unwrap();
+        assert_eq!(
+            values(replay.recv().await.unwrap()),
+            [("bulk/blob".to_owned(), Vec::new())]
+        );
+        // The value itself is kept.
+        assert_eq!(s.get("bulk/blob").await.unwrap().unwrap().value, b"a large value");
+    }
+
+    #[tokio::test]
     async fn watch_replays_then_streams_live_in_order() {
         let dir = TempDir::new();
         let s = SqliteStore::open(&dir.db()).unwrap();
