@@ -345,6 +345,7 @@ async fn snapshot_table(dir: &Path, plugins: Option<&Arc<PluginHost>>) -> Result
             let not_yet = |_| async { anyhow::bail!("not in the artifact cache; waiting for the control plane") };
             let table = config_sync::build_table(plugins, s, not_yet)
                 .await
+                .0
                 .map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?;
             tracing::info!(
                 revision = s.revision,

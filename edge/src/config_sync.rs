@@ -50,12 +50,21 @@ pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: Cancella
     tokio::spawn(publish_health(state.clone(), shutdown.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(snapshots(cp.clone(), tx, shutdown));
-    while let Some(snapshot) = rx.recv().await {
+    let mut retry = RetryLoad::default();
+    loop {
+        let snapshot = tokio::select! {
+            next = rx.recv() => match next {
+                Some(snapshot) => snapshot,
+                None => return,
+            },
+            again = retry.due() => again,
+        };
         let fetch = |version: PluginVersion| {
             let cp = cp.clone();
             async move { Ok(cp.plugin_wasm(&version).await?) }
         };
-        apply(&state, &snapshot, &data_dir, fetch).await;
+        let complete = apply(&state, &snapshot, &data_dir, fetch).await;
+        retry.after_apply(snapshot, complete);
     }
 }
 
@@ -109,32 +118,38 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
 }
 
 /// Build the table of `snapshot`: first load the uploaded plugin versions it binds (from memory,
-/// the artifact cache, or `fetch` — compiled before the swap, never on the request path).
+/// the artifact cache, or `fetch` — compiled before the swap, never on the request path). Also
+/// says whether every one of them loaded.
 pub async fn build_table<F, Fut>(
     plugins: Option<&Arc<PluginHost>>,
     snapshot: &Snapshot,
     fetch: F,
-) -> Result<RouteTable, String>
+) -> (Result<RouteTable, String>, bool)
 where
     F: Fn(PluginVersion) -> Fut,
     Fut: Future<Output = Result<Vec<u8>>>,
 {
-    if let Some(host) = plugins {
-        host.prepare(&snapshot.plugins, fetch).await;
-    } else if !snapshot.plugins.is_empty() {
-        tracing::error!("the config binds uploaded plugins but this edge runs no plugin host");
-    }
-    snapshot.to_table(plugins.map(|host| &**host))
+    let complete = match plugins {
+        Some(host) => host.prepare(&snapshot.plugins, fetch).await,
+        None if !snapshot.plugins.is_empty() => {
+            tracing::error!("the config binds uploaded plugins but this edge runs no plugin host");
+            true
+        }
+        None => true,
+    };
+    (snapshot.to_table(plugins.map(|host| &**host)), complete)
 }
 
 /// Build the table from `snapshot`, swap it in and keep the snapshot on disk; a snapshot that
-/// does not build is reported and the current table keeps serving.
-pub async fn apply<F, Fut>(state: &EdgeState, snapshot: &Snapshot, data_dir: &Path, fetch: F)
+/// does not build is reported and the current table keeps serving. `false` when some plugin
+/// version it binds did not load (see [`RetryLoad`]).
+pub async fn apply<F, Fut>(state: &EdgeState, snapshot: &Snapshot, data_dir: &Path, fetch: F) -> bool
 where
     F: Fn(PluginVersion) -> Fut,
     Fut: Future<Output = Result<Vec<u8>>>,
 {
-    match build_table(state.config.plugins.as_ref(), snapshot, fetch).await {
+    let (table, complete) = build_table(state.config.plugins.as_ref(), snapshot, fetch).await;
+    match table {
         Ok(table) => {
             state.swap_routes(table);
             if let Err(e) = write_snapshot(data_dir, snapshot) {
@@ -145,6 +160,39 @@ where
             revision = snapshot.revision,
             "store config does not build; the current table keeps serving: {e}"
         ),
+    }
+    complete
+}
+
+/// A snapshot whose plugin versions did not all load (a fetch failed), applied again with
+/// backoff (1 s doubling to 1 min) until they do or a newer snapshot comes.
+#[derive(Default)]
+pub struct RetryLoad {
+    pending: Option<Snapshot>,
+    delay: Duration,
+}
+
+impl RetryLoad {
+    pub fn after_apply(&mut self, snapshot: Snapshot, complete: bool) {
+        if complete {
+            self.pending = None;
+            self.delay = Duration::ZERO;
+        } else {
+            self.delay = (self.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            self.pending = Some(snapshot);
+        }
+    }
+
+    /// The snapshot to apply again, once its delay has passed; never, when there is none.
+    pub async fn due(&mut self) -> Snapshot {
+        if self.pending.is_none() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(self.delay).await;
+        match self.pending.take() {
+            Some(snapshot) => snapshot,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -242,4 +290,40 @@ pub fn remove_connection(state: &Arc<EdgeState>, info: &ConnectionInfo) {
             tracing::debug!("connection record not removed: {e}");
         }
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn snapshot(revision: u64) -> Snapshot {
+        Snapshot {
+            revision,
+            ..Snapshot::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_snapshot_is_applied_again_with_backoff() {
+        let mut retry = RetryLoad::default();
+        retry.after_apply(snapshot(1), true);
+        let idle = tokio::time::timeout(Duration::from_millis(100), retry.due()).await;
+        assert!(idle.is_err(), "nothing to retry after a complete load");
+
+        retry.after_apply(snapshot(2), false);
+        let started = std::time::Instant::now();
+        let again = tokio::time::timeout(Duration::from_secs(3), retry.due()).await.unwrap();
+        assert_eq!(again.revision, 2);
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        // Failing again waits longer; a complete load (of a newer snapshot) ends the retries.
+        retry.after_apply(again, false);
+        assert_eq!(retry.delay, Duration::from_secs(2));
+        retry.after_apply(snapshot(3), true);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), retry.due())
+                .await
+                .is_err()
+        );
+    }
 }

@@ -633,14 +633,15 @@ impl PluginHost {
     /// Make `versions` (what the next route table binds) ready to run, fetching and compiling
     /// the ones not loaded yet, before the table is swapped in. A version that cannot be loaded
     /// is logged and left out: requests of its routes fail with a clear error (or pass, if
-    /// fail-open) while every other route keeps working.
-    pub async fn prepare<F, Fut>(self: &Arc<Self>, versions: &[PluginVersion], fetch: F)
+    /// fail-open) while every other route keeps working. `false` when one was left out.
+    pub async fn prepare<F, Fut>(self: &Arc<Self>, versions: &[PluginVersion], fetch: F) -> bool
     where
         F: Fn(PluginVersion) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>>>,
     {
         let current = self.uploaded.lock().map(|u| u.clone()).unwrap_or_default();
         let mut next = HashMap::with_capacity(versions.len());
+        let mut complete = true;
         for v in versions {
             let key = (v.account, v.name.clone(), v.version);
             if let Some(loaded) = current.get(&key).filter(|p| p.sha256 == v.sha256) {
@@ -662,10 +663,13 @@ impl PluginHost {
                     tracing::info!(plugin = %label, account = %v.account, sha256 = %v.sha256, "plugin version loaded");
                     next.insert(key, Arc::new(loaded));
                 }
-                Err(e) => tracing::error!(
-                    plugin = %label, account = %v.account,
-                    "plugin version not loaded; its routes fail until it is: {e:#}"
-                ),
+                Err(e) => {
+                    complete = false;
+                    tracing::error!(
+                        plugin = %label, account = %v.account,
+                        "plugin version not loaded; its routes fail until it is (retrying): {e:#}"
+                    );
+                }
             }
         }
         if let Ok(mut compiled) = self.compiled.lock() {
@@ -675,6 +679,7 @@ impl PluginHost {
         if let Ok(mut uploaded) = self.uploaded.lock() {
             *uploaded = next;
         }
+        complete
     }
 
     /// Delete cached artifacts no bound version uses (deleted versions, old bindings).

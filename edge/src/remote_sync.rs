@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
 use crate::api::WATCH_HEARTBEAT;
-use crate::config_sync::apply;
+use crate::config_sync::{RetryLoad, apply};
 use crate::plugin_catalog::{MAX_PLUGIN_SIZE, PluginVersion};
 use crate::resources::Snapshot;
 
@@ -153,10 +153,19 @@ async fn stream_once(client: &HttpClient, base: &str, token: &str, state: &EdgeS
     let mut body = response.into_body();
     let mut buf = BytesMut::new();
     let silence = WATCH_HEARTBEAT * 3;
+    let mut retry = RetryLoad::default();
     loop {
-        let frame = tokio::time::timeout(silence, body.frame())
-            .await
-            .with_context(|| format!("silent for {silence:?}"))?;
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(silence, body.frame()) => {
+                frame.with_context(|| format!("silent for {silence:?}"))?
+            }
+            again = retry.due() => {
+                let fetch = |version| fetch_plugin(client, base, token, version);
+                let complete = apply(state, &again, data_dir, fetch).await;
+                retry.after_apply(again, complete);
+                continue;
+            }
+        };
         let Some(frame) = frame else {
             anyhow::bail!("the watch stream ended")
         };
@@ -176,7 +185,8 @@ async fn stream_once(client: &HttpClient, base: &str, token: &str, state: &EdgeS
             let snapshot: Snapshot = serde_json::from_slice(line).context("a snapshot does not parse")?;
             tracing::debug!(revision = snapshot.revision, "snapshot from the control plane");
             let fetch = |version| fetch_plugin(client, base, token, version);
-            apply(state, &snapshot, data_dir, fetch).await;
+            let complete = apply(state, &snapshot, data_dir, fetch).await;
+            retry.after_apply(snapshot, complete);
         }
         anyhow::ensure!(
             buf.remaining() <= MAX_LINE,
