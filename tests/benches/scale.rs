@@ -1,0 +1,170 @@
+//! Scale runs against the real `burrow-edge` binary (release build):
+//!
+//! - N idle tunnels, one connection each, registered with one edge: the edge's resident memory
+//!   per connection (from `/proc/PID/status`, before and after);
+//! - route change propagation: `PUT /v1/routes/...` on the API until the edge serves the new
+//!   hostname, p50 and p99 over many changes, with those N tunnels in the table.
+//!
+//! `cargo bench -p burrow-tests --bench scale -- 1000 10000` (the tunnel counts; default 1000).
+//! The connectors run in this process, so their cost is not counted.
+#![allow(clippy::unwrap_used, reason = "a benchmark")]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_connector::api_client::{ApiClient, Login};
+use burrow_connector::credentials::Credentials;
+use burrow_tests::*;
+use http::{Method, StatusCode};
+use serde_json::json;
+
+const BURROW_EDGE: &str = env!("CARGO_BIN_EXE_e2e-burrow-edge");
+/// Route changes measured per run.
+const ROUTE_CHANGES: usize = 200;
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run(tunnels: usize) {
+    let dir = TempDir::new();
+    let (http, tunnel_port, admin) = (free_tcp_port(), free_udp_port(), free_tcp_port());
+    let data = dir.path().join("edge");
+    let args = [
+        "run",
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--https",
+        "off",
+        "--tunnel",
+        &format!("127.0.0.1:{tunnel_port}"),
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--advertise",
+        &format!("127.0.0.1:{tunnel_port}"),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--registrations-per-minute",
+        "1000000",
+    ];
+    let warn = Path::new("warn");
+    let edge = Process::spawn(BURROW_EDGE, &args, &[("BURROW_HOME", dir.path()), ("RUST_LOG", warn)]);
+    // Nothing is logged at warn when the edge is up: wait for its API instead.
+    let api_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    eventually(Duration::from_secs(20), "the edge's API", || async {
+        get(&http1_client(), api_addr, "localhost", "/ready").await.is_ok()
+    })
+    .await;
+    let (code, output) = Process::spawn(
+        BURROW_EDGE,
+        &["account", "create", "scale", "--data-dir", data.to_str().unwrap()],
+        &[("BURROW_HOME", dir.path())],
+    )
+    .wait(Duration::from_secs(30))
+    .await;
+    assert_eq!(code, Some(0), "{output}");
+    let token = output
+        .lines()
+        .find_map(|l| l.split("keep it secret): ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let api = Arc::new(
+        ApiClient::new(Login {
+            api: format!("http://127.0.0.1:{admin}"),
+            token,
+        })
+        .unwrap(),
+    );
+
+    // The tunnels, through the API (8 at a time).
+    let started = Instant::now();
+    let mut credentials: Vec<Credentials> = Vec::with_capacity(tunnels);
+    for chunk in (0..tunnels).collect::<Vec<_>>().chunks(8) {
+        let created = chunk.iter().map(|i| {
+            let api = api.clone();
+            let body = json!({ "name": format!("t{i}") });
+            async move { api.call(Method::POST, "/v1/tunnels", Some(body)).await.unwrap() }
+        });
+        for body in futures_util::future::join_all(created).await {
+            credentials.push(serde_json::from_value(body["credentials"].clone()).unwrap());
+        }
+    }
+    let created_in = started.elapsed();
+    let origin = named_origin("scale").await;
+    let url = format!("http://{origin}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(edge.pid());
+
+    // One connection per tunnel, then let them settle into idleness.
+    let started = Instant::now();
+    let connectors: Vec<TestConnector> = credentials
+        .iter()
+        .map(|c| TestConnector::to_url(c.clone(), &url, 1))
+        .collect();
+    eventually(Duration::from_secs(600), "every tunnel registered", || async {
+        connectors.iter().all(|c| c.status.ready_connections() == 1)
+    })
+    .await;
+    let connected_in = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = rss_kib(edge.pid());
+    let per_connection = (after.saturating_sub(before) as f64) * 1024.0 / tunnels as f64;
+
+    // Route changes: API write → the edge serves the hostname.
+    let client = http1_client();
+    let edge_http: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let mut times = Vec::with_capacity(ROUTE_CHANGES);
+    for i in 0..ROUTE_CHANGES {
+        let host = format!("r{i}.scale.test");
+        let body = json!({ "tunnel": format!("t{}", i % tunnels) });
+        let started = Instant::now();
+        api.call(Method::PUT, &format!("/v1/routes/{host}"), Some(body)).await.unwrap();
+        loop {
+            let served = get(&client, edge_http, &host, "/").await;
+            if matches!(served, Ok(r) if r.status == StatusCode::OK) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{host} never served");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "| {tunnels} | {:.1} s | {:.1} s | {:.0} MiB → {:.0} MiB | {:.1} KiB | {:.1} ms | {:.1} ms |",
+        created_in.as_secs_f64(),
+        connected_in.as_secs_f64(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        per_connection / 1024.0,
+        percentile(&times, 0.5).as_secs_f64() * 1000.0,
+        percentile(&times, 0.99).as_secs_f64() * 1000.0,
+    );
+    for connector in connectors {
+        connector.stop().await.ok();
+    }
+    drop(edge);
+}
+
+fn main() {
+    let counts: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let counts = if counts.is_empty() { vec![1000] } else { counts };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    println!("| tunnels | created (API) | connected | edge RSS | RSS per idle connection | route change p50 | p99 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for tunnels in counts {
+        runtime.block_on(run(tunnels));
+    }
+}
