@@ -152,9 +152,10 @@ where
     match table {
         Ok(table) => {
             state.swap_routes(table);
-            if let Err(e) = write_snapshot(data_dir, snapshot) {
-                tracing::warn!("could not save the config snapshot: {e:#}");
-            }
+            state
+                .snapshot_writer
+                .get_or_init(|| SnapshotWriter::start(data_dir.to_owned()))
+                .write(snapshot);
         }
         Err(e) => tracing::error!(
             revision = snapshot.revision,
@@ -193,6 +194,35 @@ impl RetryLoad {
             Some(snapshot) => snapshot,
             None => std::future::pending().await,
         }
+    }
+}
+
+/// Keeps the newest applied snapshot on disk, written off the apply path: serializing and
+/// syncing a large config (10k tunnels: megabytes) must not hold up the next change, and a
+/// burst of changes writes only the last one.
+pub struct SnapshotWriter(tokio::sync::watch::Sender<Option<Arc<Snapshot>>>);
+
+impl SnapshotWriter {
+    fn start(data_dir: PathBuf) -> Self {
+        let (tx, mut rx) = tokio::sync::watch::channel::<Option<Arc<Snapshot>>>(None);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(snapshot) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let dir = data_dir.clone();
+                match tokio::task::spawn_blocking(move || write_snapshot(&dir, &snapshot)).await {
+                    Ok(Err(e)) => tracing::warn!("could not save the config snapshot: {e:#}"),
+                    Err(e) => tracing::warn!("could not save the config snapshot: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        });
+        Self(tx)
+    }
+
+    fn write(&self, snapshot: &Snapshot) {
+        self.0.send_replace(Some(Arc::new(snapshot.clone())));
     }
 }
 

@@ -140,6 +140,8 @@ pub struct EdgeState {
     pub auth_failures: WindowLimiter,
     /// Tunnel registrations per source address.
     pub registrations: WindowLimiter,
+    /// Writes applied config snapshots to the data directory (started on the first one).
+    pub snapshot_writer: std::sync::OnceLock<config_sync::SnapshotWriter>,
 }
 
 impl EdgeState {
@@ -159,6 +161,7 @@ impl EdgeState {
             node_lease: AtomicU64::new(0),
             auth_failures: WindowLimiter::new(10, Duration::from_secs(60)),
             registrations,
+            snapshot_writer: Default::default(),
         })
     }
 

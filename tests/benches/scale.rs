@@ -6,7 +6,10 @@
 //!   hostname, p50 and p99 over many changes, with those N tunnels in the table.
 //!
 //! `cargo bench -p burrow-tests --bench scale -- 1000 10000` (the tunnel counts; default 1000).
-//! The connectors run in this process, so their cost is not counted.
+//! The tunnels' connections come from this process and cost the edge what a connector's do: a
+//! QUIC connection registered on its control stream and kept alive. All but the few that serve
+//! the route changes share one client endpoint (a full connector per tunnel would need ~2 MiB of
+//! socket buffers each here).
 #![allow(clippy::unwrap_used, reason = "a benchmark")]
 
 use std::path::Path;
@@ -15,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use burrow_connector::api_client::{ApiClient, Login};
 use burrow_connector::credentials::Credentials;
+use burrow_protocol::{ConnectorId, ControlMessage, Frame, Limits, PROTOCOL_VERSION, Register, TunnelCodec};
 use burrow_tests::*;
+use futures_util::StreamExt;
 use http::{Method, StatusCode};
 use serde_json::json;
+use tokio_util::codec::{Encoder, FramedRead};
 
 const BURROW_EDGE: &str = env!("CARGO_BIN_EXE_e2e-burrow-edge");
 /// Route changes measured per run.
@@ -104,13 +110,22 @@ async fn run(tunnels: usize) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss_kib(edge.pid());
 
-    // One connection per tunnel, then let them settle into idleness.
+    // One connection per tunnel, then let them settle into idleness. Real connectors serve the
+    // tunnels the route changes use.
     let started = Instant::now();
-    let connectors: Vec<TestConnector> = credentials
+    let serving = tunnels.min(SERVING);
+    let connectors: Vec<TestConnector> = credentials[..serving]
         .iter()
         .map(|c| TestConnector::to_url(c.clone(), &url, 1))
         .collect();
-    eventually(Duration::from_secs(600), "every tunnel registered", || async {
+    let endpoint = idle_endpoint(&credentials[0]);
+    let edge_addr: std::net::SocketAddr = ([127, 0, 0, 1], tunnel_port).into();
+    let mut idle = Vec::with_capacity(tunnels);
+    for chunk in credentials[serving..].chunks(64) {
+        let registered = chunk.iter().map(|c| register_idle(&endpoint, edge_addr, c));
+        idle.extend(futures_util::future::join_all(registered).await);
+    }
+    eventually(Duration::from_secs(60), "every tunnel registered", || async {
         connectors.iter().all(|c| c.status.ready_connections() == 1)
     })
     .await;
@@ -125,9 +140,11 @@ async fn run(tunnels: usize) {
     let mut times = Vec::with_capacity(ROUTE_CHANGES);
     for i in 0..ROUTE_CHANGES {
         let host = format!("r{i}.scale.test");
-        let body = json!({ "tunnel": format!("t{}", i % tunnels) });
+        let body = json!({ "tunnel": format!("t{}", i % serving) });
         let started = Instant::now();
-        api.call(Method::PUT, &format!("/v1/routes/{host}"), Some(body)).await.unwrap();
+        api.call(Method::PUT, &format!("/v1/routes/{host}"), Some(body))
+            .await
+            .unwrap();
         loop {
             let served = get(&client, edge_http, &host, "/").await;
             if matches!(served, Ok(r) if r.status == StatusCode::OK) {
@@ -152,16 +169,78 @@ async fn run(tunnels: usize) {
     for connector in connectors {
         connector.stop().await.ok();
     }
+    drop(idle);
     drop(edge);
 }
 
+/// Tunnels served by real connectors (the route changes point at them).
+const SERVING: usize = 8;
+
+/// The client endpoint the idle connections share, configured like a connector's.
+fn idle_endpoint(credentials: &Credentials) -> quinn::Endpoint {
+    let mut quic = burrow_connector::tls::edge_client_config(credentials.edge_ca.as_deref()).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    quic.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    endpoint.set_default_client_config(quic);
+    endpoint
+}
+
+/// What keeps an idle registered connection open: the connection and its control stream.
+type Idle = (
+    quinn::Connection,
+    quinn::SendStream,
+    FramedRead<quinn::RecvStream, TunnelCodec>,
+);
+
+/// Connect and register as the tunnel of `credentials`, as a connector does, and stay idle. A
+/// tunnel the edge's table does not hold yet (just created) is tried again, as connectors do.
+async fn register_idle(endpoint: &quinn::Endpoint, edge: std::net::SocketAddr, c: &Credentials) -> Idle {
+    for _ in 0..60 {
+        if let Some(idle) = try_register(endpoint, edge, c).await {
+            return idle;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("tunnel {} never registered", c.tunnel_name)
+}
+
+async fn try_register(endpoint: &quinn::Endpoint, edge: std::net::SocketAddr, c: &Credentials) -> Option<Idle> {
+    let conn = endpoint.connect(edge, "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let register = Register {
+        protocol: PROTOCOL_VERSION,
+        account: c.account,
+        tunnel_id: c.tunnel_id,
+        secret: c.secret.clone(),
+        conn_index: 0,
+        connector_id: ConnectorId::new_random(),
+        version: "scale-bench".into(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    TunnelCodec::new(Limits::default())
+        .encode(Frame::Control(ControlMessage::Register(register)), &mut buf)
+        .unwrap();
+    send.write_all(&buf).await.unwrap();
+    let mut control = FramedRead::new(recv, TunnelCodec::new(Limits::default()));
+    match control.next().await {
+        Some(Ok(Frame::Control(ControlMessage::Registered(_)))) => Some((conn, send, control)),
+        Some(Ok(Frame::Control(ControlMessage::Rejected(_)))) => None,
+        other => panic!("registration of {}: {other:?}", c.tunnel_name),
+    }
+}
+
 fn main() {
-    let counts: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let counts = if counts.is_empty() { vec![1000] } else { counts };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!("| tunnels | created (API) | connected | edge RSS | RSS per idle connection | route change p50 | p99 |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for tunnels in counts {

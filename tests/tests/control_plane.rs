@@ -180,8 +180,14 @@ async fn tunnel_lifecycle_through_the_cli() {
         let tunnels: serde_json::Value = serde_json::from_str(&list).unwrap();
         assert_eq!(tunnels.as_array().unwrap().len(), 1, "{list}");
         assert_eq!(tunnels[0]["id"], id.as_str(), "the tunnel keeps its UUID");
+        // Written beside the swap, a moment after it.
+        eventually(
+            Duration::from_secs(5),
+            "the snapshot on disk to hold the route",
+            || async { routing_state()["routes"].as_array().is_some_and(|r| r.len() == 1) },
+        )
+        .await;
         let state = routing_state();
-        assert_eq!(state["routes"].as_array().unwrap().len(), 1);
         assert_eq!(
             before.get_or_insert_with(|| state.clone()),
             &state,
