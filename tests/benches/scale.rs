@@ -198,7 +198,7 @@ type Idle = (
 /// Connect and register as the tunnel of `credentials`, as a connector does, and stay idle. A
 /// tunnel the edge's table does not hold yet (just created) is tried again, as connectors do.
 async fn register_idle(endpoint: &quinn::Endpoint, edge: std::net::SocketAddr, c: &Credentials) -> Idle {
-    for _ in 0..60 {
+    for _ in 0..240 {
         if let Some(idle) = try_register(endpoint, edge, c).await {
             return idle;
         }
