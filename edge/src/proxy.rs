@@ -557,11 +557,7 @@ async fn buffer_small(
     response: Response<ResponseBody>,
     tunnel_name: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let small = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
+    let small = content_length(response.headers()).is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
     if !small {
         return Ok(response);
     }

@@ -488,13 +488,6 @@ async fn a_tunnels_file_that_fails_to_load_keeps_the_old_table() {
     drop(edge);
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A plugin that tries to take 64 MiB per request hits the 16 MiB cap every time: each of those
 /// requests fails alone, and the edge gives the memory back (its resident size stays flat).
 #[tokio::test]
