@@ -307,10 +307,13 @@ impl ControlPlane {
     ) -> Result<(Vec<T>, Revision), CpError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
-        let mut revision = 0;
+        // The revision of the *first* page: a write landing between pages, in a range already
+        // read, is newer than it, so a watch from it delivers that write. Any later page's
+        // revision would skip it for good.
+        let mut revision = None;
         loop {
             let (page, rev) = self.store.list(prefix, after.as_deref(), PAGE).await?;
-            revision = revision.max(rev);
+            let revision = *revision.get_or_insert(rev);
             for kv in &page {
                 out.push(from_json(kv)?);
             }
@@ -894,9 +897,93 @@ pub fn affects_routing(key: &str) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use futures_util::future::BoxFuture;
+
     use crate::pool::PoolOrigin;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{LeaseId, TxnResult, WatchReceiver};
 
     use super::*;
+
+    /// A real store that commits one more write, into the range already read, just before the
+    /// second page of a listing is read (as a concurrent API call can).
+    struct WriteBetweenPages {
+        inner: Arc<SqliteStore>,
+        written: AtomicBool,
+    }
+
+    fn put(key: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: b"{}".to_vec(),
+            lease: None,
+        }
+    }
+
+    impl Store for WriteBetweenPages {
+        fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<KeyValue>, StoreError>> {
+            self.inner.get(key)
+        }
+        fn list(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<(Vec<KeyValue>, Revision), StoreError>> {
+            let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+            Box::pin(async move {
+                if after.is_some() && !self.written.swap(true, Ordering::SeqCst) {
+                    self.inner.txn(vec![], vec![put("things/0000-late")]).await?;
+                }
+                self.inner.list(&prefix, after.as_deref(), limit).await
+            })
+        }
+        fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> BoxFuture<'_, Result<TxnResult, StoreError>> {
+            self.inner.txn(compares, ops)
+        }
+        fn watch(&self, prefix: &str, after: Revision) -> BoxFuture<'_, Result<WatchReceiver, StoreError>> {
+            self.inner.watch(prefix, after)
+        }
+        fn lease_grant(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>> {
+            self.inner.lease_grant(ttl)
+        }
+        fn lease_keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.lease_keep_alive(lease)
+        }
+        fn lease_revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.lease_revoke(lease)
+        }
+        fn revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+            self.inner.revision()
+        }
+    }
+
+    /// A listing longer than a page is read in several reads; a watch from the revision it
+    /// reports must deliver whatever it missed. (The scale bench lost a tunnel for good this way.)
+    #[tokio::test]
+    async fn a_write_between_pages_of_a_listing_reaches_the_watch() {
+        let inner = SqliteStore::open_in_memory().unwrap();
+        for chunk in (0..PAGE + 10).collect::<Vec<_>>().chunks(200) {
+            let ops = chunk.iter().map(|i| put(&format!("things/{i:04}-a"))).collect();
+            inner.txn(vec![], ops).await.unwrap();
+        }
+        let store = Arc::new(WriteBetweenPages {
+            inner,
+            written: AtomicBool::new(false),
+        });
+        let cp = ControlPlane::new(store.clone());
+        let (things, revision) = cp.list_all::<serde_json::Value>("things/").await.unwrap();
+        assert_eq!(things.len(), PAGE + 10, "the late write sorts before the second page");
+        let mut watch = store.watch("things/", revision).await.unwrap();
+        let events = tokio::time::timeout(Duration::from_secs(5), watch.recv())
+            .await
+            .expect("the watch delivers the write the listing missed")
+            .unwrap();
+        assert!(events.iter().any(|e| e.key() == "things/0000-late"), "{events:?}");
+    }
 
     #[test]
     fn a_fallback_loop_costs_the_pool_its_fallback_not_the_whole_table() {
