@@ -21,8 +21,9 @@ use crate::EdgeState;
 use crate::plugin_catalog::PluginVersion;
 use crate::plugin_host::PluginHost;
 use crate::registry::ConnectionInfo;
-use crate::resources::{Connection, ControlPlane, CpError, Snapshot, affects_routing};
+use crate::resources::{Connection, ControlPlane, CpError, LiveConfig, Snapshot};
 use crate::route_table::RouteTable;
+use crate::store::WatchReceiver;
 
 /// How long connection records outlive a silent edge.
 const NODE_LEASE_TTL: Duration = Duration::from_secs(15);
@@ -70,16 +71,18 @@ pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: Cancella
 
 /// Send a snapshot now and a new one after every change that affects routing (bursts are
 /// coalesced), until `shutdown` or the receiver goes away. Feeds this edge's table and the
-/// `/v1/watch` stream of edge-only nodes alike.
+/// `/v1/watch` stream of edge-only nodes alike. The config is read whole once, then kept current
+/// from the watch; it is read again only when the watch ends or sends something that does not
+/// decode.
 pub async fn snapshots(cp: ControlPlane, tx: tokio::sync::mpsc::Sender<Snapshot>, shutdown: CancellationToken) {
     loop {
         // Read and watch from the same revision, so no change falls between them.
         let started = async {
-            let snapshot = cp.snapshot().await?;
-            let watch = cp.store().watch("", snapshot.revision).await?;
-            Ok::<_, CpError>((snapshot, watch))
+            let config = cp.read_config().await?;
+            let watch = cp.store().watch("", config.revision()).await?;
+            Ok::<_, CpError>((config, watch))
         };
-        let (snapshot, mut watch) = match started.await {
+        let (mut config, mut watch) = match started.await {
             Ok(started) => started,
             Err(e) => {
                 tracing::warn!("cannot follow the store, serving the current table: {e}");
@@ -89,24 +92,60 @@ pub async fn snapshots(cp: ControlPlane, tx: tokio::sync::mpsc::Sender<Snapshot>
                 continue;
             }
         };
-        if tx.send(snapshot).await.is_err() {
-            return;
-        }
         loop {
-            tokio::select! {
-                batch = watch.recv() => match batch {
-                    Some(events) if events.iter().any(|e| affects_routing(e.key())) => {
-                        while watch.try_recv().is_ok() {}
-                        break;
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
-                () = tx.closed() => return,
-                () = shutdown.cancelled() => return,
+            let snapshot = match cp.snapshot(&config).await {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    tracing::warn!("cannot read the plugin versions the config binds, reading it again: {e}");
+                    break;
+                }
+            };
+            if tx.send(snapshot).await.is_err() {
+                return;
+            }
+            match next_change(&mut config, &mut watch, &tx, &shutdown).await {
+                Some(true) => continue,
+                Some(false) => break,
+                None => return,
             }
         }
+        if pause(&shutdown, Duration::from_millis(100)).await {
+            return;
+        }
     }
+}
+
+/// Apply watch batches to `config` until one changes what edges serve, then whatever else is
+/// already queued (a burst becomes one snapshot). `Some(false)`: the watch ended or a value did
+/// not decode, read the whole config again; `None`: stop.
+async fn next_change(
+    config: &mut LiveConfig,
+    watch: &mut WatchReceiver,
+    tx: &tokio::sync::mpsc::Sender<Snapshot>,
+    shutdown: &CancellationToken,
+) -> Option<bool> {
+    let reread = |e: CpError| {
+        tracing::warn!("a config change does not decode, reading the whole config again: {e}");
+        Some(false)
+    };
+    loop {
+        tokio::select! {
+            batch = watch.recv() => match batch.map(|events| config.apply(&events)) {
+                Some(Ok(true)) => break,
+                Some(Ok(false)) => {}
+                Some(Err(e)) => return reread(e),
+                None => return Some(false),
+            },
+            () = tx.closed() => return None,
+            () = shutdown.cancelled() => return None,
+        }
+    }
+    while let Ok(events) = watch.try_recv() {
+        if let Err(e) = config.apply(&events) {
+            return reread(e);
+        }
+    }
+    Some(true)
 }
 
 /// Sleep, or return `true` if shutting down.

@@ -17,6 +17,7 @@
 //! Every multi-key change is one store transaction with compares, so two API calls racing for
 //! the same name or hostname cannot both win.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,7 +35,7 @@ use crate::pool::PoolSpec;
 use crate::route_table::{
     PluginBinding, PoolDef, Route, RouteTable, Target, TunnelRecord, hash_secret, validate_hostname,
 };
-use crate::store::{Compare, KeyValue, LeaseId, Op, Revision, Store, StoreError};
+use crate::store::{Compare, Event, KeyValue, LeaseId, Op, Revision, Store, StoreError};
 use crate::tunnels_file::{decode_hex32, encode_hex};
 
 /// Longest tunnel or account name.
@@ -305,7 +306,17 @@ impl ControlPlane {
         &self,
         prefix: &str,
     ) -> Result<(Vec<T>, Revision), CpError> {
-        let mut out = Vec::new();
+        let (docs, revision) = self.list_keyed(prefix).await?;
+        Ok((docs.into_values().collect(), revision))
+    }
+
+    /// Every document under `prefix` by key, and the revision to watch from for what the
+    /// listing missed.
+    async fn list_keyed<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<(BTreeMap<String, T>, Revision), CpError> {
+        let mut out = BTreeMap::new();
         let mut after: Option<String> = None;
         // The revision of the *first* page: a write landing between pages, in a range already
         // read, is newer than it, so a watch from it delivers that write. Any later page's
@@ -314,12 +325,16 @@ impl ControlPlane {
         loop {
             let (page, rev) = self.store.list(prefix, after.as_deref(), PAGE).await?;
             let revision = *revision.get_or_insert(rev);
-            for kv in &page {
-                out.push(from_json(kv)?);
+            let last = (page.len() == PAGE)
+                .then(|| page.last().map(|kv| kv.key.clone()))
+                .flatten();
+            for kv in page {
+                let doc = from_json(&kv)?;
+                out.insert(kv.key, doc);
             }
-            match page.last() {
-                Some(last) if page.len() == PAGE => after = Some(last.key.clone()),
-                _ => return Ok((out, revision)),
+            match last {
+                Some(last) => after = Some(last),
+                None => return Ok((out, revision)),
             }
         }
     }
@@ -871,19 +886,80 @@ impl ControlPlane {
 
     // --- what edges serve ---------------------------------------------------------------------
 
-    pub async fn snapshot(&self) -> Result<Snapshot, CpError> {
-        let (tunnels, rev_t) = self.list_all::<Tunnel>("tunnels/").await?;
-        let (routes, rev_r) = self.list_all::<RouteDoc>("routes/").await?;
-        let (pools, rev_p) = self.list_all::<PoolDoc>("pools/").await?;
-        let plugins = self.bound_plugin_versions(&routes, &pools).await?;
-        // Separate reads: if a write landed between them, the watch delivers it and we rebuild.
-        Ok(Snapshot {
+    /// Read every tunnel, route and pool: the start of a [`LiveConfig`].
+    pub async fn read_config(&self) -> Result<LiveConfig, CpError> {
+        let (tunnels, rev_t) = self.list_keyed("tunnels/").await?;
+        let (routes, rev_r) = self.list_keyed("routes/").await?;
+        let (pools, rev_p) = self.list_keyed("pools/").await?;
+        // Separate reads: a write that landed between them is newer than the oldest of them,
+        // so the watch from there delivers it.
+        Ok(LiveConfig {
             revision: rev_t.min(rev_r).min(rev_p),
             tunnels,
             routes,
             pools,
+        })
+    }
+
+    /// What edges serve, as of `config`, with the metadata of the plugin versions it binds.
+    pub async fn snapshot(&self, config: &LiveConfig) -> Result<Snapshot, CpError> {
+        let routes: Vec<RouteDoc> = config.routes.values().cloned().collect();
+        let pools: Vec<PoolDoc> = config.pools.values().cloned().collect();
+        let plugins = self.bound_plugin_versions(&routes, &pools).await?;
+        Ok(Snapshot {
+            revision: config.revision,
+            tunnels: config.tunnels.values().cloned().collect(),
+            routes,
+            pools,
             plugins,
         })
+    }
+}
+
+/// The tunnels, routes and pools of the store, kept current from watch events: a change costs an
+/// edge the keys that changed, not a re-read of the whole config (35 ms at 10k tunnels and 10k
+/// routes).
+#[derive(Debug, Default)]
+pub struct LiveConfig {
+    revision: Revision,
+    tunnels: BTreeMap<String, Tunnel>,
+    routes: BTreeMap<String, RouteDoc>,
+    pools: BTreeMap<String, PoolDoc>,
+}
+
+impl LiveConfig {
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Apply one batch of watch events; says whether it changed what edges serve (plugin
+    /// metadata included). A value that does not decode is an error: re-read the whole config.
+    pub fn apply(&mut self, events: &[Event]) -> Result<bool, CpError> {
+        let mut changed = false;
+        for event in events {
+            let (key, revision) = match event {
+                Event::Put(kv) => (&kv.key, kv.mod_revision),
+                Event::Delete { key, revision } => (key, *revision),
+            };
+            self.revision = self.revision.max(revision);
+            changed |= affects_routing(key);
+            match event {
+                Event::Put(kv) if key.starts_with("tunnels/") => {
+                    drop(self.tunnels.insert(kv.key.clone(), from_json(kv)?))
+                }
+                Event::Put(kv) if key.starts_with("routes/") => {
+                    drop(self.routes.insert(kv.key.clone(), from_json(kv)?))
+                }
+                Event::Put(kv) if key.starts_with("pools/") => drop(self.pools.insert(kv.key.clone(), from_json(kv)?)),
+                Event::Delete { key, .. } => {
+                    self.tunnels.remove(key);
+                    self.routes.remove(key);
+                    self.pools.remove(key);
+                }
+                Event::Put(_) => {}
+            }
+        }
+        Ok(changed)
     }
 }
 
@@ -959,6 +1035,57 @@ mod tests {
         fn revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
             self.inner.revision()
         }
+    }
+
+    /// The config an edge keeps from watch events is the config a fresh read gives, through
+    /// creates, edits and deletes of tunnels, routes and pools (and writes that do not route).
+    #[tokio::test]
+    async fn a_config_kept_from_watch_events_matches_a_fresh_read() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let cp = ControlPlane::new(store.clone());
+        let (account, _) = cp.create_account("acme").await.unwrap();
+        let a = account.id;
+        cp.create_tunnel(a, "web").await.unwrap();
+        cp.route(a, "a.test", RouteTo::Tunnel("web"), false, None)
+            .await
+            .unwrap();
+        let mut config = cp.read_config().await.unwrap();
+        let mut watch = store.watch("", config.revision()).await.unwrap();
+
+        cp.create_tunnel(a, "api").await.unwrap();
+        cp.route(a, "b.test", RouteTo::Tunnel("api"), false, None)
+            .await
+            .unwrap();
+        cp.route(a, "a.test", RouteTo::Tunnel("api"), true, None).await.unwrap();
+        let spec = PoolSpec {
+            origins: vec![PoolOrigin {
+                tunnel: "web".to_string(),
+                weight: 1,
+                enabled: true,
+            }],
+            ..Default::default()
+        };
+        cp.put_pool(a, "both", spec, None).await.unwrap();
+        cp.route(a, "c.test", RouteTo::Pool("both"), false, None).await.unwrap();
+        cp.delete_route(a, "b.test").await.unwrap();
+        cp.create_node_token("edge-2").await.unwrap(); // not routing: no change
+        let mut changes = 0;
+        while config.revision() < store.revision().await.unwrap() {
+            let events = tokio::time::timeout(Duration::from_secs(5), watch.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            changes += usize::from(config.apply(&events).unwrap());
+        }
+        assert_eq!(changes, 6, "every routing write counts, the token does not");
+
+        let kept = serde_json::to_value(cp.snapshot(&config).await.unwrap()).unwrap();
+        let fresh = serde_json::to_value(cp.snapshot(&cp.read_config().await.unwrap()).await.unwrap()).unwrap();
+        let hosts = |s: &serde_json::Value| s["routes"].as_array().unwrap().len();
+        assert_eq!(hosts(&kept), 2, "{kept}");
+        assert_eq!(kept["tunnels"], fresh["tunnels"]);
+        assert_eq!(kept["routes"], fresh["routes"]);
+        assert_eq!(kept["pools"], fresh["pools"]);
     }
 
     /// A listing longer than a page is read in several reads; a watch from the revision it
