@@ -5,6 +5,7 @@
 //! and tunnel records live in the *same* snapshot so they can never disagree.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
 
@@ -148,6 +149,8 @@ impl RouteTable {
     ) -> Result<RouteTable, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut table = RouteTable::default();
+        table.tunnels.reserve(tunnels.len());
+        table.exact.reserve(routes.len());
         for record in tunnels {
             let id = record.id;
             if table.tunnels.insert(id, record).is_some() {
@@ -156,7 +159,7 @@ impl RouteTable {
         }
         table.build_pools(pools, &mut errors);
         for mut route in routes {
-            route.hostname = route.hostname.to_ascii_lowercase();
+            route.hostname.make_ascii_lowercase();
             if let Err(reason) = validate_hostname(&route.hostname) {
                 errors.push(BuildError::BadHostname {
                     hostname: route.hostname,
@@ -184,9 +187,11 @@ impl RouteTable {
                 Some(suffix) => (&mut table.wildcard, suffix.to_owned()),
                 None => (&mut table.exact, route.hostname.clone()),
             };
-            let hostname = route.hostname.clone();
-            if map.insert(key, route).is_some() {
-                errors.push(BuildError::DuplicateRoute { hostname });
+            match map.entry(key) {
+                Entry::Occupied(_) => errors.push(BuildError::DuplicateRoute {
+                    hostname: route.hostname,
+                }),
+                Entry::Vacant(slot) => drop(slot.insert(route)),
             }
         }
         table.set_probe_hosts();
