@@ -306,17 +306,40 @@ impl ControlPlane {
         &self,
         prefix: &str,
     ) -> Result<(Vec<T>, Revision), CpError> {
-        let (docs, revision) = self.list_keyed(prefix).await?;
-        Ok((docs.into_values().collect(), revision))
+        let mut docs = Vec::new();
+        let revision = self
+            .list_each(prefix, |kv| {
+                docs.push(from_json(&kv)?);
+                Ok(())
+            })
+            .await?;
+        Ok((docs, revision))
     }
 
-    /// Every document under `prefix` by key, and the revision to watch from for what the
-    /// listing missed.
+    /// Every document under `prefix` by key (what watch events name), and the revision to watch
+    /// from.
     async fn list_keyed<T: for<'de> Deserialize<'de>>(
         &self,
         prefix: &str,
     ) -> Result<(BTreeMap<String, T>, Revision), CpError> {
-        let mut out = BTreeMap::new();
+        let mut docs = BTreeMap::new();
+        let revision = self
+            .list_each(prefix, |kv| {
+                let doc = from_json(&kv)?;
+                docs.insert(kv.key, doc);
+                Ok(())
+            })
+            .await?;
+        Ok((docs, revision))
+    }
+
+    /// Hand every key under `prefix` to `each`, page by page, and return the revision to watch
+    /// from for what the listing missed.
+    async fn list_each(
+        &self,
+        prefix: &str,
+        mut each: impl FnMut(KeyValue) -> Result<(), CpError>,
+    ) -> Result<Revision, CpError> {
         let mut after: Option<String> = None;
         // The revision of the *first* page: a write landing between pages, in a range already
         // read, is newer than it, so a watch from it delivers that write. Any later page's
@@ -325,16 +348,11 @@ impl ControlPlane {
         loop {
             let (page, rev) = self.store.list(prefix, after.as_deref(), PAGE).await?;
             let revision = *revision.get_or_insert(rev);
-            let last = (page.len() == PAGE)
-                .then(|| page.last().map(|kv| kv.key.clone()))
-                .flatten();
-            for kv in page {
-                let doc = from_json(&kv)?;
-                out.insert(kv.key, doc);
-            }
-            match last {
-                Some(last) => after = Some(last),
-                None => return Ok((out, revision)),
+            let full = page.len() == PAGE;
+            after = page.last().map(|kv| kv.key.clone());
+            page.into_iter().try_for_each(&mut each)?;
+            if !full {
+                return Ok(revision);
             }
         }
     }
@@ -944,19 +962,23 @@ impl LiveConfig {
             self.revision = self.revision.max(revision);
             changed |= affects_routing(key);
             match event {
-                Event::Put(kv) if key.starts_with("tunnels/") => {
-                    drop(self.tunnels.insert(kv.key.clone(), from_json(kv)?))
-                }
-                Event::Put(kv) if key.starts_with("routes/") => {
-                    drop(self.routes.insert(kv.key.clone(), from_json(kv)?))
-                }
-                Event::Put(kv) if key.starts_with("pools/") => drop(self.pools.insert(kv.key.clone(), from_json(kv)?)),
+                Event::Put(kv) => match key.split_once('/').map(|(kind, _)| kind) {
+                    Some("tunnels") => {
+                        self.tunnels.insert(key.clone(), from_json(kv)?);
+                    }
+                    Some("routes") => {
+                        self.routes.insert(key.clone(), from_json(kv)?);
+                    }
+                    Some("pools") => {
+                        self.pools.insert(key.clone(), from_json(kv)?);
+                    }
+                    _ => {}
+                },
                 Event::Delete { key, .. } => {
                     self.tunnels.remove(key);
                     self.routes.remove(key);
                     self.pools.remove(key);
                 }
-                Event::Put(_) => {}
             }
         }
         Ok(changed)

@@ -191,7 +191,9 @@ impl RouteTable {
                 Entry::Occupied(_) => errors.push(BuildError::DuplicateRoute {
                     hostname: route.hostname,
                 }),
-                Entry::Vacant(slot) => drop(slot.insert(route)),
+                Entry::Vacant(slot) => {
+                    slot.insert(route);
+                }
             }
         }
         table.set_probe_hosts();
