@@ -58,9 +58,8 @@ async fn ambiguous_http1_requests_are_refused() {
         ("long target", long_path.into_bytes(), "414", Some("uri_too_long")),
         ("too many headers", many_headers.into_bytes(), "431", None),
     ];
-    // Content-Length with Transfer-Encoding is not here: hyper drops the Content-Length as RFC 9112
-    // §6.3 requires of intermediaries, and the tunnel re-frames every body, so no two parsers
-    // disagree downstream; refusing it would need our own HTTP/1 parser.
+    // Content-Length with Transfer-Encoding is not refused but made harmless, as RFC 9112 §6.1
+    // allows: see content_length_with_transfer_encoding_cannot_smuggle_a_request.
     for (name, request, status, code) in cases {
         let answer = raw(edge.http, &request).await;
         assert!(status_line(&answer).contains(status), "{name}: {answer}");
@@ -71,6 +70,67 @@ async fn ambiguous_http1_requests_are_refused() {
             );
         }
     }
+    edge.stop().await;
+}
+
+/// Content-Length together with Transfer-Encoding, in either order (the CL.TE and TE.CL smuggling
+/// shapes): the body is read by Transfer-Encoding alone, the Content-Length never reaches the
+/// origin, and the connection is closed after the answer (RFC 9112 §6.1), so the request hidden
+/// after the chunked body is never parsed, let alone forwarded.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
+    init_logging();
+    let tunnel = TestTunnel::new("app");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("app.test", "app")])).await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_origin(move |req| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let length = req.headers().get(http::header::CONTENT_LENGTH).cloned();
+            let body = http_body_util::BodyExt::collect(req.into_body()).await;
+            let body = body.map(|b| b.to_bytes()).unwrap_or_default();
+            let _ = seen_tx.send((path, length, body));
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    edge.wait_connections(&tunnel, 1).await;
+
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    for (name, framing) in [
+        ("CL before TE", "Content-Length: 40\r\nTransfer-Encoding: chunked"),
+        ("TE before CL", "Transfer-Encoding: chunked\r\nContent-Length: 40"),
+    ] {
+        let request =
+            format!("POST /upload HTTP/1.1\r\nHost: app.test\r\n{framing}\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}");
+        let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(status_line(&answer).contains("200"), "{name}: {answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: a second answer: {answer}"
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut [0u8; 64])).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "{name}: connection left open: {closed:?}"
+        );
+
+        let (path, length, body) = seen.recv().await.unwrap();
+        assert_eq!((path.as_str(), &body[..]), ("/upload", &b"hello"[..]), "{name}");
+        assert_ne!(
+            length.as_ref().map(|v| v.as_bytes()),
+            Some(&b"40"[..]),
+            "{name}: forwarded the stale length"
+        );
+    }
+    // Nothing else reached the origin: the hidden GET was dropped with the connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(seen.try_recv().is_err(), "the smuggled request reached the origin");
     edge.stop().await;
 }
 
