@@ -20,7 +20,7 @@ use crate::route_table::{RouteTable, hash_secret};
 use crate::store::sqlite::SqliteStore;
 use crate::tls::TlsIdentity;
 use crate::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
-use crate::{EdgeConfig, EdgeState, Listeners};
+use crate::{ConnectionTimeouts, EdgeConfig, EdgeState, Listeners};
 
 #[derive(Parser)]
 #[command(
@@ -102,22 +102,38 @@ struct RunArgs {
     #[arg(long = "advertise", value_name = "HOST:PORT")]
     advertised: Vec<String>,
     /// How long to wait for an origin's response head before answering 504.
-    #[arg(long, default_value = "100s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "100s", value_parser = parse_timeout)]
     origin_timeout: Duration,
     /// A request body that sends nothing for this long is cut (408 before any response).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
     request_body_idle_timeout: Duration,
     /// A request body must arrive within this time unless the origin has started answering
     /// (408). Raise it, with --origin-timeout, for origins that take long uploads before answering.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
     request_body_timeout: Duration,
     /// On shutdown, how long in-flight requests may take.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     grace_period: Duration,
     /// A tunnel connection silent this long is dead (connectors ping every 2 s); its requests
     /// move to the tunnel's other connections.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     tunnel_idle_timeout: Duration,
+    /// A request head must arrive within this (slow-header clients; also how long an idle
+    /// HTTP/1 keep-alive connection stays open).
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    header_read_timeout: Duration,
+    /// A TLS handshake on the public listener must finish within this.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    tls_handshake_timeout: Duration,
+    /// A public connection on which no request started for this long is closed gracefully.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    idle_timeout: Duration,
+    /// Every public connection is closed gracefully at this age, after its in-flight requests.
+    #[arg(long, default_value = "1h", value_parser = parse_timeout)]
+    max_connection_age: Duration,
+    /// A new tunnel connection must register within this.
+    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
+    registration_timeout: Duration,
     /// Public connections served at once; more get a 503 and are closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -272,6 +288,13 @@ async fn run(args: RunArgs) -> Result<()> {
     config.grace_period = args.grace_period;
     config.tunnel_idle_timeout = args.tunnel_idle_timeout;
     config.max_connections = args.max_connections;
+    config.connection_timeouts = ConnectionTimeouts {
+        header_read: args.header_read_timeout,
+        tls_handshake: args.tls_handshake_timeout,
+        idle: args.idle_timeout,
+        max_age: args.max_connection_age,
+    };
+    config.registration_timeout = args.registration_timeout;
     config.registrations_per_minute = args.registrations_per_minute;
     config.plugins = plugins;
     let listeners = Listeners {
@@ -423,6 +446,17 @@ pub fn reload(state: &EdgeState, tunnels: &Path) {
         Ok(table) => state.swap_routes(table),
         Err(e) => tracing::error!("tunnels file not reloaded, the current table keeps serving: {e:#}"),
     }
+}
+
+/// A duration flag in humantime syntax ("30s", "5m", "1h"), at most 30 days so that no deadline
+/// computed from it can overflow the clock.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration > MAX {
+        return Err(format!("{text} is over the 30 days this accepts"));
+    }
+    Ok(duration)
 }
 
 fn host_name() -> String {

@@ -86,6 +86,7 @@ pub struct EdgeConfig {
     pub limits: Limits,
     /// Public connections served at once; more get a 503 and are closed.
     pub max_connections: usize,
+    pub connection_timeouts: ConnectionTimeouts,
     /// Compiled plugins that routes may bind by name.
     pub plugins: Option<Arc<PluginHost>>,
     /// Tunnel registrations accepted per source address per minute.
@@ -111,8 +112,33 @@ impl EdgeConfig {
             limits: Limits::default(),
             data_dir: None,
             max_connections: 10_000,
+            connection_timeouts: ConnectionTimeouts::default(),
             plugins: None,
             registrations_per_minute: 600,
+        }
+    }
+}
+
+/// How long a public connection may take over each phase, and live.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionTimeouts {
+    /// A request head must arrive within this (also bounds an idle HTTP/1 keep-alive wait).
+    pub header_read: Duration,
+    pub tls_handshake: Duration,
+    /// A connection on which no request started for this long is closed gracefully: HTTP/2
+    /// pings alone would keep an idle one open, and its slot taken, until `max_age`.
+    pub idle: Duration,
+    /// Every connection is closed gracefully at this age, after its in-flight requests.
+    pub max_age: Duration,
+}
+
+impl Default for ConnectionTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(30),
+            tls_handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            max_age: Duration::from_secs(3600),
         }
     }
 }

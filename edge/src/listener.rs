@@ -2,8 +2,8 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use burrow_protocol::Scheme;
 use hyper::service::service_fn;
@@ -15,20 +15,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::EdgeState;
 use crate::proxy::{self, ClientInfo};
+use crate::{ConnectionTimeouts, EdgeState};
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads above these are refused (431).
 const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Idle HTTP/2 connections are pinged; one that does not answer is closed.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// A connection is closed once it is this old (after its in-flight requests), so no client
-/// holds one connection — and whatever state it carries — forever.
-const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 /// Premature resets: a connection is closed when at least half of at least this many recent
 /// requests were cancelled by the client before their response (HTTP/2 "rapid reset" paced to
 /// slip under h2's own limits). Only cancellations within [`FAST_CANCEL`] of the request count,
@@ -36,17 +31,35 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 const RESET_WINDOW: u32 = 100;
 const FAST_CANCEL: Duration = Duration::from_secs(1);
 
-/// Counts one connection's requests and those the client cancelled before their response.
-#[derive(Default)]
-struct ResetWatch {
+/// Counts one connection's requests and those the client cancelled before their response, and
+/// notes when the last one started.
+struct RequestWatch {
+    opened: Instant,
+    /// Milliseconds from `opened` to the last request's start.
+    last_start: AtomicU64,
     started: AtomicU32,
     cancelled: AtomicU32,
     tripped: AtomicBool,
     notify: tokio::sync::Notify,
 }
 
-impl ResetWatch {
+impl RequestWatch {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_start: AtomicU64::new(0),
+            started: AtomicU32::new(0),
+            cancelled: AtomicU32::new(0),
+            tripped: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
     fn start(self: &Arc<Self>) -> EarlyReset {
+        let now = Instant::now();
+        let since_open = now.saturating_duration_since(self.opened).as_millis();
+        self.last_start
+            .store(u64::try_from(since_open).unwrap_or(u64::MAX), Ordering::Relaxed);
         // Decay: only recent requests count.
         if self.started.fetch_add(1, Ordering::Relaxed) + 1 >= 2 * RESET_WINDOW {
             self.started.store(RESET_WINDOW, Ordering::Relaxed);
@@ -56,7 +69,25 @@ impl ResetWatch {
         EarlyReset {
             watch: self.clone(),
             answered: false,
-            started: std::time::Instant::now(),
+            started: now,
+        }
+    }
+
+    /// Resolves when the connection is due to close gracefully: no request started for
+    /// `timeouts.idle`, or it reached `timeouts.max_age`.
+    async fn retired(&self, timeouts: &ConnectionTimeouts) {
+        // Checked: an operator's "never" (a huge duration) must not overflow the clock.
+        let old = self.opened.checked_add(timeouts.max_age);
+        loop {
+            let last = self.opened + Duration::from_millis(self.last_start.load(Ordering::Relaxed));
+            let idle = last.checked_add(timeouts.idle);
+            let Some(due) = old.into_iter().chain(idle).min() else {
+                return std::future::pending().await;
+            };
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
         }
     }
 
@@ -71,9 +102,9 @@ impl ResetWatch {
 
 /// Dropped before `answered`: the client cancelled the request before its response head.
 struct EarlyReset {
-    watch: Arc<ResetWatch>,
+    watch: Arc<RequestWatch>,
     answered: bool,
-    started: std::time::Instant,
+    started: Instant,
 }
 
 impl EarlyReset {
@@ -96,13 +127,14 @@ pub async fn serve(
     state: Arc<EdgeState>,
     shutdown: CancellationToken,
 ) {
+    let timeouts = state.config.connection_timeouts;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The header timeout only works with a timer set (hyper is silent otherwise).
     // hyper's defaults are not enough for an internet-facing listener: every limit is explicit.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(timeouts.header_read)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES);
     builder
@@ -175,12 +207,13 @@ async fn serve_connection(
     state: Arc<EdgeState>,
     shutdown: CancellationToken,
 ) {
-    let resets = Arc::new(ResetWatch::default());
+    let timeouts = state.config.connection_timeouts;
+    let watch = Arc::new(RequestWatch::new());
     let service = |client: ClientInfo| {
-        let resets = resets.clone();
+        let watch = watch.clone();
         service_fn(move |req| {
             let (state, client) = (state.clone(), client.clone());
-            let guard = resets.start();
+            let guard = watch.start();
             async move {
                 let response = proxy::handle(state, req, client).await;
                 guard.answered();
@@ -189,14 +222,15 @@ async fn serve_connection(
         })
     };
     let result = match tls {
-        Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Some(tls) => match tokio::time::timeout(timeouts.tls_handshake, tls.accept(stream)).await {
             Ok(Ok(tls_stream)) => {
                 let sni = tls_stream.get_ref().1.server_name().map(Arc::from);
                 let service = service(ClientInfo { sni, ..client.clone() });
                 drive(
                     builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service),
                     &shutdown,
-                    &resets,
+                    &watch,
+                    &timeouts,
                 )
                 .await
             }
@@ -214,13 +248,14 @@ async fn serve_connection(
             drive(
                 builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
                 &shutdown,
-                &resets,
+                &watch,
+                &timeouts,
             )
             .await
         }
     };
     match result {
-        Err(e) if resets.tripped.load(Ordering::Relaxed) => {
+        Err(e) if watch.tripped.load(Ordering::Relaxed) => {
             tracing::warn!(client = %client.addr, "connection closed: {e}");
         }
         Err(e) => tracing::debug!(client = %client.addr, "connection ended: {e}"),
@@ -241,12 +276,13 @@ async fn refuse_over_limit(mut stream: TcpStream, scheme: Scheme) {
     let _ = stream.shutdown().await;
 }
 
-/// Run a connection. On shutdown or at its maximum age, finish in-flight requests and close
-/// (GOAWAY / Connection: close); on a premature-reset flood, drop it at once.
+/// Run a connection. On shutdown, when idle, or at its maximum age, finish in-flight requests and
+/// close (GOAWAY / Connection: close); on a premature-reset flood, drop it at once.
 async fn drive<C>(
     conn: C,
     shutdown: &CancellationToken,
-    resets: &ResetWatch,
+    watch: &RequestWatch,
+    timeouts: &ConnectionTimeouts,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     C: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
@@ -258,14 +294,14 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+        () = watch.retired(timeouts) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        () = resets.notify.notified() => Err(format!(
+        () = watch.notify.notified() => Err(format!(
             "too many requests cancelled before their response ({} of the last {})",
-            resets.cancelled.load(Ordering::Relaxed),
-            resets.started.load(Ordering::Relaxed)
+            watch.cancelled.load(Ordering::Relaxed),
+            watch.started.load(Ordering::Relaxed)
         )
         .into()),
     }

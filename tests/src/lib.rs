@@ -22,6 +22,7 @@ use burrow_connector::credentials::Credentials;
 use burrow_connector::ingress::{Ingress, OriginRequest, Service};
 use burrow_connector::origin::Origins;
 use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
+pub use burrow_edge::ConnectionTimeouts;
 use burrow_edge::resources::ControlPlane;
 use burrow_edge::route_table::{RouteTable, hash_secret};
 use burrow_edge::store::sqlite::SqliteStore;
@@ -153,6 +154,8 @@ pub struct EdgeOptions {
     pub request_body_idle_timeout: Duration,
     pub request_body_timeout: Duration,
     pub grace_period: Duration,
+    pub connection_timeouts: ConnectionTimeouts,
+    pub registration_timeout: Duration,
 }
 
 impl Default for EdgeOptions {
@@ -166,6 +169,8 @@ impl Default for EdgeOptions {
             request_body_idle_timeout: Duration::from_secs(60),
             request_body_timeout: Duration::from_secs(300),
             grace_period: Duration::from_secs(5),
+            connection_timeouts: ConnectionTimeouts::default(),
+            registration_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -212,6 +217,8 @@ impl TestEdge {
         config.request_body_idle_timeout = options.request_body_idle_timeout;
         config.request_body_timeout = options.request_body_timeout;
         config.grace_period = options.grace_period;
+        config.connection_timeouts = options.connection_timeouts;
+        config.registration_timeout = options.registration_timeout;
         config.data_dir = data_dir;
         config.max_connections = options.max_connections;
         config.registrations_per_minute = options.registrations_per_minute;

@@ -218,6 +218,143 @@ async fn connections_over_the_limit_get_a_503() {
     edge.stop().await;
 }
 
+/// Seconds until the edge closes `stream` (reading and discarding what it sends), or `None` if it
+/// is still open after 6 s.
+async fn seconds_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<f64> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed().as_secs_f64()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Slow heads, stalled TLS handshakes, idle keep-alive connections (HTTP/1 and HTTP/2) and old
+/// connections are all closed on time, so none holds one of the edge's connection slots forever.
+#[tokio::test]
+async fn slow_idle_and_old_connections_are_closed() {
+    init_logging();
+    let tunnel = TestTunnel::new("app");
+    let options = EdgeOptions {
+        connection_timeouts: ConnectionTimeouts {
+            header_read: Duration::from_secs(1),
+            tls_handshake: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+            max_age: Duration::from_secs(3),
+        },
+        ..EdgeOptions::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
+    let origin = named_origin("ok").await;
+    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    edge.wait_connections(&tunnel, 1).await;
+    let in_time = |name: &str, closed: Option<f64>, low: f64, high: f64| {
+        let seconds = closed.unwrap_or_else(|| panic!("{name}: still open after 6 s"));
+        assert!((low..high).contains(&seconds), "{name}: closed after {seconds:.2} s");
+    };
+
+    // A head that never ends (slowloris).
+    let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n").await.unwrap();
+    in_time("slow head", seconds_until_closed(&mut stream).await, 0.8, 3.0);
+
+    // A TLS client that never says hello.
+    let mut stream = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+    in_time(
+        "stalled TLS handshake",
+        seconds_until_closed(&mut stream).await,
+        0.8,
+        3.0,
+    );
+
+    // An HTTP/1.1 keep-alive connection after one answered request.
+    let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    in_time("idle HTTP/1.1", seconds_until_closed(&mut stream).await, 0.8, 3.0);
+
+    // HTTP/2: pings keep a live idle connection open, so only the idle timeout closes it.
+    let h2 = |addr| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let ended = tokio::spawn(async move {
+            let _ = conn.await;
+            started.elapsed().as_secs_f64()
+        });
+        (sender, ended)
+    };
+    let get = || http::Request::get("http://app.test/").body(empty()).unwrap();
+    let (mut sender, ended) = h2(edge.http).await;
+    assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(6), ended)
+        .await
+        .ok()
+        .map(|e| e.unwrap());
+    // Below the maximum age (3 s), which would close it too.
+    in_time("idle HTTP/2", closed, 0.8, 2.5);
+
+    // A busy HTTP/2 connection (a request every 300 ms) is closed at its maximum age, gracefully:
+    // every request sent before the GOAWAY is answered.
+    let (mut sender, ended) = h2(edge.http).await;
+    let mut answered = 0;
+    while sender.ready().await.is_ok() {
+        match sender.send_request(get()).await {
+            Ok(response) if response.status() == 200 => answered += 1,
+            Ok(response) => panic!("busy HTTP/2: {}", response.status()),
+            Err(e) if e.is_canceled() || e.is_closed() => break,
+            Err(e) => panic!("busy HTTP/2: {e}"),
+        }
+        if answered > 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(6), ended)
+        .await
+        .ok()
+        .map(|e| e.unwrap());
+    in_time("HTTP/2 at its maximum age", closed, 2.8, 5.0);
+    assert!((5..=12).contains(&answered), "{answered} requests answered in 3 s");
+    edge.stop().await;
+}
+
+/// A QUIC client that completes the handshake but never registers is closed at the deadline.
+#[tokio::test]
+async fn a_tunnel_connection_that_never_registers_is_closed() {
+    init_logging();
+    let tunnel = TestTunnel::new("app");
+    let options = EdgeOptions {
+        registration_timeout: Duration::from_secs(1),
+        ..EdgeOptions::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
+    let config = burrow_connector::tls::edge_client_config(Some(&edge.ca_pem)).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(edge.tunnel, "localhost").unwrap().await.unwrap();
+    let started = std::time::Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(6), conn.closed()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(reason.is_ok(), "still open after 6 s");
+    assert!((0.5..3.0).contains(&seconds), "closed after {seconds:.2} s: {reason:?}");
+    edge.stop().await;
+}
+
 #[tokio::test]
 async fn registrations_from_one_address_are_rate_limited() {
     init_logging();
