@@ -5,7 +5,8 @@
 //! - [`listener`]: public HTTP/1.1 + HTTP/2 listener (cleartext and TLS), one task per connection.
 //! - [`request_checks`]: refuse ambiguous request heads (Host, framing, URI length) up front.
 //! - [`proxy`]: per request: route lookup → plugins → pick a connection → open a QUIC stream → relay.
-//! - [`plugin_host`]: the route's WebAssembly plugins (wasmtime components, `wit/plugin.wit`).
+//! - [`plugin_host`]: the route's WebAssembly plugins (wasmtime components, `wit/plugin.wit`);
+//!   [`plugin_crypto`]: the signature checks they ask it for.
 //! - [`route_table`]: the immutable hostname → tunnel snapshot behind one `ArcSwap`.
 //! - [`registry`]: live tunnel connections per tunnel (least in-flight streams wins).
 //! - [`tunnel_server`]: the QUIC listener where connectors register.
@@ -17,6 +18,10 @@
 //! - [`tls`], [`tunnels_file`]: the edge's certificate and the file provider of tunnel records.
 //! - [`cli`]: the `burrow-edge` command line.
 
+// The public connection future (hyper auto + upgrades + TLS inside select!) is deep enough that
+// proving it Send exceeds the default limit on newer compilers.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod api;
 pub mod cli;
@@ -25,6 +30,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod plugin_catalog;
+pub mod plugin_crypto;
 pub mod plugin_host;
 pub mod plugin_kv;
 pub mod pool;

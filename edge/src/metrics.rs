@@ -26,6 +26,8 @@ pub struct PoolOriginLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginCallLabels {
     pub plugin: String,
+    /// The uploading account; empty for an operator's plugins (`--plugin`).
+    pub account: String,
     /// A [`CallResult`]: `ok`, `trap`, `deadline`, `error`, `tripped`.
     pub result: &'static str,
 }
@@ -33,11 +35,13 @@ pub struct PluginCallLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
     pub plugin: String,
+    pub account: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OwnMetricLabels {
     pub plugin: String,
+    pub account: String,
     pub name: String,
 }
 
@@ -77,6 +81,7 @@ type OwnSeries = (Option<Counter>, Option<Histogram>);
 /// [`MAX_OWN_METRICS`].
 pub struct OwnMetrics {
     plugin: String,
+    account: String,
     families: PluginMetrics,
     created: std::sync::Mutex<std::collections::HashMap<String, OwnSeries>>,
 }
@@ -104,6 +109,7 @@ impl OwnMetrics {
         if series.is_none() {
             let labels = OwnMetricLabels {
                 plugin: self.plugin.clone(),
+                account: self.account.clone(),
                 name: name.to_owned(),
             };
             *series = Some(make(&labels));
@@ -131,9 +137,10 @@ impl OwnMetrics {
 
 impl PluginMetrics {
     /// The plugin's own metrics (the `metrics` import).
-    pub fn own(&self, plugin: &str) -> std::sync::Arc<OwnMetrics> {
+    pub fn own(&self, account: &str, plugin: &str) -> std::sync::Arc<OwnMetrics> {
         std::sync::Arc::new(OwnMetrics {
             plugin: plugin.to_owned(),
+            account: account.to_owned(),
             families: self.clone(),
             created: Default::default(),
         })
@@ -141,16 +148,18 @@ impl PluginMetrics {
 
     /// The handles of one plugin's series, made once when it is loaded: a call then counts
     /// without building labels or looking them up.
-    pub fn for_plugin(&self, plugin: &str) -> PluginCallMetrics {
+    pub fn for_plugin(&self, account: &str, plugin: &str) -> PluginCallMetrics {
         let calls = CallResult::ALL.map(|result| {
             let labels = PluginCallLabels {
                 plugin: plugin.to_owned(),
+                account: account.to_owned(),
                 result: result.label(),
             };
             self.calls.get_or_create(&labels).clone()
         });
         let labels = PluginLabels {
             plugin: plugin.to_owned(),
+            account: account.to_owned(),
         };
         PluginCallMetrics {
             calls,

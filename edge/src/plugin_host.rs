@@ -51,10 +51,12 @@ mod balancer_bindings {
             "burrow:plugin/host": super::bindings::burrow::plugin::host,
             "burrow:plugin/kv": super::bindings::burrow::plugin::kv,
             "burrow:plugin/metrics": super::bindings::burrow::plugin::metrics,
+            "burrow:plugin/crypto": super::bindings::burrow::plugin::crypto,
         },
     });
 }
 
+pub use bindings::burrow::plugin::crypto;
 use bindings::burrow::plugin::{host as wit_host, kv as wit_kv, metrics as wit_metrics, types};
 pub use types::Candidate;
 
@@ -455,17 +457,25 @@ impl PluginHost {
         let component = Component::from_binary(&self.engine, wasm)
             .map_err(|e| anyhow::anyhow!("plugin {name:?} is not a valid WebAssembly component: {e:?}"))?;
         let world = self.link(name, &component)?;
-        let loaded = self.loaded(name.into(), name.into(), String::new(), world).await?;
+        let loaded = self.loaded("", name.into(), name.into(), String::new(), world).await?;
         tracing::info!(plugin = name, kind = ?loaded.kind(), hooks = ?loaded.declared, "plugin loaded");
         self.plugins.insert(name.to_owned(), Arc::new(loaded));
         Ok(())
     }
 
-    async fn loaded(&self, name: Arc<str>, space: Arc<str>, sha256: String, world: World) -> Result<LoadedPlugin> {
+    /// `account` labels the metrics of an uploaded plugin (empty for an operator's).
+    async fn loaded(
+        &self,
+        account: &str,
+        name: Arc<str>,
+        space: Arc<str>,
+        sha256: String,
+        world: World,
+    ) -> Result<LoadedPlugin> {
         let declared = self.declared_hooks(&name, &world).await?;
         Ok(LoadedPlugin {
-            metrics: self.metrics.for_plugin(&name),
-            own_metrics: self.metrics.own(&name),
+            metrics: self.metrics.for_plugin(account, &name),
+            own_metrics: self.metrics.own(account, &name),
             name,
             space,
             sha256,
@@ -653,7 +663,8 @@ impl PluginHost {
                 Ok(world) => {
                     // Uploads keep their key-value data apart from an operator plugin's.
                     let space = format!("uploaded/{}", v.name);
-                    self.loaded(label.as_str().into(), space.into(), v.sha256.clone(), world)
+                    let account = v.account.to_string();
+                    self.loaded(&account, label.as_str().into(), space.into(), v.sha256.clone(), world)
                         .await
                 }
                 Err(e) => Err(e),
@@ -1344,6 +1355,18 @@ impl types::HostResponseHead for HostState {
 }
 
 impl types::Host for HostState {}
+
+impl crypto::Host for HostState {
+    fn verify_signature(
+        &mut self,
+        algorithm: crypto::SignatureAlgorithm,
+        key: crypto::PublicKey,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        crate::plugin_crypto::verify(algorithm, &key, &message, &signature)
+    }
+}
 
 impl wit_metrics::Host for HostState {
     fn counter_add(&mut self, name: String, delta: u64) {

@@ -122,7 +122,8 @@ fn hooks(c: &mut Criterion) {
             )
         })
     });
-    // jwt-auth: HS256 with a shared secret, and ES256 against a one-key JWKS.
+    // jwt-auth: HS256 with a shared secret, ES256 against a one-key JWKS, RS256 with a PEM key
+    // (the asymmetric ones verified by the edge through the crypto import).
     let exp = jsonwebtoken::get_current_timestamp() + 86_400;
     let claims = serde_json::json!({"sub": "alice", "aud": "api", "exp": exp});
     let hs_token = jsonwebtoken::encode(
@@ -154,12 +155,23 @@ fn hooks(c: &mut Criterion) {
             "x": b64(&point[1..33]), "y": b64(&point[33..65])}]},
         "audiences": ["api"], "forward-claims": {"sub": "x-user"},
     });
-    // ECDSA verification takes milliseconds in wasm: a deadline the default 5 ms would not give.
-    let es = PluginBinding {
-        deadline_ms: Some(50),
-        ..binding("jwt-auth", &es_config.to_string())
-    };
-    for (name, binding, token) in [("HS256", hs, hs_token), ("ES256 JWKS", es, es_token)] {
+    let es = binding("jwt-auth", &es_config.to_string());
+    let rs_token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/rs256-test-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let rs_config = serde_json::json!({
+        "public-keys": [include_str!("../fixtures/rs256-test-key.pub.pem")],
+        "audiences": ["api"], "forward-claims": {"sub": "x-user"},
+    });
+    let rs = binding("jwt-auth", &rs_config.to_string());
+    for (name, binding, token) in [
+        ("HS256", hs, hs_token),
+        ("ES256 JWKS", es, es_token),
+        ("RS256 PEM", rs, rs_token),
+    ] {
         let with_token = || {
             let mut exchange = exchange();
             exchange.request.headers.insert(

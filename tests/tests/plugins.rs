@@ -111,6 +111,11 @@ async fn setup() -> (TestEdge, TestConnector, Arc<AtomicUsize>) {
     for (host, plugin, config) in [
         ("jwt.test", "jwt-auth", jwt_hs),
         ("jwt-es.test", "jwt-auth", jwt_es),
+        (
+            "jwt-rs.test",
+            "jwt-auth",
+            serde_json::json!({"public-keys": [RS_PUBLIC_PEM]}),
+        ),
         ("limit.test", "rate-limit", limit.clone()),
         ("key.test", "api-key", api_key),
         ("limit-2.test", "rate-limit", limit),
@@ -308,10 +313,10 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
     // Operators see each plugin's calls by result, and their duration.
     let metrics = get(&client, edge.admin, "localhost", "/metrics").await.unwrap().text();
     for line in [
-        r#"burrow_plugin_calls_total{plugin="test-trap",result="trap"} 3"#,
-        r#"burrow_plugin_calls_total{plugin="test-trap",result="ok"} 3"#,
-        r#"burrow_plugin_calls_total{plugin="test-spin",result="deadline"} 1"#,
-        r#"burrow_plugin_call_duration_seconds_count{plugin="test-trap"} 6"#,
+        r#"burrow_plugin_calls_total{plugin="test-trap",account="",result="trap"} 3"#,
+        r#"burrow_plugin_calls_total{plugin="test-trap",account="",result="ok"} 3"#,
+        r#"burrow_plugin_calls_total{plugin="test-spin",account="",result="deadline"} 1"#,
+        r#"burrow_plugin_call_duration_seconds_count{plugin="test-trap",account=""} 6"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
@@ -417,6 +422,10 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
 }
 
 const JWT_SECRET: &str = "a shared secret of the jwt.test route";
+
+/// The RSA key of the jwt-rs.test route (a throwaway made for these tests) and its public half.
+const RS_PRIVATE_PEM: &str = include_str!("../fixtures/rs256-test-key.pem");
+const RS_PUBLIC_PEM: &str = include_str!("../fixtures/rs256-test-key.pub.pem");
 
 /// The ES256 key of the jwt-es.test route (its public half is in the route's JWKS).
 static ES_KEY: std::sync::LazyLock<rcgen::KeyPair> = std::sync::LazyLock::new(|| rcgen::KeyPair::generate().unwrap());
@@ -560,6 +569,37 @@ async fn jwt_auth_plugin_checks_signature_and_claims() {
         assert_eq!(status, 401, "{case}: {body}");
     }
     assert_eq!(hits.load(Ordering::Relaxed), 2);
+
+    // RSA (checked by the edge natively through the crypto import), PKCS #1 v1.5 and PSS; the
+    // claims are still checked in the plugin after the signature holds.
+    let rsa = |alg, claims: &serde_json::Value| {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(RS_PRIVATE_PEM.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).unwrap()
+    };
+    for alg in [jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::PS256] {
+        let (status, body, _) = with_token(&edge, "jwt-rs.test", Some(&rsa(alg, &es_claims)), &[]).await;
+        assert_eq!(status, 200, "{alg:?}: {body}");
+    }
+    let valid = rsa(jsonwebtoken::Algorithm::RS256, &es_claims);
+    let (head, signature) = valid.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{head}.{flipped}{}", &signature[1..]);
+    let expired = rsa(
+        jsonwebtoken::Algorithm::RS256,
+        &serde_json::json!({"sub": "bob", "exp": now() - 3600}),
+    );
+    for (case, token, description) in [
+        (
+            "tampered signature",
+            tampered,
+            "no configured key verifies the signature",
+        ),
+        ("expired", expired, "token expired"),
+    ] {
+        let (status, body, _) = with_token(&edge, "jwt-rs.test", Some(&token), &[]).await;
+        assert_eq!((status, body.trim_end()), (401, description), "{case}");
+    }
+    assert_eq!(hits.load(Ordering::Relaxed), 4);
     connector.stop().await.unwrap();
     edge.stop().await;
 }
@@ -619,7 +659,7 @@ async fn rate_limit_plugin_answers_429_after_the_burst() {
         .await
         .unwrap()
         .text();
-    let line = r#"burrow_plugin_counter_total{plugin="rate-limit",name="limited"} 3"#;
+    let line = r#"burrow_plugin_counter_total{plugin="rate-limit",account="",name="limited"} 3"#;
     assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     connector.stop().await.unwrap();
     edge.stop().await;
@@ -835,6 +875,16 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     assert_eq!(route["plugins"][0]["version"], 2);
     eventually(Duration::from_secs(10), "gate@2 bound", || runs(2)).await;
     assert_eq!(with_token(&edge, "up.test", None, &[]).await.1, "tagged");
+    // Its calls are counted under the account that uploaded it.
+    let metrics = get(&http1_client(), edge.admin, "localhost", "/metrics")
+        .await
+        .unwrap()
+        .text();
+    let series = format!(
+        r#"burrow_plugin_calls_total{{plugin="gate@2",account="{}",result="ok"}}"#,
+        account.id
+    );
+    assert!(metrics.contains(&series), "{series} not in\n{metrics}");
     upload("gate", std::fs::read(env!("PLUGIN_RATE_LIMIT")).unwrap())
         .await
         .unwrap();
@@ -986,7 +1036,7 @@ async fn body_and_response_hooks_see_and_rewrite_whole_bodies() {
     let metrics = get(&client, edge.admin, "localhost", "/metrics").await.unwrap().text();
     let logged = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(r#"burrow_plugin_counter_total{plugin="test-body",name="logged"} "#))
+        .find_map(|l| l.strip_prefix(r#"burrow_plugin_counter_total{plugin="test-body",account="",name="logged"} "#))
         .and_then(|n| n.parse::<u64>().ok());
     assert!(
         logged.is_some_and(|n| n >= 5),

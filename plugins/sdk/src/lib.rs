@@ -43,12 +43,16 @@ pub mod balancer {
             "burrow:plugin/host@0.2.0": crate::hooks::burrow::plugin::host,
             "burrow:plugin/kv@0.2.0": crate::hooks::burrow::plugin::kv,
             "burrow:plugin/metrics@0.2.0": crate::hooks::burrow::plugin::metrics,
+            "burrow:plugin/crypto@0.2.0": crate::hooks::burrow::plugin::crypto,
         },
         pub_export_macro: true,
         default_bindings_module: "burrow_plugin::balancer",
     });
 }
 
+/// Public-key signature checks (RSA, ECDSA, Ed25519) done natively by the edge: far faster than
+/// the same in wasm.
+pub use hooks::burrow::plugin::crypto;
 pub use hooks::burrow::plugin::host::Level;
 /// The key-value store shared by every call of this plugin for the route's account on this edge
 /// (see `interface kv` in wit/plugin.wit for its limits).
