@@ -134,6 +134,57 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     edge.stop().await;
 }
 
+/// An upgrade the origin refuses (no 101) is not a tunnel: what the client sends next is parsed
+/// by the edge as HTTP (here a request for a host the edge does not route: 404 from the edge),
+/// never passed to the origin as raw bytes.
+#[tokio::test]
+async fn an_upgrade_the_origin_refuses_opens_no_tunnel() {
+    init_logging();
+    let tunnel = TestTunnel::new("app");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("app.test", "app")])).await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_origin(move |req| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send(req.uri().path().to_owned());
+            http::Response::new(full("no upgrade here"))
+        }
+    })
+    .await;
+    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    edge.wait_connections(&tunnel, 1).await;
+
+    let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let upgrade = "GET /socket HTTP/1.1\r\nHost: app.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(
+        status_line(&answer).contains("200") && answer.contains("no upgrade here"),
+        "{answer}"
+    );
+    assert_eq!(seen.recv().await.unwrap(), "/socket");
+
+    stream
+        .write_all(b"GET /smuggled HTTP/1.1\r\nHost: internal.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(
+        status_line(&answer).contains("404"),
+        "the edge did not parse it: {answer}"
+    );
+    assert!(answer.contains("unknown_host"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(seen.try_recv().is_err(), "raw bytes reached the origin");
+    edge.stop().await;
+}
+
 #[tokio::test]
 async fn http2_authority_and_host_must_agree() {
     init_logging();
