@@ -379,7 +379,8 @@ async fn slow_idle_and_old_connections_are_closed() {
         .await
         .ok()
         .map(|e| e.unwrap());
-    in_time("HTTP/2 at its maximum age", closed, 2.8, 5.0);
+    // Not the idle timeout (1 s): this one was busy; the age (3 s) counts from before the handshake.
+    in_time("HTTP/2 at its maximum age", closed, 2.0, 5.0);
     assert!((5..=12).contains(&answered), "{answered} requests answered in 3 s");
     edge.stop().await;
 }
