@@ -348,6 +348,41 @@ async fn api_token_guessing_is_rate_limited() {
     edge.stop().await;
 }
 
+/// API bodies are bounded: an oversized one is refused with 413 before it is parsed, and nothing
+/// is created; the same call at a sane size still works.
+#[tokio::test]
+async fn oversized_api_bodies_get_a_413_and_change_nothing() {
+    init_logging();
+    let dir = TempDir::new();
+    let (edge, control) = TestEdge::start_with_store(dir.path()).await;
+    let (account, token) = control.create_account("alice").await.unwrap();
+    let client = http1_client();
+    let create = |name: String| {
+        let request = http::Request::post(format!("http://{}/v1/tunnels", edge.admin))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(full(serde_json::json!({ "name": name }).to_string()))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await.unwrap();
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = create("x".repeat(100 * 1024)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body.contains("body_too_large") && body.contains("65536"), "{body}");
+    assert!(control.list_tunnels(account.id, None, 10).await.unwrap().is_empty());
+    let (status, body) = create("web".into()).await;
+    assert!(status.is_success(), "{status}: {body}");
+    edge.stop().await;
+}
+
 #[tokio::test]
 async fn edge_serves_from_its_snapshot_when_the_store_is_gone() {
     init_logging();
