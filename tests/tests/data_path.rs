@@ -192,6 +192,79 @@ async fn sse_events_reach_the_client_before_the_origin_finishes() {
     edge.stop().await;
 }
 
+/// Visitors that stop reading hold the origin back: nothing between them (edge, tunnel,
+/// connector) buffers a response without bound. What the origin managed to send is an upper
+/// bound on what the middle holds.
+#[tokio::test]
+async fn visitors_that_stop_reading_hold_the_origin_back() {
+    const CHUNK: usize = 64 * 1024;
+    const SIZE: u64 = 512 * 1024 * 1024;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = sent.clone();
+    let origin = serve_origin(move |_req| {
+        let counted = counted.clone();
+        async move {
+            Response::new(async_stream(move |tx| async move {
+                let chunk = Bytes::from(vec![b'x'; CHUNK]);
+                for _ in 0..SIZE / CHUNK as u64 {
+                    if tx.send(chunk.clone()).await.is_err() {
+                        return;
+                    }
+                    counted.fetch_add(CHUNK as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }))
+        }
+    })
+    .await;
+    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
+    let sent_mib = || sent.load(std::sync::atomic::Ordering::Relaxed) / (1024 * 1024);
+
+    let mut visitors = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 1024];
+        stream.read_exact(&mut head).await.unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        visitors.push(stream);
+    }
+    // Let every buffer on the way fill up, then check that the flow has stopped.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stalled = sent_mib();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = sent_mib();
+    assert!(
+        later <= stalled + 1,
+        "still flowing with nobody reading: {stalled} → {later} MiB"
+    );
+    assert!(
+        later < 4 * 512 / 10,
+        "{later} MiB of 2048 sent to four visitors that read nothing: buffered without bound"
+    );
+
+    // It is backpressure, not a dead stream: one visitor reads again and the origin resumes.
+    let mut reader = visitors.pop().unwrap();
+    let drain = async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 20];
+        while reader.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    assert!(
+        sent_mib() > later + 16,
+        "the origin did not resume: {later} → {} MiB",
+        sent_mib()
+    );
+    eprintln!("origin sent {stalled} MiB when stalled, {later} MiB a second later, {} MiB after one drain", sent_mib());
+    drop((visitors, reader));
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
 /// A streaming body fed by a task.
 fn async_stream<F, Fut>(producer: F) -> TestBody
 where
