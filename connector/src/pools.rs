@@ -60,6 +60,10 @@ pub struct Settings {
     /// uploaded version, else the operator's plugin of that name].
     #[arg(long)]
     balancer: Option<String>,
+    /// Keep the balancer's instances for up to N requests each instead of a fresh one per
+    /// request (faster; its memory then carries over between requests).
+    #[arg(long, value_name = "N", requires = "balancer")]
+    balancer_reuse: Option<u32>,
     /// Pool that serves when this one has no healthy origin.
     #[arg(long, conflicts_with = "no_fallback")]
     fallback: Option<String>,
@@ -346,7 +350,11 @@ impl Settings {
         let balancer = match &self.balancer {
             Some(reference) => {
                 let (plugin, version) = crate::plugins::plugin_ref(reference)?;
-                Some(json!({ "plugin": plugin, "version": version }))
+                let mut binding = json!({ "plugin": plugin, "version": version });
+                if let Some(reuse) = self.balancer_reuse {
+                    binding["reuse"] = json!(reuse);
+                }
+                Some(binding)
             }
             None => None,
         };

@@ -622,11 +622,6 @@ async fn check_plugin(
     if binding.reuse > MAX_REUSE {
         return Err(invalid(format!("reuse is at most {MAX_REUSE} requests per instance")));
     }
-    if balancer && binding.reuse > 0 {
-        return Err(invalid(
-            "a balancer always runs in a fresh instance: remove reuse from the pool's balancer".into(),
-        ));
-    }
     let kind = match cp.plugin_version(account, &name, binding.version).await {
         Ok(uploaded) => {
             binding.version = Some(uploaded.version);

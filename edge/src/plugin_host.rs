@@ -311,10 +311,41 @@ impl PartialEq for ResolvedPlugin {
 impl Eq for ResolvedPlugin {}
 
 /// An instance kept between requests of one reuse-mode binding.
-struct Warm {
+struct Warm<E = Exports> {
     store: Store<HostState>,
-    hooks: bindings::Plugin,
+    exports: E,
     served: u32,
+}
+
+/// What a kept instance exports: a binding's plugin is of one world, so a binding only ever
+/// keeps instances of that one.
+enum Exports {
+    Hooks(bindings::Plugin),
+    Balancer(balancer_bindings::Balancer),
+}
+
+impl Warm {
+    fn hooks(self) -> Option<Warm<bindings::Plugin>> {
+        match self.exports {
+            Exports::Hooks(hooks) => Some(Warm {
+                store: self.store,
+                exports: hooks,
+                served: self.served,
+            }),
+            Exports::Balancer(_) => None,
+        }
+    }
+
+    fn balancer(self) -> Option<Warm<balancer_bindings::Balancer>> {
+        match self.exports {
+            Exports::Balancer(balancer) => Some(Warm {
+                store: self.store,
+                exports: balancer,
+                served: self.served,
+            }),
+            Exports::Hooks(_) => None,
+        }
+    }
 }
 
 /// The idle instances of one binding, at most [`MAX_IDLE_PER_BINDING`] (so one busy route cannot
@@ -860,22 +891,49 @@ impl PluginHost {
         }
         let _slot = self.slot().await;
         let started = Instant::now();
-        let mut store = self.store(plugin, binding, request.account);
+        let reuse = binding.reuse.min(MAX_REUSE);
+        let warm = if reuse > 0 {
+            binding.warm.take().and_then(Warm::balancer)
+        } else {
+            None
+        };
+        let (mut store, instance, served) = match warm {
+            Some(mut warm) => {
+                arm_deadline(&mut warm.store, binding);
+                (warm.store, Ok(warm.exports), warm.served)
+            }
+            None => {
+                let mut store = self.store(plugin, binding, request.account);
+                let instance = pre.instantiate_async(&mut store).await;
+                (store, instance, 0)
+            }
+        };
         let handle = store
             .data_mut()
             .table
             .push(request)
             .map_err(|e| failed(format!("resource table: {e}")))?;
         let rep = handle.rep();
-        let result = match pre.instantiate_async(&mut store).await {
-            Ok(instance) => {
-                instance
+        let (kept, result) = match instance {
+            Ok(balancer) => {
+                let result = balancer
                     .call_select_origin(&mut store, Resource::new_borrow(rep), &candidates)
-                    .await
+                    .await;
+                (Some(balancer), result)
             }
-            Err(e) => Err(e),
+            Err(e) => (None, Err(e)),
         };
+        // The request is lent for this call only: a kept instance must not accumulate them.
+        let _ = store.data_mut().table.delete(Resource::<PluginRequest>::new_own(rep));
         self.record(plugin, started, result.as_ref().err()).map_err(failed)?;
+        // An instance that failed (trap, deadline, limit) may be in any state: never reused.
+        if let (Some(balancer), Ok(_)) = (kept, &result)
+            && served + 1 < reuse
+        {
+            let exports = Exports::Balancer(balancer);
+            let served = served + 1;
+            binding.warm.put(Warm { store, exports, served }, &self.warm_idle);
+        }
         result.map_err(|e| failed(describe_trap(&e)))
     }
 
@@ -984,10 +1042,14 @@ impl PluginHost {
         }
         let started = Instant::now();
         let reuse = binding.reuse.min(MAX_REUSE);
-        let warm = if reuse > 0 { binding.warm.take() } else { None };
+        let warm = if reuse > 0 {
+            binding.warm.take().and_then(Warm::hooks)
+        } else {
+            None
+        };
         let Warm {
             mut store,
-            hooks,
+            exports: hooks,
             served,
         } = match warm {
             Some(mut warm) => {
@@ -999,7 +1061,7 @@ impl PluginHost {
                 match pre.instantiate_async(&mut store).await {
                     Ok(hooks) => Warm {
                         store,
-                        hooks,
+                        exports: hooks,
                         served: 0,
                     },
                     Err(e) => {
@@ -1057,7 +1119,8 @@ impl PluginHost {
         // An instance that failed (trap, deadline, limit) may be in any state: never reused.
         if result.is_ok() && served + 1 < reuse {
             let served = served + 1;
-            binding.warm.put(Warm { store, hooks, served }, &self.warm_idle);
+            let exports = Exports::Hooks(hooks);
+            binding.warm.put(Warm { store, exports, served }, &self.warm_idle);
         }
         let raw = match (result, back) {
             (Ok(raw), Some(back)) => (raw, back),

@@ -210,17 +210,23 @@ fn hooks(c: &mut Criterion) {
             latency_us: 1_000 + u64::from(i) * 250,
         })
         .collect();
-    c.bench_function(
-        "plugin select-origin, balancer-latency, 4 candidates, fresh instance",
-        |b| {
-            b.iter(|| {
-                let chosen = rt
-                    .block_on(host.select_origin(&balancer, black_box(request()), candidates.clone()))
-                    .unwrap();
-                assert!(matches!(chosen, Some(i) if i != 2), "{chosen:?}");
-            })
-        },
-    );
+    let reused = PluginBinding {
+        reuse: 1_000_000,
+        ..balancer.clone()
+    };
+    for (mode, binding) in [("fresh", &balancer), ("reused", &reused)] {
+        c.bench_function(
+            &format!("plugin select-origin, balancer-latency, 4 candidates, {mode} instance"),
+            |b| {
+                b.iter(|| {
+                    let chosen = rt
+                        .block_on(host.select_origin(binding, black_box(request()), candidates.clone()))
+                        .unwrap();
+                    assert!(matches!(chosen, Some(i) if i != 2), "{chosen:?}");
+                })
+            },
+        );
+    }
     // The baseline the numbers above include: building the request the host hands over.
     c.bench_function("build the plugin request (baseline)", |b| {
         b.iter(|| black_box(request()))

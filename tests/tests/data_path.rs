@@ -259,7 +259,10 @@ async fn visitors_that_stop_reading_hold_the_origin_back() {
         "the origin did not resume: {later} → {} MiB",
         sent_mib()
     );
-    eprintln!("origin sent {stalled} MiB when stalled, {later} MiB a second later, {} MiB after one drain", sent_mib());
+    eprintln!(
+        "origin sent {stalled} MiB when stalled, {later} MiB a second later, {} MiB after one drain",
+        sent_mib()
+    );
     drop((visitors, reader));
     connector.stop().await.unwrap();
     edge.stop().await;

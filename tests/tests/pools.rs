@@ -339,39 +339,61 @@ async fn a_balancer_plugin_chooses_the_origin() {
     );
 }
 
-/// balancer-hash keeps each key on one origin and spreads keys over all of them.
+/// balancer-hash keeps each key on one origin and spreads keys over all of them, in a fresh
+/// instance per request and with instances reused (a failing call would fall back to a random
+/// choice and move users).
 #[tokio::test]
 async fn a_hash_balancer_keeps_each_user_on_one_origin() {
-    let mut by_user = spec(&[("a", 1), ("b", 1)], Steering::Plugin);
-    by_user.balancer = Some(PluginBinding {
-        plugin: "hash".into(),
-        config: r#"{"key": "header:x-user"}"#.into(),
-        ..PluginBinding::default()
-    });
-    let options = EdgeOptions {
-        plugins: vec![("hash", env!("PLUGIN_BALANCER_HASH"))],
-        ..Default::default()
-    };
-    let lab = lab_with(
-        &["a", "b"],
-        vec![("web", by_user)],
-        &[("lb.test", "web")],
-        options,
-        &HashMap::new(),
-    )
-    .await;
-    let client = http1_client();
-    let mut placed: HashMap<String, usize> = HashMap::new();
-    for user in 0..20 {
-        let mut seen = Vec::new();
-        for _ in 0..4 {
-            let (origin, _) = get_with(&client, lab.edge.http, "lb.test", ("x-user", format!("user-{user}"))).await;
-            seen.push(origin);
+    for reuse in [0, 50] {
+        let mut by_user = spec(&[("a", 1), ("b", 1)], Steering::Plugin);
+        by_user.balancer = Some(PluginBinding {
+            plugin: "hash".into(),
+            config: r#"{"key": "header:x-user"}"#.into(),
+            reuse,
+            ..PluginBinding::default()
+        });
+        let options = EdgeOptions {
+            plugins: vec![("hash", env!("PLUGIN_BALANCER_HASH"))],
+            ..Default::default()
+        };
+        let lab = lab_with(
+            &["a", "b"],
+            vec![("web", by_user)],
+            &[("lb.test", "web")],
+            options,
+            &HashMap::new(),
+        )
+        .await;
+        let client = http1_client();
+        let mut placed: HashMap<String, usize> = HashMap::new();
+        for user in 0..20 {
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let header = ("x-user", format!("user-{user}"));
+                let (origin, _) = get_with(&client, lab.edge.http, "lb.test", header).await;
+                seen.push(origin);
+            }
+            assert!(
+                seen.iter().all(|o| *o == seen[0]),
+                "reuse {reuse}: user-{user} moved: {seen:?}"
+            );
+            *placed.entry(seen[0].clone()).or_default() += 1;
         }
-        assert!(seen.iter().all(|o| *o == seen[0]), "user-{user} moved: {seen:?}");
-        *placed.entry(seen[0].clone()).or_default() += 1;
+        assert_eq!(
+            placed.len(),
+            2,
+            "reuse {reuse}: keys spread over both origins: {placed:?}"
+        );
+        let metrics = get(&client, lab.edge.admin, "localhost", "/metrics")
+            .await
+            .unwrap()
+            .text();
+        let ok = r#"burrow_plugin_calls_total{plugin="hash",account="",result="ok"} 80"#;
+        assert!(
+            metrics.contains(ok),
+            "reuse {reuse}: every choice made by the plugin:\n{metrics}"
+        );
     }
-    assert_eq!(placed.len(), 2, "keys spread over both origins: {placed:?}");
 }
 
 type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
