@@ -325,26 +325,28 @@ enum Exports {
 }
 
 impl Warm {
+    /// This instance with the exports `pick` takes (`None`: it is of the other world).
+    fn of<E>(self, pick: impl FnOnce(Exports) -> Option<E>) -> Option<Warm<E>> {
+        let exports = pick(self.exports)?;
+        Some(Warm {
+            store: self.store,
+            exports,
+            served: self.served,
+        })
+    }
+
     fn hooks(self) -> Option<Warm<bindings::Plugin>> {
-        match self.exports {
-            Exports::Hooks(hooks) => Some(Warm {
-                store: self.store,
-                exports: hooks,
-                served: self.served,
-            }),
-            Exports::Balancer(_) => None,
-        }
+        self.of(|e| {
+            if let Exports::Hooks(hooks) = e {
+                Some(hooks)
+            } else {
+                None
+            }
+        })
     }
 
     fn balancer(self) -> Option<Warm<balancer_bindings::Balancer>> {
-        match self.exports {
-            Exports::Balancer(balancer) => Some(Warm {
-                store: self.store,
-                exports: balancer,
-                served: self.served,
-            }),
-            Exports::Hooks(_) => None,
-        }
+        self.of(|e| if let Exports::Balancer(b) = e { Some(b) } else { None })
     }
 }
 
