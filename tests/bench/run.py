@@ -223,8 +223,8 @@ backend b
             targets[name] = start_rathole(name, work, logs, ports["direct"])
 
     if any(t.startswith("burrow") for t in args.targets):
-        edge_bin = ROOT / "target" / "release" / "burrow-edge"
-        burrow_bin = ROOT / "target" / "release" / "burrow"
+        edge_bin = ROOT / "target" / "dist" / "burrow-edge"
+        burrow_bin = ROOT / "target" / "dist" / "burrow"
         env = dict(os.environ, BURROW_HOME=str(work / "home"), RUST_LOG="warn")
         tunnels = work / "tunnels.yml"
         subprocess.run([str(edge_bin), "tunnel", "add", "bench", "--tunnels", str(tunnels), "--hostname", HOST,
@@ -458,13 +458,15 @@ def main():
     parser.add_argument("--duration", type=int, default=5, help="seconds per sample")
     parser.add_argument("--profiles", default="small,lat,conn,bulk,h2")
     parser.add_argument("--targets", default="direct,nginx-proxy,haproxy,rathole-tcp,rathole-tls,burrow")
-    parser.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    parser.add_argument("--no-build", action="store_true", help="use the existing dist-profile binaries")
     args = parser.parse_args()
     args.targets = args.targets.split(",")
     profiles = args.profiles.split(",")
     install_peers()
     if any(t.startswith("burrow") for t in args.targets) and not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "burrow-edge", "-p", "burrow-connector"], cwd=ROOT, check=True)
+        # The profile operators deploy (see Cargo.toml), not the quicker `release`.
+        subprocess.run(["cargo", "build", "--profile", "dist", "-p", "burrow-edge", "-p", "burrow-connector"],
+                       cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip2", "--manifest-path",
                         str(ROOT / "plugins" / "Cargo.toml")], cwd=ROOT, check=True)
 
