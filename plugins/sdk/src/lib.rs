@@ -216,6 +216,16 @@ pub fn respond_with(status: u16, headers: Vec<(String, Vec<u8>)>, message: &str)
     })
 }
 
+/// A header hook's answer as a body hook's: `respond(…).into()` in `on-request-body`.
+impl From<Action> for BodyAction {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Continue => BodyAction::Continue,
+            Action::Respond(response) => BodyAction::Respond(response),
+        }
+    }
+}
+
 impl Request {
     /// The first value of a header, if it is valid UTF-8.
     pub fn header_str(&self, name: &str) -> Option<String> {

@@ -34,10 +34,7 @@ impl Plugin for TestBody {
 
     fn on_request_body(_req: &Request, body: Vec<u8>) -> BodyAction {
         if body.windows(9).any(|w| w == b"forbidden") {
-            return match burrow_plugin::respond(403, "forbidden body") {
-                Action::Respond(response) => BodyAction::Respond(response),
-                Action::Continue => BodyAction::Continue,
-            };
+            return burrow_plugin::respond(403, "forbidden body").into();
         }
         BodyAction::Replace(body.to_ascii_uppercase())
     }
