@@ -623,3 +623,20 @@ async fn dev(args: DevArgs) -> Result<()> {
     connector??;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_humantime_and_are_capped() {
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_timeout("30days"), Ok(Duration::from_secs(30 * 24 * 3600)));
+        let over = parse_timeout("31days").unwrap_err();
+        assert!(over.contains("over the 30 days"), "{over}");
+        assert!(parse_timeout("soon").is_err());
+    }
+}
