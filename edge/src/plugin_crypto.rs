@@ -16,32 +16,31 @@ pub fn verify(algorithm: SignatureAlgorithm, key: &PublicKey, message: &[u8], si
     if message.len() > MAX_MESSAGE {
         return false;
     }
-    let rsa: Option<&'static RsaParameters> = match algorithm {
-        A::RsaPkcs1Sha256 => Some(&sig::RSA_PKCS1_2048_8192_SHA256),
-        A::RsaPkcs1Sha384 => Some(&sig::RSA_PKCS1_2048_8192_SHA384),
-        A::RsaPkcs1Sha512 => Some(&sig::RSA_PKCS1_2048_8192_SHA512),
-        A::RsaPssSha256 => Some(&sig::RSA_PSS_2048_8192_SHA256),
-        A::RsaPssSha384 => Some(&sig::RSA_PSS_2048_8192_SHA384),
-        A::RsaPssSha512 => Some(&sig::RSA_PSS_2048_8192_SHA512),
-        A::EcdsaP256Sha256 | A::EcdsaP384Sha384 | A::Ed25519 => None,
-    };
-    let other: &'static dyn VerificationAlgorithm = match (rsa, algorithm) {
-        (Some(rsa), _) => rsa,
-        (None, A::EcdsaP256Sha256) => &sig::ECDSA_P256_SHA256_FIXED,
-        (None, A::EcdsaP384Sha384) => &sig::ECDSA_P384_SHA384_FIXED,
-        (None, _) => &sig::ED25519,
-    };
-    match (key, rsa) {
-        (PublicKey::Encoded(der), _) => sig::UnparsedPublicKey::new(other, der)
+    let encoded = |algorithm: &'static dyn VerificationAlgorithm| match key {
+        PublicKey::Encoded(bytes) => sig::UnparsedPublicKey::new(algorithm, bytes)
             .verify(message, signature)
             .is_ok(),
-        (PublicKey::Rsa(components), Some(rsa)) => sig::RsaPublicKeyComponents {
+        PublicKey::Rsa(_) => false,
+    };
+    let rsa = |params: &'static RsaParameters| match key {
+        PublicKey::Encoded(_) => encoded(params),
+        PublicKey::Rsa(components) => sig::RsaPublicKeyComponents {
             n: &components.n,
             e: &components.e,
         }
-        .verify(rsa, message, signature)
+        .verify(params, message, signature)
         .is_ok(),
-        (PublicKey::Rsa(_), None) => false,
+    };
+    match algorithm {
+        A::RsaPkcs1Sha256 => rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+        A::RsaPkcs1Sha384 => rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+        A::RsaPkcs1Sha512 => rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+        A::RsaPssSha256 => rsa(&sig::RSA_PSS_2048_8192_SHA256),
+        A::RsaPssSha384 => rsa(&sig::RSA_PSS_2048_8192_SHA384),
+        A::RsaPssSha512 => rsa(&sig::RSA_PSS_2048_8192_SHA512),
+        A::EcdsaP256Sha256 => encoded(&sig::ECDSA_P256_SHA256_FIXED),
+        A::EcdsaP384Sha384 => encoded(&sig::ECDSA_P384_SHA384_FIXED),
+        A::Ed25519 => encoded(&sig::ED25519),
     }
 }
 

@@ -324,29 +324,19 @@ enum Exports {
     Balancer(balancer_bindings::Balancer),
 }
 
-impl Warm {
-    /// This instance with the exports `pick` takes (`None`: it is of the other world).
-    fn of<E>(self, pick: impl FnOnce(Exports) -> Option<E>) -> Option<Warm<E>> {
-        let exports = pick(self.exports)?;
-        Some(Warm {
-            store: self.store,
-            exports,
-            served: self.served,
-        })
+impl Exports {
+    fn hooks(self) -> Option<bindings::Plugin> {
+        match self {
+            Self::Hooks(hooks) => Some(hooks),
+            Self::Balancer(_) => None,
+        }
     }
 
-    fn hooks(self) -> Option<Warm<bindings::Plugin>> {
-        self.of(|e| {
-            if let Exports::Hooks(hooks) = e {
-                Some(hooks)
-            } else {
-                None
-            }
-        })
-    }
-
-    fn balancer(self) -> Option<Warm<balancer_bindings::Balancer>> {
-        self.of(|e| if let Exports::Balancer(b) = e { Some(b) } else { None })
+    fn balancer(self) -> Option<balancer_bindings::Balancer> {
+        match self {
+            Self::Balancer(balancer) => Some(balancer),
+            Self::Hooks(_) => None,
+        }
     }
 }
 
@@ -893,17 +883,8 @@ impl PluginHost {
         }
         let _slot = self.slot().await;
         let started = Instant::now();
-        let reuse = binding.reuse.min(MAX_REUSE);
-        let warm = if reuse > 0 {
-            binding.warm.take().and_then(Warm::balancer)
-        } else {
-            None
-        };
-        let (mut store, instance, served) = match warm {
-            Some(mut warm) => {
-                arm_deadline(&mut warm.store, binding);
-                (warm.store, Ok(warm.exports), warm.served)
-            }
+        let (mut store, instance, served) = match warm(binding, Exports::balancer) {
+            Some(warm) => (warm.store, Ok(warm.exports), warm.served),
             None => {
                 let mut store = self.store(plugin, binding, request.account);
                 let instance = pre.instantiate_async(&mut store).await;
@@ -929,14 +910,18 @@ impl PluginHost {
         let _ = store.data_mut().table.delete(Resource::<PluginRequest>::new_own(rep));
         self.record(plugin, started, result.as_ref().err()).map_err(failed)?;
         // An instance that failed (trap, deadline, limit) may be in any state: never reused.
-        if let (Some(balancer), Ok(_)) = (kept, &result)
-            && served + 1 < reuse
-        {
-            let exports = Exports::Balancer(balancer);
-            let served = served + 1;
-            binding.warm.put(Warm { store, exports, served }, &self.warm_idle);
+        if let (Some(balancer), Ok(_)) = (kept, &result) {
+            self.keep_warm(binding, store, Exports::Balancer(balancer), served);
         }
         result.map_err(|e| failed(describe_trap(&e)))
+    }
+
+    /// Keep an instance of `binding` that has served one more call, unless that was its last.
+    fn keep_warm(&self, binding: &PluginBinding, store: Store<HostState>, exports: Exports, served: u32) {
+        let served = served + 1;
+        if served < binding.reuse.min(MAX_REUSE) {
+            binding.warm.put(Warm { store, exports, served }, &self.warm_idle);
+        }
     }
 
     /// `Some(reason)` when the plugin is tripped and this call should not run it.
@@ -1043,21 +1028,12 @@ impl PluginHost {
             return Err(Box::new((Some(exchange), reason)));
         }
         let started = Instant::now();
-        let reuse = binding.reuse.min(MAX_REUSE);
-        let warm = if reuse > 0 {
-            binding.warm.take().and_then(Warm::hooks)
-        } else {
-            None
-        };
         let Warm {
             mut store,
             exports: hooks,
             served,
-        } = match warm {
-            Some(mut warm) => {
-                arm_deadline(&mut warm.store, binding);
-                warm
-            }
+        } = match warm(binding, Exports::hooks) {
+            Some(warm) => warm,
             None => {
                 let mut store = self.store(plugin, binding, exchange.request.account);
                 match pre.instantiate_async(&mut store).await {
@@ -1119,10 +1095,8 @@ impl PluginHost {
         });
         let recorded = self.record(plugin, started, result.as_ref().err());
         // An instance that failed (trap, deadline, limit) may be in any state: never reused.
-        if result.is_ok() && served + 1 < reuse {
-            let served = served + 1;
-            let exports = Exports::Hooks(hooks);
-            binding.warm.put(Warm { store, exports, served }, &self.warm_idle);
+        if result.is_ok() {
+            self.keep_warm(binding, store, Exports::Hooks(hooks), served);
         }
         let raw = match (result, back) {
             (Ok(raw), Some(back)) => (raw, back),
@@ -1150,6 +1124,25 @@ impl PluginHost {
 enum Raw {
     Action(types::Action),
     Body(types::BodyAction),
+}
+
+/// A kept instance of a reuse-mode `binding` with the exports `pick` takes, armed with the
+/// binding's deadline.
+fn warm<E>(binding: &PluginBinding, pick: impl FnOnce(Exports) -> Option<E>) -> Option<Warm<E>> {
+    if binding.reuse == 0 {
+        return None;
+    }
+    let Warm {
+        mut store,
+        exports,
+        served,
+    } = binding.warm.take()?;
+    arm_deadline(&mut store, binding);
+    Some(Warm {
+        store,
+        exports: pick(exports)?,
+        served,
+    })
 }
 
 /// Give the next call the binding's deadline (1–100 ms, in epoch ticks of 1 ms). The call yields

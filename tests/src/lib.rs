@@ -516,6 +516,29 @@ pub async fn send(
         .uri(format!("http://{edge}{path}"))
         .header(http::header::HOST, host)
         .body(body)?;
+    collect(client, request).await
+}
+
+/// `method path` on an edge's API (`admin`) with a JSON body, as the holder of `token`.
+pub async fn api_call(
+    client: &Client<HttpConnector, TestBody>,
+    admin: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<Collected> {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full(body.to_string()))?;
+    collect(client, request).await
+}
+
+/// Send `request` and read the whole response.
+async fn collect(client: &Client<HttpConnector, TestBody>, request: Request<TestBody>) -> Result<Collected> {
     let response = client.request(request).await?;
     let (parts, body) = response.into_parts();
     let collected = body.collect().await?;
@@ -526,6 +549,19 @@ pub async fn send(
         body: collected.to_bytes(),
         trailers,
     })
+}
+
+/// A raw HTTP/1.1 keep-alive `GET path` for `host` on a new connection to `edge`, read up to its
+/// `200` status (the rest of the answer is left unread).
+pub async fn raw_get_200(edge: SocketAddr, host: &str, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    stream.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&status));
+    stream
 }
 
 pub async fn get(

@@ -357,22 +357,13 @@ async fn oversized_api_bodies_get_a_413_and_change_nothing() {
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
     let (account, token) = control.create_account("alice").await.unwrap();
     let client = http1_client();
-    let create = |name: String| {
-        let request = http::Request::post(format!("http://{}/v1/tunnels", edge.admin))
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(full(serde_json::json!({ "name": name }).to_string()))
+    let (client, token, admin) = (&client, &token, edge.admin);
+    let create = move |name: String| async move {
+        let body = serde_json::json!({ "name": name });
+        let response = api_call(client, admin, token, "POST", "/v1/tunnels", body)
+            .await
             .unwrap();
-        let client = client.clone();
-        async move {
-            let response = client.request(request).await.unwrap();
-            let status = response.status();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
+        (response.status, response.text())
     };
     let (status, body) = create("x".repeat(100 * 1024)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
@@ -811,23 +802,12 @@ async fn a_node_token_reports_only_for_its_own_node() {
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
     let token = control.create_node_token("node-a").await.unwrap();
     let client = http1_client();
-    let put = |node: &'static str| {
-        let request = http::Request::put(format!("http://{}/v1/health/{node}", edge.admin))
-            .header("authorization", format!("Bearer {token}"))
-            .body(full(
-                serde_json::json!({"node": node, "updated": 1, "pools": []}).to_string(),
-            ))
-            .unwrap();
-        let client = client.clone();
-        async move {
-            let response = client.request(request).await.unwrap();
-            let status = response.status();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
+    let (client, token, admin) = (&client, &token, edge.admin);
+    let put = move |node: &'static str| async move {
+        let body = serde_json::json!({"node": node, "updated": 1, "pools": []});
+        let path = format!("/v1/health/{node}");
+        let response = api_call(client, admin, token, "PUT", &path, body).await.unwrap();
+        (response.status, response.text())
     };
     let (status, body) = put("node-a").await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -221,16 +221,7 @@ async fn visitors_that_stop_reading_hold_the_origin_back() {
 
     let mut visitors = Vec::new();
     for _ in 0..4 {
-        let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut head = [0u8; 1024];
-        stream.read_exact(&mut head).await.unwrap();
-        assert!(head.starts_with(b"HTTP/1.1 200"));
-        visitors.push(stream);
+        visitors.push(raw_get_200(edge.http, "app.test", "/big").await);
     }
     // Let every buffer on the way fill up, then check that the flow has stopped.
     tokio::time::sleep(Duration::from_secs(3)).await;

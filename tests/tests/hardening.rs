@@ -8,6 +8,22 @@ use std::time::Duration;
 use burrow_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// An edge (with `options`) routing app.test through one connected connector to `origin`.
+async fn edge_to(origin: std::net::SocketAddr, options: EdgeOptions) -> (TestEdge, TestConnector) {
+    let tunnel = TestTunnel::new("app");
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
+    edge.wait_connections(&tunnel, 1).await;
+    (edge, connector)
+}
+
+/// Nothing more reaches the origin (given time to arrive) than `seen` has already taken.
+async fn assert_no_more<T: std::fmt::Debug>(seen: &mut tokio::sync::mpsc::UnboundedReceiver<T>, what: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let more = seen.try_recv();
+    assert!(more.is_err(), "{what}: {more:?}");
+}
+
 /// Send raw bytes to the edge and return what it answers (until it closes or 5 s pass).
 async fn raw(edge: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(edge).await.unwrap();
@@ -80,8 +96,6 @@ async fn ambiguous_http1_requests_are_refused() {
 #[tokio::test]
 async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     init_logging();
-    let tunnel = TestTunnel::new("app");
-    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("app.test", "app")])).await;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let origin = serve_origin(move |req| {
         let seen_tx = seen_tx.clone();
@@ -95,8 +109,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
         }
     })
     .await;
-    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
-    edge.wait_connections(&tunnel, 1).await;
+    let (edge, _connector) = edge_to(origin, EdgeOptions::default()).await;
 
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
     for (name, framing) in [
@@ -129,8 +142,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
         );
     }
     // Nothing else reached the origin: the hidden GET was dropped with the connection.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(seen.try_recv().is_err(), "the smuggled request reached the origin");
+    assert_no_more(&mut seen, "the smuggled request reached the origin").await;
     edge.stop().await;
 }
 
@@ -140,8 +152,6 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
 #[tokio::test]
 async fn an_upgrade_the_origin_refuses_opens_no_tunnel() {
     init_logging();
-    let tunnel = TestTunnel::new("app");
-    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("app.test", "app")])).await;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let origin = serve_origin(move |req| {
         let seen_tx = seen_tx.clone();
@@ -151,8 +161,7 @@ async fn an_upgrade_the_origin_refuses_opens_no_tunnel() {
         }
     })
     .await;
-    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
-    edge.wait_connections(&tunnel, 1).await;
+    let (edge, _connector) = edge_to(origin, EdgeOptions::default()).await;
 
     let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
     let upgrade = "GET /socket HTTP/1.1\r\nHost: app.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
@@ -180,8 +189,7 @@ async fn an_upgrade_the_origin_refuses_opens_no_tunnel() {
         "the edge did not parse it: {answer}"
     );
     assert!(answer.contains("unknown_host"), "{answer}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(seen.try_recv().is_err(), "raw bytes reached the origin");
+    assert_no_more(&mut seen, "raw bytes reached the origin").await;
     edge.stop().await;
 }
 
@@ -289,7 +297,6 @@ async fn seconds_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -
 #[tokio::test]
 async fn slow_idle_and_old_connections_are_closed() {
     init_logging();
-    let tunnel = TestTunnel::new("app");
     let options = EdgeOptions {
         connection_timeouts: ConnectionTimeouts {
             header_read: Duration::from_secs(1),
@@ -299,10 +306,8 @@ async fn slow_idle_and_old_connections_are_closed() {
         },
         ..EdgeOptions::default()
     };
-    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
     let origin = named_origin("ok").await;
-    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
-    edge.wait_connections(&tunnel, 1).await;
+    let (edge, _connector) = edge_to(origin, options).await;
     let in_time = |name: &str, closed: Option<f64>, low: f64, high: f64| {
         let seconds = closed.unwrap_or_else(|| panic!("{name}: still open after 6 s"));
         assert!((low..high).contains(&seconds), "{name}: closed after {seconds:.2} s");
@@ -323,14 +328,7 @@ async fn slow_idle_and_old_connections_are_closed() {
     );
 
     // An HTTP/1.1 keep-alive connection after one answered request.
-    let mut stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut stream = raw_get_200(edge.http, "app.test", "/").await;
     in_time("idle HTTP/1.1", seconds_until_closed(&mut stream).await, 0.8, 3.0);
 
     // HTTP/2: pings keep a live idle connection open, so only the idle timeout closes it.
@@ -503,13 +501,11 @@ async fn paced_http2_rapid_reset_closes_the_connection() {
 #[tokio::test]
 async fn stalled_and_dripping_uploads_get_a_408() {
     init_logging();
-    let tunnel = TestTunnel::new("app");
     let options = EdgeOptions {
         request_body_idle_timeout: Duration::from_millis(1500),
         request_body_timeout: Duration::from_secs(3),
         ..EdgeOptions::default()
     };
-    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let origin = serve_origin(move |req| {
         let seen_tx = seen_tx.clone();
@@ -520,8 +516,7 @@ async fn stalled_and_dripping_uploads_get_a_408() {
         }
     })
     .await;
-    let _connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 1);
-    edge.wait_connections(&tunnel, 1).await;
+    let (edge, _connector) = edge_to(origin, options).await;
 
     // Chunked, so that only a reset (not a finished stream) makes the origin's read fail.
     let head = "POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n";
