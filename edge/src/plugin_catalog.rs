@@ -18,7 +18,9 @@ use burrow_protocol::AccountId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::resources::{ControlPlane, CpError, PoolDoc, RouteDoc, from_json, now, to_json, validate_name};
+use crate::resources::{
+    ControlPlane, CpError, PoolDoc, Referrers, RouteDoc, from_json, guarded_delete, now, to_json, validate_name,
+};
 use crate::route_table::PluginBinding;
 use crate::store::{BULK_PREFIX, Compare, Op};
 use crate::tunnels_file::encode_hex;
@@ -75,6 +77,38 @@ fn version_key(account: AccountId, name: &str, version: u32) -> String {
     format!("plugins/{account}/{name}/{version:010}")
 }
 
+/// Compares that hold while every pinned plugin version that `bindings` name exists: a binding
+/// written with them cannot outlive a delete of its version.
+pub(crate) fn bindings_exist<'b>(
+    account: AccountId,
+    bindings: impl IntoIterator<Item = &'b PluginBinding>,
+) -> impl Iterator<Item = Compare> {
+    bindings
+        .into_iter()
+        .filter_map(move |b| Some(Compare::Exists(version_key(account, &b.plugin, b.version?))))
+}
+
+/// A route or pool bound to one of `versions`, described with the command that unbinds it.
+fn first_binding<'v>(
+    routes: &[RouteDoc],
+    pools: &[PoolDoc],
+    versions: &'v [PluginVersion],
+) -> Option<(&'v PluginVersion, String)> {
+    for RouteDoc { hostname, plugins, .. } in routes {
+        for binding in plugins {
+            if let Some(v) = versions.iter().find(|v| v.is_bound_by(binding)) {
+                let how = format!("route {hostname} (`burrow route plugin remove {hostname} {}`)", v.name);
+                return Some((v, how));
+            }
+        }
+    }
+    pools.iter().find_map(|pool| {
+        let binding = pool.spec.balancer.as_ref()?;
+        let v = versions.iter().find(|v| v.is_bound_by(binding))?;
+        Some((v, format!("pool {} as its balancer", pool.name)))
+    })
+}
+
 /// Hex SHA-256 of a component, as [`PluginVersion::sha256`] holds it.
 pub fn sha256_hex(wasm: &[u8]) -> String {
     encode_hex(&Sha256::digest(wasm))
@@ -110,15 +144,12 @@ impl ControlPlane {
             return Ok(Some(latest.clone()));
         }
         if versions.len() >= MAX_VERSIONS {
-            let mut unbound = None;
-            for v in &versions {
-                if self.first_binding(account, std::slice::from_ref(v)).await?.is_none() {
-                    unbound = Some(v.version);
-                    break;
-                }
-            }
+            let Referrers { routes, pools, .. } = self.referrers(account).await?;
+            let unbound = versions
+                .iter()
+                .find(|v| first_binding(&routes, &pools, std::slice::from_ref(v)).is_none());
             let next_step = match unbound {
-                Some(v) => format!("delete one first, e.g. `burrow plugin delete {name}@{v}`"),
+                Some(v) => format!("delete one first, e.g. `burrow plugin delete {name}@{}`", v.version),
                 None => "every one is bound; unbind and delete one first (`burrow plugin list`)".into(),
             };
             return Err(CpError::Conflict(format!(
@@ -255,6 +286,19 @@ impl ControlPlane {
         name: &str,
         version: Option<u32>,
     ) -> Result<Vec<PluginVersion>, CpError> {
+        guarded_delete(&format!("plugin {name:?}"), move || {
+            self.try_delete_plugin(account, name, version)
+        })
+        .await
+    }
+
+    /// One attempt of [`Self::delete_plugin`]; `None` when a route or pool was written meanwhile.
+    async fn try_delete_plugin(
+        &self,
+        account: AccountId,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Vec<PluginVersion>>, CpError> {
         let doomed: Vec<PluginVersion> = self
             .plugin_versions(account, Some(name))
             .await?
@@ -268,7 +312,8 @@ impl ControlPlane {
             );
             return Err(CpError::NotFound(what));
         }
-        if let Some((version, user)) = self.first_binding(account, &doomed).await? {
+        let Referrers { routes, pools, guards } = self.referrers(account).await?;
+        if let Some((version, user)) = first_binding(&routes, &pools, &doomed) {
             return Err(CpError::Conflict(format!(
                 "plugin {name}@{} is bound to {user}; unbind it first",
                 version.version
@@ -281,35 +326,8 @@ impl ControlPlane {
                 prefix: v.wasm_prefix(),
             });
         }
-        self.store().txn(vec![], ops).await?;
-        Ok(doomed)
-    }
-
-    /// A route or pool of `account` bound to one of `versions`, described with the command that
-    /// unbinds it.
-    async fn first_binding<'v>(
-        &self,
-        account: AccountId,
-        versions: &'v [PluginVersion],
-    ) -> Result<Option<(&'v PluginVersion, String)>, CpError> {
-        for route in self.list_routes(account).await? {
-            let RouteDoc { hostname, plugins, .. } = route;
-            for binding in &plugins {
-                if let Some(v) = versions.iter().find(|v| v.is_bound_by(binding)) {
-                    let how = format!("route {hostname} (`burrow route plugin remove {hostname} {}`)", v.name);
-                    return Ok(Some((v, how)));
-                }
-            }
-        }
-        let pools: Vec<PoolDoc> = self.list_pools(account).await?;
-        for pool in pools {
-            if let Some(binding) = &pool.spec.balancer
-                && let Some(v) = versions.iter().find(|v| v.is_bound_by(binding))
-            {
-                return Ok(Some((v, format!("pool {} as its balancer", pool.name))));
-            }
-        }
-        Ok(None)
+        // A binding written since the routes and pools were read fails the guards.
+        Ok(self.store().txn(guards, ops).await?.succeeded.then_some(doomed))
     }
 
     /// Every plugin version some route or pool is bound to (what edges must load).

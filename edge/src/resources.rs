@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::health::HealthReport;
-use crate::plugin_catalog::PluginVersion;
+use crate::plugin_catalog::{PluginVersion, bindings_exist};
 use crate::plugin_host::PluginHost;
 use crate::pool::PoolSpec;
 use crate::route_table::{
@@ -45,6 +45,8 @@ pub const MAX_PLUGINS_PER_ROUTE: usize = 16;
 pub const MAX_PLUGIN_CONFIG: usize = 64 * 1024;
 /// Page size when reading a whole prefix.
 const PAGE: usize = 1000;
+/// Attempts of a delete whose "nothing refers to it" check was overtaken by a new reference.
+const DELETE_ATTEMPTS: usize = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Account {
@@ -136,6 +138,31 @@ pub enum CpError {
     Store(#[from] StoreError),
     #[error("stored document {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+/// What can refer to a tunnel, pool or plugin version of an account: its routes and pools, and
+/// the compares that fail a delete if either changed since they were read.
+pub(crate) struct Referrers {
+    pub routes: Vec<RouteDoc>,
+    pub pools: Vec<PoolDoc>,
+    pub guards: Vec<Compare>,
+}
+
+/// Run a delete until its guards hold. An attempt checks that nothing refers to what it deletes
+/// and commits only if no route or pool was written since that check read them (`None`
+/// otherwise): the next attempt then sees the new reference and refuses, or cascades to it.
+pub(crate) async fn guarded_delete<T, F: Future<Output = Result<Option<T>, CpError>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, CpError> {
+    for _ in 0..DELETE_ATTEMPTS {
+        if let Some(deleted) = attempt().await? {
+            return Ok(deleted);
+        }
+    }
+    Err(CpError::Conflict(format!(
+        "{what} is being referred to by routes or pools changing right now; retry"
+    )))
 }
 
 /// What an edge needs from the control plane: tunnels and routes at one revision. Also the
@@ -525,6 +552,19 @@ impl ControlPlane {
     /// Delete a tunnel, its routes and its connection records. Refused while connections are
     /// live unless `force`.
     pub async fn delete_tunnel(&self, account: AccountId, reference: &str, force: bool) -> Result<Tunnel, CpError> {
+        guarded_delete(&format!("tunnel {reference:?}"), move || {
+            self.try_delete_tunnel(account, reference, force)
+        })
+        .await
+    }
+
+    /// One attempt of [`Self::delete_tunnel`]; `None` when a route or pool was written meanwhile.
+    async fn try_delete_tunnel(
+        &self,
+        account: AccountId,
+        reference: &str,
+        force: bool,
+    ) -> Result<Option<Tunnel>, CpError> {
         let tunnel = self.find_tunnel(account, reference).await?;
         let live = self.connections(tunnel.id).await?;
         if !live.is_empty() && !force {
@@ -534,7 +574,7 @@ impl ControlPlane {
                 live.len()
             )));
         }
-        let (pools, _) = self.list_all::<PoolDoc>(&format!("pools/{account}/")).await?;
+        let Referrers { routes, pools, guards } = self.referrers(account).await?;
         let member_of: Vec<&str> = pools
             .iter()
             .filter(|p| p.spec.origins.iter().any(|o| o.tunnel == tunnel.id))
@@ -548,7 +588,6 @@ impl ControlPlane {
                 tunnel.name
             )));
         }
-        let (routes, _) = self.list_all::<RouteDoc>("routes/").await?;
         let mut ops = vec![
             Op::Delete {
                 key: format!("tunnels/{account}/{}", tunnel.id),
@@ -568,8 +607,7 @@ impl ControlPlane {
                     key: format!("routes/{}", r.hostname),
                 }),
         );
-        self.store.txn(vec![], ops).await?;
-        Ok(tunnel)
+        Ok(self.store.txn(guards, ops).await?.succeeded.then_some(tunnel))
     }
 
     // --- routes -------------------------------------------------------------------------------
@@ -592,9 +630,16 @@ impl ControlPlane {
             field: "hostname",
             reason,
         })?;
-        let (tunnel, pool) = match to {
-            RouteTo::Tunnel(reference) => (Some(self.find_tunnel(account, reference).await?.id), None),
-            RouteTo::Pool(name) => (None, Some(self.pool(account, name).await?.0.name)),
+        let (tunnel, pool, target) = match to {
+            RouteTo::Tunnel(reference) => {
+                let id = self.find_tunnel(account, reference).await?.id;
+                (Some(id), None, format!("tunnels/{account}/{id}"))
+            }
+            RouteTo::Pool(name) => {
+                let name = self.pool(account, name).await?.0.name;
+                let key = format!("pools/{account}/{name}");
+                (None, Some(name), key)
+            }
         };
         let key = format!("routes/{hostname}");
         let existing = self.store.get(&key).await?;
@@ -623,10 +668,12 @@ impl ControlPlane {
             created: now(),
             plugins: plugins.unwrap_or(kept_plugins),
         };
+        let mut compares = vec![compare, Compare::Exists(target)];
+        compares.extend(bindings_exist(account, &doc.plugins));
         let result = self
             .store
             .txn(
-                vec![compare],
+                compares,
                 vec![Op::Put {
                     key,
                     value: to_json(&doc),
@@ -635,7 +682,9 @@ impl ControlPlane {
             )
             .await?;
         if !result.succeeded {
-            return Err(CpError::Conflict(format!("{hostname} changed concurrently; retry")));
+            return Err(CpError::Conflict(format!(
+                "{hostname}, or what it routes to, changed concurrently; retry"
+            )));
         }
         Ok(doc)
     }
@@ -671,21 +720,17 @@ impl ControlPlane {
                 expect.unwrap_or_default()
             )));
         }
+        let mut compares = vec![Compare::ModRevision(format!("routes/{}", doc.hostname), revision)];
+        compares.extend(bindings_exist(account, &plugins));
         doc.plugins = plugins;
-        let key = format!("routes/{}", doc.hostname);
         let put = Op::Put {
-            key: key.clone(),
+            key: format!("routes/{}", doc.hostname),
             value: to_json(&doc),
             lease: None,
         };
-        if !self
-            .store
-            .txn(vec![Compare::ModRevision(key, revision)], vec![put])
-            .await?
-            .succeeded
-        {
+        if !self.store.txn(compares, vec![put]).await?.succeeded {
             return Err(CpError::Conflict(format!(
-                "route {hostname} changed concurrently; retry"
+                "route {hostname}, or a plugin version it binds, changed concurrently; retry"
             )));
         }
         Ok(doc)
@@ -711,9 +756,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    pub async fn list_routes(&self, account: AccountId) -> Result<Vec<RouteDoc>, CpError> {
-        let (routes, _) = self.list_all::<RouteDoc>("routes/").await?;
-        Ok(routes.into_iter().filter(|r| r.account == account).collect())
+    /// The account's routes and pools, read for a delete's "nothing refers to it" check.
+    pub(crate) async fn referrers(&self, account: AccountId) -> Result<Referrers, CpError> {
+        let (routes, routes_read) = self.list_routes(account).await?;
+        let pools_prefix = format!("pools/{account}/");
+        let (pools, pools_read) = self.list_all::<PoolDoc>(&pools_prefix).await?;
+        let guards = vec![
+            Compare::NoPutUnder("routes/".into(), routes_read),
+            Compare::NoPutUnder(pools_prefix, pools_read),
+        ];
+        Ok(Referrers { routes, pools, guards })
+    }
+
+    /// The account's routes, and the revision they were read at.
+    pub async fn list_routes(&self, account: AccountId) -> Result<(Vec<RouteDoc>, Revision), CpError> {
+        let (routes, read) = self.list_all::<RouteDoc>("routes/").await?;
+        Ok((routes.into_iter().filter(|r| r.account == account).collect(), read))
     }
 
     // --- pools --------------------------------------------------------------------------------
@@ -777,12 +835,17 @@ impl ControlPlane {
             Some(kv) => from_json::<PoolDoc>(kv)?.created,
             None => now(),
         };
-        let compare = match (expect, &existing) {
-            (Some(0), _) => vec![Compare::Missing(key.clone())],
-            (Some(rev), _) => vec![Compare::ModRevision(key.clone(), rev)],
-            (None, Some(kv)) => vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
-            (None, None) => vec![Compare::Missing(key.clone())],
-        };
+        let mut compares = vec![match (expect, &existing) {
+            (Some(0), _) => Compare::Missing(key.clone()),
+            (Some(rev), _) => Compare::ModRevision(key.clone(), rev),
+            (None, Some(kv)) => Compare::ModRevision(key.clone(), kv.mod_revision),
+            (None, None) => Compare::Missing(key.clone()),
+        }];
+        // What the pool names must still exist when it is written.
+        let origins = spec.origins.iter().map(|o| format!("tunnels/{account}/{}", o.tunnel));
+        let fallback = spec.fallback.iter().map(|f| format!("pools/{account}/{f}"));
+        compares.extend(origins.chain(fallback).map(Compare::Exists));
+        compares.extend(bindings_exist(account, spec.balancer.iter()));
         let doc = PoolDoc {
             account,
             name: name.to_owned(),
@@ -794,10 +857,10 @@ impl ControlPlane {
             value: to_json(&doc),
             lease: None,
         };
-        if !self.store.txn(compare, vec![put]).await?.succeeded {
+        if !self.store.txn(compares, vec![put]).await?.succeeded {
             return Err(CpError::Conflict(match expect {
-                Some(0) => format!("a pool named {name:?} already exists"),
-                _ => format!("pool {name:?} changed concurrently; read it again and retry"),
+                Some(0) => format!("a pool named {name:?} already exists, or what it names was just deleted"),
+                _ => format!("pool {name:?}, or what it names, changed concurrently; read it again and retry"),
             }));
         }
         Ok(doc)
@@ -805,33 +868,37 @@ impl ControlPlane {
 
     /// Delete a pool that no route and no other pool (as fallback) uses.
     pub async fn delete_pool(&self, account: AccountId, name: &str) -> Result<(), CpError> {
+        guarded_delete(&format!("pool {name:?}"), move || self.try_delete_pool(account, name)).await
+    }
+
+    /// One attempt of [`Self::delete_pool`]; `None` when a route or pool was written meanwhile.
+    async fn try_delete_pool(&self, account: AccountId, name: &str) -> Result<Option<()>, CpError> {
         let (_, revision) = self.pool(account, name).await?;
-        let routes = self.list_routes(account).await?;
+        let Referrers {
+            routes,
+            pools,
+            mut guards,
+        } = self.referrers(account).await?;
         if let Some(r) = routes.iter().find(|r| r.pool.as_deref() == Some(name)) {
             return Err(CpError::Conflict(format!(
                 "{} routes to pool {name:?}; route it elsewhere or delete the route first",
                 r.hostname
             )));
         }
-        if let Some(p) = self
-            .list_pools(account)
-            .await?
-            .iter()
-            .find(|p| p.spec.fallback.as_deref() == Some(name))
-        {
+        if let Some(p) = pools.iter().find(|p| p.spec.fallback.as_deref() == Some(name)) {
             return Err(CpError::Conflict(format!(
                 "pool {:?} falls back to {name:?}; change its fallback first",
                 p.name
             )));
         }
         let key = format!("pools/{account}/{name}");
-        self.store
-            .txn(
-                vec![Compare::ModRevision(key.clone(), revision)],
-                vec![Op::Delete { key }],
-            )
-            .await?;
-        Ok(())
+        guards.push(Compare::ModRevision(key.clone(), revision));
+        Ok(self
+            .store
+            .txn(guards, vec![Op::Delete { key }])
+            .await?
+            .succeeded
+            .then_some(()))
     }
 
     // --- pool health as each edge sees it --------------------------------------------------

@@ -403,7 +403,7 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("reuse is at most"), "{body}");
     assert!(
-        control.list_routes(account.id).await.unwrap().is_empty(),
+        control.list_routes(account.id).await.unwrap().0.is_empty(),
         "nothing was stored"
     );
 
@@ -928,6 +928,78 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     assert_eq!(with_token(&edge, "up.test", None, &[]).await.1, "tagged");
 
     connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// A bind and a delete of one plugin version, sent at the same time, never both succeed: the
+/// route never names a deleted version (it would fail closed on every edge).
+#[tokio::test]
+async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() {
+    use burrow_connector::api_client::{ApiClient, Login};
+    use http::Method;
+    use serde_json::json;
+
+    init_logging();
+    let dir = TempDir::new();
+    let (edge, control) = TestEdge::start_with_store(dir.path()).await;
+    let (account, token) = control.create_account("alice").await.unwrap();
+    control.create_tunnel(account.id, "web").await.unwrap();
+    let web = burrow_edge::resources::RouteTo::Tunnel("web");
+    control.route(account.id, "race.test", web, false, None).await.unwrap();
+    let api = ApiClient::new(Login {
+        api: format!("http://{}", edge.admin),
+        token,
+    })
+    .unwrap();
+    let wasm = std::fs::read(HEADER_AUTH).unwrap();
+    let bind = |plugins: serde_json::Value| {
+        api.call(
+            Method::PUT,
+            "/v1/routes/race.test/plugins",
+            Some(json!({ "plugins": plugins })),
+        )
+    };
+    let (mut bind_won, mut delete_won) = (0, 0);
+    for _ in 0..30 {
+        let uploaded = api
+            .send(
+                Method::PUT,
+                "/v1/plugins/gate",
+                wasm.clone().into(),
+                "application/wasm",
+                &[],
+            )
+            .await
+            .unwrap();
+        let version = uploaded["version"].as_u64().unwrap();
+        let binding = json!([{ "plugin": "gate", "version": version, "config": r#"{"keys": ["k"]}"# }]);
+        let delete_path = format!("/v1/plugins/gate/{version}");
+        let (bound, deleted) = tokio::join!(bind(binding), api.call(Method::DELETE, &delete_path, None));
+        match (bound, deleted) {
+            (Ok(_), Err(refused)) => {
+                let refused = refused.to_string();
+                assert!(refused.contains("is bound to route race.test"), "{refused}");
+                bind_won += 1;
+                bind(json!([])).await.unwrap();
+                api.call(Method::DELETE, &delete_path, None).await.unwrap();
+            }
+            (Err(refused), Ok(_)) => {
+                let refused = refused.to_string();
+                assert!(
+                    refused.contains("does not exist") || refused.contains("changed concurrently"),
+                    "{refused}"
+                );
+                delete_won += 1;
+            }
+            (bound, deleted) => panic!("gate@{version}: bind {bound:?}, delete {deleted:?}"),
+        }
+        let route = api.call(Method::GET, "/v1/routes/race.test", None).await.unwrap();
+        let plugins = api.call(Method::GET, "/v1/plugins", None).await.unwrap();
+        // Whichever won, nothing is left bound to a deleted version.
+        assert!(route["plugins"].as_array().is_none_or(Vec::is_empty), "{route}");
+        assert_eq!(plugins["items"], json!([]), "{plugins}");
+    }
+    eprintln!("races decided: the bind won {bind_won}, the delete won {delete_won}");
     edge.stop().await;
 }
 

@@ -38,6 +38,12 @@ pub enum Compare {
     Missing(String),
     /// The key exists and was last written at this revision.
     ModRevision(String, Revision),
+    /// The key exists (a write naming it must not outlive its delete).
+    Exists(String),
+    /// No key under the prefix was written after the revision (deletes are not seen). Guards a
+    /// check like "nothing refers to X" against a reference written since it was read; etcd's
+    /// compare over a key range is the same test.
+    NoPutUnder(String, Revision),
 }
 
 /// A write inside a transaction.
