@@ -167,6 +167,10 @@ struct RunArgs {
     /// Serve /ready and /metrics on this address (e.g. 127.0.0.1:2000).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Threads serving traffic [default: one per CPU]. Fewer cost less CPU per request at low
+    /// load (a request's tasks stay on one thread); more serve more at once.
+    #[arg(long, env = "BURROW_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -269,8 +273,11 @@ fn run_tunnel(args: RunArgs) -> Result<()> {
         tracing::info!("ingress {}", rule.describe());
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n.into());
+    }
+    runtime.enable_all().build()?.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         let status = Arc::new(Status::default());

@@ -137,6 +137,10 @@ struct RunArgs {
     /// Public connections served at once; more get a 503 and are closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Threads serving traffic [default: one per CPU]. Fewer cost less CPU per request at low
+    /// load (a request's tasks stay on one thread); more serve more at once.
+    #[arg(long, env = "BURROW_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     /// Tunnel registrations accepted per source address per minute (connectors behind one NAT
     /// share it; rejected ones retry after 5 s).
     #[arg(long, default_value_t = 600)]
@@ -219,15 +223,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
     let result = match cli.command {
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(*args))),
+        Command::Run(args) => runtime(args.worker_threads).and_then(|rt| rt.block_on(run(*args))),
         Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),
         Command::NodeToken(NodeTokenCommand::Create { name, data_dir: dir }) => {
-            runtime().and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))
+            runtime(None).and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))
         }
         Command::Account(AccountCommand::Create { name, data_dir: dir }) => {
-            runtime().and_then(|rt| rt.block_on(create_account(&name, &data_dir(dir))))
+            runtime(None).and_then(|rt| rt.block_on(create_account(&name, &data_dir(dir))))
         }
-        Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev(args))),
+        Command::Dev(args) => runtime(None).and_then(|rt| rt.block_on(dev(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -238,8 +242,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+/// The multi-thread runtime, with `worker_threads` workers (default: one per CPU).
+fn runtime(worker_threads: Option<u16>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n.into());
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn data_dir(explicit: Option<PathBuf>) -> PathBuf {

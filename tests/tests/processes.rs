@@ -50,7 +50,14 @@ async fn replicas_share_traffic_and_survive_a_kill_9() {
     let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("rep.test", "replicated")])).await;
     let (a, b) = (named_origin("a").await, named_origin("b").await);
     let credentials = edge.credentials(&tunnel);
-    let replica_a = connector_process(dir.path(), "a", &credentials, &format!("http://{a}"), &[]);
+    // One serves on a single worker thread, the other on the default (one per CPU).
+    let replica_a = connector_process(
+        dir.path(),
+        "a",
+        &credentials,
+        &format!("http://{a}"),
+        &["--worker-threads", "1"],
+    );
     let replica_b = connector_process(dir.path(), "b", &credentials, &format!("http://{b}"), &[]);
     edge.wait_connections(&tunnel, 2).await;
 
@@ -173,6 +180,8 @@ fn edge_process(dir: &Path, http: u16, tunnel: u16, admin: u16) -> Process {
             "30s",
             "--grace-period",
             "2s",
+            "--worker-threads",
+            "1",
         ],
         &[("BURROW_HOME", dir)],
     )
