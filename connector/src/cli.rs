@@ -273,11 +273,11 @@ fn run_tunnel(args: RunArgs) -> Result<()> {
         tracing::info!("ingress {}", rule.describe());
     }
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.worker_threads {
-        runtime.worker_threads(n.into());
+        builder.worker_threads(n.into());
     }
-    runtime.enable_all().build()?.block_on(async move {
+    builder.enable_all().build()?.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         let status = Arc::new(Status::default());

@@ -347,7 +347,7 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             Ok((StatusCode::OK, json!({ "removed": removed })))
         }
         (&Method::GET, ["routes"]) => {
-            let routes = cp.list_routes(account).await?.0;
+            let routes = cp.list_routes(account).await?;
             Ok((StatusCode::OK, json!({ "items": routes })))
         }
         (&Method::PUT, ["routes", hostname]) => {
@@ -408,7 +408,7 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
         }
         (&Method::GET, ["plugins"]) => {
             let versions = cp.plugin_versions(account, None).await?;
-            let routes = cp.list_routes(account).await?.0;
+            let routes = cp.list_routes(account).await?;
             let pools = cp.list_pools(account).await?;
             let items: Vec<Value> = versions
                 .iter()

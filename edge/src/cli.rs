@@ -139,7 +139,7 @@ struct RunArgs {
     max_connections: usize,
     /// Threads serving traffic [default: one per CPU]. Fewer cost less CPU per request at low
     /// load (a request's tasks stay on one thread); more serve more at once.
-    #[arg(long, env = "BURROW_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "BURROW_EDGE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// Tunnel registrations accepted per source address per minute (connectors behind one NAT
     /// share it; rejected ones retry after 5 s).

@@ -144,7 +144,8 @@ impl ControlPlane {
             return Ok(Some(latest.clone()));
         }
         if versions.len() >= MAX_VERSIONS {
-            let Referrers { routes, pools, .. } = self.referrers(account).await?;
+            let routes = self.list_routes(account).await?;
+            let pools = self.list_pools(account).await?;
             let unbound = versions
                 .iter()
                 .find(|v| first_binding(&routes, &pools, std::slice::from_ref(v)).is_none());
@@ -286,10 +287,8 @@ impl ControlPlane {
         name: &str,
         version: Option<u32>,
     ) -> Result<Vec<PluginVersion>, CpError> {
-        guarded_delete(&format!("plugin {name:?}"), move || {
-            self.try_delete_plugin(account, name, version)
-        })
-        .await
+        let what = version.map_or_else(|| format!("plugin {name:?}"), |v| format!("{name}@{v}"));
+        guarded_delete(&what, move || self.try_delete_plugin(account, name, version)).await
     }
 
     /// One attempt of [`Self::delete_plugin`]; `None` when a route or pool was written meanwhile.
@@ -312,7 +311,7 @@ impl ControlPlane {
             );
             return Err(CpError::NotFound(what));
         }
-        let Referrers { routes, pools, guards } = self.referrers(account).await?;
+        let Referrers { routes, pools, guard } = self.referrers(account).await?;
         if let Some((version, user)) = first_binding(&routes, &pools, &doomed) {
             return Err(CpError::Conflict(format!(
                 "plugin {name}@{} is bound to {user}; unbind it first",
@@ -326,8 +325,8 @@ impl ControlPlane {
                 prefix: v.wasm_prefix(),
             });
         }
-        // A binding written since the routes and pools were read fails the guards.
-        Ok(self.store().txn(guards, ops).await?.succeeded.then_some(doomed))
+        // A binding written since the routes and pools were read fails the guard.
+        Ok(self.store().txn(vec![guard], ops).await?.succeeded.then_some(doomed))
     }
 
     /// Every plugin version some route or pool is bound to (what edges must load).

@@ -141,16 +141,33 @@ pub enum CpError {
 }
 
 /// What can refer to a tunnel, pool or plugin version of an account: its routes and pools, and
-/// the compares that fail a delete if either changed since they were read.
+/// the compare that fails a delete if a reference was written since they were read.
 pub(crate) struct Referrers {
     pub routes: Vec<RouteDoc>,
     pub pools: Vec<PoolDoc>,
-    pub guards: Vec<Compare>,
+    pub guard: Compare,
 }
 
-/// Run a delete until its guards hold. An attempt checks that nothing refers to what it deletes
-/// and commits only if no route or pool was written since that check read them (`None`
-/// otherwise): the next attempt then sees the new reference and refuses, or cascades to it.
+/// The key every write that adds a reference (a route or pool naming a tunnel, pool or plugin
+/// version) puts in its transaction. A delete reads it before checking that nothing refers to
+/// what it deletes, and commits only if it is unchanged: one key per account, so deletes race
+/// only with their own account's writes, and nothing is scanned.
+fn references_key(account: AccountId) -> String {
+    format!("references/{account}")
+}
+
+/// The op that marks a write as adding references (see [`references_key`]).
+fn references_written(account: AccountId) -> Op {
+    Op::Put {
+        key: references_key(account),
+        value: Vec::new(),
+        lease: None,
+    }
+}
+
+/// Run a delete until its guard holds. An attempt checks that nothing refers to what it deletes
+/// and commits only if no reference was written since that check (`None` otherwise): the next
+/// attempt then sees the new reference and refuses, or cascades to it.
 pub(crate) async fn guarded_delete<T, F: Future<Output = Result<Option<T>, CpError>>>(
     what: &str,
     mut attempt: impl FnMut() -> F,
@@ -161,7 +178,7 @@ pub(crate) async fn guarded_delete<T, F: Future<Output = Result<Option<T>, CpErr
         }
     }
     Err(CpError::Conflict(format!(
-        "{what} is being referred to by routes or pools changing right now; retry"
+        "routes or pools kept changing while deleting {what}; retry"
     )))
 }
 
@@ -574,7 +591,7 @@ impl ControlPlane {
                 live.len()
             )));
         }
-        let Referrers { routes, pools, guards } = self.referrers(account).await?;
+        let Referrers { routes, pools, guard } = self.referrers(account).await?;
         let member_of: Vec<&str> = pools
             .iter()
             .filter(|p| p.spec.origins.iter().any(|o| o.tunnel == tunnel.id))
@@ -607,7 +624,7 @@ impl ControlPlane {
                     key: format!("routes/{}", r.hostname),
                 }),
         );
-        Ok(self.store.txn(guards, ops).await?.succeeded.then_some(tunnel))
+        Ok(self.store.txn(vec![guard], ops).await?.succeeded.then_some(tunnel))
     }
 
     // --- routes -------------------------------------------------------------------------------
@@ -674,16 +691,19 @@ impl ControlPlane {
             .store
             .txn(
                 compares,
-                vec![Op::Put {
-                    key,
-                    value: to_json(&doc),
-                    lease: None,
-                }],
+                vec![
+                    Op::Put {
+                        key,
+                        value: to_json(&doc),
+                        lease: None,
+                    },
+                    references_written(account),
+                ],
             )
             .await?;
         if !result.succeeded {
             return Err(CpError::Conflict(format!(
-                "{hostname}, or what it routes to, changed concurrently; retry"
+                "{hostname}, or the tunnel, pool or plugin version it names, changed concurrently; retry"
             )));
         }
         Ok(doc)
@@ -728,7 +748,12 @@ impl ControlPlane {
             value: to_json(&doc),
             lease: None,
         };
-        if !self.store.txn(compares, vec![put]).await?.succeeded {
+        if !self
+            .store
+            .txn(compares, vec![put, references_written(account)])
+            .await?
+            .succeeded
+        {
             return Err(CpError::Conflict(format!(
                 "route {hostname}, or a plugin version it binds, changed concurrently; retry"
             )));
@@ -758,20 +783,20 @@ impl ControlPlane {
 
     /// The account's routes and pools, read for a delete's "nothing refers to it" check.
     pub(crate) async fn referrers(&self, account: AccountId) -> Result<Referrers, CpError> {
-        let (routes, routes_read) = self.list_routes(account).await?;
-        let pools_prefix = format!("pools/{account}/");
-        let (pools, pools_read) = self.list_all::<PoolDoc>(&pools_prefix).await?;
-        let guards = vec![
-            Compare::NoPutUnder("routes/".into(), routes_read),
-            Compare::NoPutUnder(pools_prefix, pools_read),
-        ];
-        Ok(Referrers { routes, pools, guards })
+        // Read before the lists: a reference written after this read fails the guard.
+        let key = references_key(account);
+        let guard = match self.store.get(&key).await? {
+            Some(kv) => Compare::ModRevision(key, kv.mod_revision),
+            None => Compare::Missing(key),
+        };
+        let routes = self.list_routes(account).await?;
+        let pools = self.list_pools(account).await?;
+        Ok(Referrers { routes, pools, guard })
     }
 
-    /// The account's routes, and the revision they were read at.
-    pub async fn list_routes(&self, account: AccountId) -> Result<(Vec<RouteDoc>, Revision), CpError> {
-        let (routes, read) = self.list_all::<RouteDoc>("routes/").await?;
-        Ok((routes.into_iter().filter(|r| r.account == account).collect(), read))
+    pub async fn list_routes(&self, account: AccountId) -> Result<Vec<RouteDoc>, CpError> {
+        let (routes, _) = self.list_all::<RouteDoc>("routes/").await?;
+        Ok(routes.into_iter().filter(|r| r.account == account).collect())
     }
 
     // --- pools --------------------------------------------------------------------------------
@@ -813,8 +838,11 @@ impl ControlPlane {
             .resolve(|_| ids.next().ok_or(()))
             .map_err(|()| invalid("origins changed while resolving".into()))?;
         spec.validate().map_err(invalid)?;
-        // Follow the fallback chain: it must exist, end, and stay within the hop limit.
+        // Follow the fallback chain: it must exist, end, and stay within the hop limit. Every
+        // pool of it must be unchanged when this one is written, so two concurrent writes
+        // cannot close a loop.
         let mut next = spec.fallback.clone();
+        let mut chain = Vec::new();
         let mut hops = 0;
         while let Some(fallback) = next {
             hops += 1;
@@ -827,7 +855,9 @@ impl ControlPlane {
                     crate::pool::MAX_FALLBACK_DEPTH
                 )));
             }
-            next = self.pool(account, &fallback).await?.0.spec.fallback;
+            let (pool, revision) = self.pool(account, &fallback).await?;
+            chain.push(Compare::ModRevision(format!("pools/{account}/{fallback}"), revision));
+            next = pool.spec.fallback;
         }
         let key = format!("pools/{account}/{name}");
         let existing = self.store.get(&key).await?;
@@ -843,8 +873,8 @@ impl ControlPlane {
         }];
         // What the pool names must still exist when it is written.
         let origins = spec.origins.iter().map(|o| format!("tunnels/{account}/{}", o.tunnel));
-        let fallback = spec.fallback.iter().map(|f| format!("pools/{account}/{f}"));
-        compares.extend(origins.chain(fallback).map(Compare::Exists));
+        compares.extend(origins.map(Compare::Exists));
+        compares.extend(chain);
         compares.extend(bindings_exist(account, spec.balancer.iter()));
         let doc = PoolDoc {
             account,
@@ -857,7 +887,12 @@ impl ControlPlane {
             value: to_json(&doc),
             lease: None,
         };
-        if !self.store.txn(compares, vec![put]).await?.succeeded {
+        if !self
+            .store
+            .txn(compares, vec![put, references_written(account)])
+            .await?
+            .succeeded
+        {
             return Err(CpError::Conflict(match expect {
                 Some(0) => format!("a pool named {name:?} already exists, or what it names was just deleted"),
                 _ => format!("pool {name:?}, or what it names, changed concurrently; read it again and retry"),
@@ -874,11 +909,7 @@ impl ControlPlane {
     /// One attempt of [`Self::delete_pool`]; `None` when a route or pool was written meanwhile.
     async fn try_delete_pool(&self, account: AccountId, name: &str) -> Result<Option<()>, CpError> {
         let (_, revision) = self.pool(account, name).await?;
-        let Referrers {
-            routes,
-            pools,
-            mut guards,
-        } = self.referrers(account).await?;
+        let Referrers { routes, pools, guard } = self.referrers(account).await?;
         if let Some(r) = routes.iter().find(|r| r.pool.as_deref() == Some(name)) {
             return Err(CpError::Conflict(format!(
                 "{} routes to pool {name:?}; route it elsewhere or delete the route first",
@@ -892,7 +923,7 @@ impl ControlPlane {
             )));
         }
         let key = format!("pools/{account}/{name}");
-        guards.push(Compare::ModRevision(key.clone(), revision));
+        let guards = vec![guard, Compare::ModRevision(key.clone(), revision)];
         Ok(self
             .store
             .txn(guards, vec![Op::Delete { key }])
@@ -1124,6 +1155,45 @@ mod tests {
         fn revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
             self.inner.revision()
         }
+    }
+
+    /// A route written while its pool or tunnel is deleted: whichever wins, no route is left
+    /// naming a pool or tunnel that does not exist.
+    #[tokio::test]
+    async fn a_delete_racing_a_route_to_it_leaves_no_route_dangling() {
+        let cp = ControlPlane::new(SqliteStore::open_in_memory().unwrap());
+        let (account, _) = cp.create_account("acme").await.unwrap();
+        let a = account.id;
+        let mut outcomes = std::collections::BTreeSet::new();
+        for i in 0..20 {
+            let (tunnel, pool) = (format!("t{i}"), format!("p{i}"));
+            let (to_pool, to_tunnel) = (format!("p{i}.test"), format!("t{i}.test"));
+            let id = cp.create_tunnel(a, &tunnel).await.unwrap().0.id.to_string();
+            cp.put_pool(a, &pool, PoolSpec::default(), None).await.unwrap();
+            let (routed, deleted) = tokio::join!(
+                cp.route(a, &to_pool, RouteTo::Pool(&pool), false, None),
+                cp.delete_pool(a, &pool)
+            );
+            outcomes.insert(("pool", routed.is_ok(), deleted.is_ok()));
+            let (routed, deleted) = tokio::join!(
+                cp.route(a, &to_tunnel, RouteTo::Tunnel(&id), false, None),
+                cp.delete_tunnel(a, &id, false)
+            );
+            outcomes.insert(("tunnel", routed.is_ok(), deleted.is_ok()));
+            for route in cp.list_routes(a).await.unwrap() {
+                match (&route.pool, route.tunnel) {
+                    (Some(p), _) => assert!(cp.pool(a, p).await.is_ok(), "{} names deleted pool {p}", route.hostname),
+                    (None, Some(t)) => assert!(
+                        cp.find_tunnel(a, &t.to_string()).await.is_ok(),
+                        "{} names deleted tunnel {t}",
+                        route.hostname
+                    ),
+                    (None, None) => panic!("{} names nothing", route.hostname),
+                }
+            }
+        }
+        // A pool that a route won is never deleted; a tunnel's delete takes its routes along.
+        assert!(!outcomes.contains(&("pool", true, true)), "{outcomes:?}");
     }
 
     /// The config an edge keeps from watch events is the config a fresh read gives, through

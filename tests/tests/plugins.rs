@@ -403,7 +403,7 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("reuse is at most"), "{body}");
     assert!(
-        control.list_routes(account.id).await.unwrap().0.is_empty(),
+        control.list_routes(account.id).await.unwrap().is_empty(),
         "nothing was stored"
     );
 

@@ -40,10 +40,6 @@ pub enum Compare {
     ModRevision(String, Revision),
     /// The key exists (a write naming it must not outlive its delete).
     Exists(String),
-    /// No key under the prefix was written after the revision (deletes are not seen). Guards a
-    /// check like "nothing refers to X" against a reference written since it was read; etcd's
-    /// compare over a key range is the same test.
-    NoPutUnder(String, Revision),
 }
 
 /// A write inside a transaction.

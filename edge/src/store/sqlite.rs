@@ -330,7 +330,6 @@ fn apply_txn(
             Compare::Missing(key) => mod_rev_of(&tx, key)?.is_none(),
             Compare::ModRevision(key, rev) => mod_rev_of(&tx, key)? == Some(*rev),
             Compare::Exists(key) => mod_rev_of(&tx, key)?.is_some(),
-            Compare::NoPutUnder(prefix, rev) => !put_under_since(&tx, prefix, *rev)?,
         };
         if !holds {
             return Ok(done(false, current));
@@ -603,35 +602,6 @@ fn mod_rev_of(c: &Connection, key: &str) -> Result<Option<Revision>, StoreError>
         .optional()?)
 }
 
-/// Whether a key under `prefix` was written after `rev`.
-fn put_under_since(c: &Connection, prefix: &str, rev: Revision) -> Result<bool, StoreError> {
-    // Every key under the prefix sorts before the prefix with its last character incremented:
-    // that bound keeps the scan to the prefix's keys.
-    let mut end: Vec<char> = prefix.chars().collect();
-    let end = loop {
-        match end.pop() {
-            Some(last) => match char::from_u32(last as u32 + 1) {
-                Some(next) => {
-                    end.push(next);
-                    break end.into_iter().collect::<String>();
-                }
-                None => continue,
-            },
-            None => return mod_rev_after(c, rev),
-        }
-    };
-    Ok(
-        c.prepare_cached("SELECT EXISTS(SELECT 1 FROM kv WHERE key >= ?1 AND key < ?2 AND mod_rev > ?3)")?
-            .query_row(params![prefix, end, rev], |r| r.get(0))?,
-    )
-}
-
-/// Whether any key was written after `rev`.
-fn mod_rev_after(c: &Connection, rev: Revision) -> Result<bool, StoreError> {
-    Ok(c.prepare_cached("SELECT EXISTS(SELECT 1 FROM kv WHERE mod_rev > ?1)")?
-        .query_row([rev], |r| r.get(0))?)
-}
-
 fn check_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() {
         return Err(backend("key must not be empty"));
@@ -830,20 +800,10 @@ mod tests {
         put1(&s, "q", "4").await;
         assert_eq!(next(&mut rx).await[0].revision(), 6);
 
-        // Exists, and NoPutUnder: nothing under "p/" was put after 3 (deletes do not count).
+        // Exists: "q" does, "p/a" was deleted.
         let exists = |k: &str| Compare::Exists(k.into());
-        let quiet = |p: &str, rev| Compare::NoPutUnder(p.into(), rev);
         assert_eq!(txn(&s, vec![exists("p/a")], vec![put("x", "1")]).await, (false, 6));
-        assert_eq!(
-            txn(&s, vec![exists("q"), quiet("p/", 3)], vec![put("x", "1")]).await,
-            (true, 7)
-        );
-        assert_eq!(txn(&s, vec![quiet("p/", 7)], vec![put("p/c", "1")]).await, (true, 8));
-        assert_eq!(txn(&s, vec![quiet("p/", 7)], vec![put("x", "2")]).await, (false, 8));
-        // The prefix's bound: "p0" sorts right after every "p/…" key and is not under "p/".
-        assert_eq!(txn(&s, vec![], vec![put("p0", "1")]).await, (true, 9));
-        assert_eq!(txn(&s, vec![quiet("p/", 8)], vec![]).await, (true, 9));
-        assert_eq!(txn(&s, vec![quiet("", 8)], vec![]).await, (false, 9));
+        assert_eq!(txn(&s, vec![exists("q")], vec![put("x", "1")]).await, (true, 7));
     }
 
     #[tokio::test]
