@@ -777,12 +777,18 @@ async fn swapping_plugins_under_load_fails_no_request() {
     edge.stop().await;
 }
 
+/// The API client an account's CLI uses, logged in with `token`.
+fn account_api(edge: &TestEdge, token: String) -> burrow_connector::api_client::ApiClient {
+    use burrow_connector::api_client::{ApiClient, Login};
+    let api = format!("http://{}", edge.admin);
+    ApiClient::new(Login { api, token }).unwrap()
+}
+
 /// An account uploads components through the API: each distinct upload is a new version, a
 /// binding pins one, a route moves between versions under load without a failed request, and a
 /// bound version cannot be deleted.
 #[tokio::test]
 async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
-    use burrow_connector::api_client::{ApiClient, Login};
     use http::Method;
     use serde_json::json;
 
@@ -801,11 +807,7 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     let connector = edge
         .serve_store_tunnel(&tunnel, secret, &format!("http://{origin}"), 1)
         .await;
-    let api = ApiClient::new(Login {
-        api: format!("http://{}", edge.admin),
-        token,
-    })
-    .unwrap();
+    let api = account_api(&edge, token);
     let upload = |name: &str, wasm: Vec<u8>| {
         let path = format!("/v1/plugins/{name}");
         let api = &api;
@@ -935,7 +937,6 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
 /// route never names a deleted version (it would fail closed on every edge).
 #[tokio::test]
 async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() {
-    use burrow_connector::api_client::{ApiClient, Login};
     use http::Method;
     use serde_json::json;
 
@@ -946,11 +947,7 @@ async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() 
     control.create_tunnel(account.id, "web").await.unwrap();
     let web = burrow_edge::resources::RouteTo::Tunnel("web");
     control.route(account.id, "race.test", web, false, None).await.unwrap();
-    let api = ApiClient::new(Login {
-        api: format!("http://{}", edge.admin),
-        token,
-    })
-    .unwrap();
+    let api = account_api(&edge, token);
     let wasm = std::fs::read(HEADER_AUTH).unwrap();
     let bind = |plugins: serde_json::Value| {
         api.call(

@@ -789,7 +789,6 @@ mod tests {
         assert_eq!(next(&mut rx).await, [del("p/a", 4), del("p/b", 4)]);
         assert!(keys(&s, "p/", None, 10).await.is_empty());
         assert!(s.get("q").await.unwrap().is_some());
-
         // Deleting a missing key is a no-op (no event) but still a successful write.
         assert_eq!(
             txn(&s, vec![], vec![Op::Delete { key: "nope".into() }]).await,
