@@ -33,6 +33,7 @@ pub mod plugin_catalog;
 pub mod plugin_crypto;
 pub mod plugin_host;
 pub mod plugin_kv;
+pub mod plugin_ticker;
 pub mod pool;
 pub mod proxy;
 pub mod rate_limit;

@@ -4,7 +4,8 @@
 //! By default every hook call gets a fresh instance in a fresh `Store` (no state shared between
 //! requests; a binding may opt into reusing instances, `reuse: N`), from the pooling allocator
 //! (see `PluginHost::new` and docs/performance.md for what it costs),
-//! a deadline by epoch interruption (a ticker thread advances the epoch every millisecond) and a
+//! a deadline by epoch interruption (a ticker thread advances the epoch every millisecond while
+//! calls run, see `plugin_ticker`) and a
 //! memory cap. A trap, a timeout or a limit hit is an error for that request only.
 //!
 //! Calls run on the runtime worker that serves the request, on a wasmtime fiber (async support):
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -33,6 +34,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::metrics::{CallResult, MAX_OWN_METRICS, OwnMetrics, PluginCallMetrics, PluginMetrics};
 use crate::plugin_catalog::{PluginKind, PluginVersion, sha256_hex};
 use crate::plugin_kv::{KvStores, Space};
+use crate::plugin_ticker::{EpochTicker, Running};
 use crate::route_table::PluginBinding;
 use burrow_protocol::AccountId;
 
@@ -264,7 +266,7 @@ pub struct PluginHost {
     compiles: tokio::sync::Semaphore,
     /// Bytes of bodies buffered for body hooks right now.
     buffered: Arc<AtomicUsize>,
-    stop_ticker: Arc<AtomicBool>,
+    ticker: EpochTicker,
     slots: Arc<tokio::sync::Semaphore>,
     /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
     warm_idle: Arc<AtomicUsize>,
@@ -398,12 +400,6 @@ impl PartialEq for WarmInstances {
 }
 impl Eq for WarmInstances {}
 
-impl Drop for PluginHost {
-    fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
-    }
-}
-
 impl PluginHost {
     pub fn new() -> Result<Self> {
         // A fresh instance per call is affordable only with the pooling allocator: slots are
@@ -440,14 +436,7 @@ impl PluginHost {
             .memory_reservation_for_growth(0)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:?}"))?;
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
-        std::thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(1));
-                ticker_engine.increment_epoch();
-            }
-        })?;
+        let ticker = EpochTicker::start(engine.clone())?;
         Ok(Self {
             engine,
             plugins: HashMap::new(),
@@ -456,7 +445,7 @@ impl PluginHost {
             cache_dir: None,
             compiles: tokio::sync::Semaphore::new(1),
             buffered: Arc::default(),
-            stop_ticker,
+            ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             warm_idle: Arc::new(AtomicUsize::new(0)),
             kv: Default::default(),
@@ -464,10 +453,15 @@ impl PluginHost {
         })
     }
 
-    /// Wait for an instance slot of the pooling allocator; held until dropped.
-    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// Wait for an instance slot of the pooling allocator; held until dropped. Wasm runs only
+    /// under a slot, so the slot also keeps the epoch ticking.
+    async fn slot(&self) -> Option<CallSlot<'_>> {
         // The semaphore is never closed, so this always holds a permit.
-        self.slots.acquire().await.ok()
+        let permit = self.slots.acquire().await.ok()?;
+        Some(CallSlot {
+            _permit: permit,
+            _running: self.ticker.running(),
+        })
     }
 
     /// Keep compiled uploaded plugins in `dir`, so a restart does not compile them again.
@@ -1118,6 +1112,12 @@ impl PluginHost {
             Err(reason) => Err(Box::new((Some(raw.1), reason))),
         }
     }
+}
+
+/// What a call holds while wasm may run: an instance slot, and the epoch ticking.
+struct CallSlot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    _running: Running,
 }
 
 /// A hook's answer as the guest gave it.
