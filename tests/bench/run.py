@@ -2,7 +2,7 @@
 """Burrow load harness: every target on loopback, interleaved rounds, ratios to direct.
 
 Usage: tests/bench/run.py [--rounds N] [--duration S] [--profiles small,lat,conn,bulk,h2]
-                          [--targets direct,nginx-proxy,haproxy,rathole-tcp,rathole-tls,burrow,burrow-pool,
+                          [--targets direct,nginx-proxy,haproxy,rathole-tcp,rathole-tls,burrow,burrow-1t,burrow-pool,
                                      burrow-auth,burrow-jwt]
                           [--no-build]
 
@@ -14,6 +14,8 @@ Targets (all behind/around one nginx origin with one worker):
                tunnel, unencrypted; built with `cargo install rathole` on first use)
   rathole-tls  the same over TLS (native-tls/OpenSSL, a throwaway certificate)
   burrow       burrow-edge + burrow connector (QUIC+TLS tunnel, no plugin)
+  burrow-1t    the same tunnel through a second edge and connector run with --worker-threads 1
+               (one runtime worker each, as nginx-proxy and haproxy get one worker/thread here)
   burrow-pool  the same edge and connector through a hostname routed to a pool holding that
                tunnel (least-outstanding steering): the per-request cost of steering
   burrow-auth  the same edge and connector through a hostname whose route runs the header-auth
@@ -244,22 +246,28 @@ backend b
                     "pools:\n- name: bench-pool\n  spec:\n    origins:\n    - tunnel: bench\n"
                     "    steering: least-outstanding\n")
         plugins = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release"
-        edge = start([str(edge_bin), "run", "--http", f"127.0.0.1:{ports['burrow']}", "--https", "off",
-                      "--admin", "off", "--tunnel", f"127.0.0.1:{tunnel_port}", "--tunnels", str(tunnels),
-                      "--data-dir", str(work / "edge"), "--plugin", f"header-auth={plugins / 'header_auth.wasm'}",
-                      "--plugin", f"jwt-auth={plugins / 'jwt_auth.wasm'}"], logs, env=env)
-        wait_port(ports["burrow"], "burrow-edge")
-        connector = start([str(burrow_bin), "tunnel", "run", "--credentials-file", str(creds), "--url",
-                           f"http://127.0.0.1:{ports['direct']}"], logs, env=env)
-        deadline = time.time() + 20
-        while True:
-            r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {HOST}",
-                                f"http://127.0.0.1:{ports['burrow']}/1k.bin"], capture_output=True, text=True)
-            if r.stdout == "200":
-                break
-            if time.time() > deadline:
-                raise RuntimeError(f"the burrow tunnel did not come up (last status {r.stdout!r})")
-            time.sleep(0.2)
+
+        def start_burrow(name, http_port, tunnel_port, edge_args, connector_args):
+            """An edge and a connector for the bench tunnel, once a request gets through them."""
+            edge = start([str(edge_bin), "run", "--http", f"127.0.0.1:{http_port}", "--https", "off",
+                          "--admin", "off", "--tunnel", f"127.0.0.1:{tunnel_port}", "--tunnels", str(tunnels),
+                          "--data-dir", str(work / name), *edge_args], logs, env=env)
+            wait_port(http_port, name)
+            connector = start([str(burrow_bin), "tunnel", "run", "--credentials-file", str(creds), "--url",
+                               f"http://127.0.0.1:{ports['direct']}", *connector_args], logs, env=env)
+            deadline = time.time() + 20
+            while True:
+                r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {HOST}",
+                                    f"http://127.0.0.1:{http_port}/1k.bin"], capture_output=True, text=True)
+                if r.stdout == "200":
+                    return [edge, connector]
+                if time.time() > deadline:
+                    raise RuntimeError(f"the {name} tunnel did not come up (last status {r.stdout!r})")
+                time.sleep(0.2)
+
+        plugin_args = ["--plugin", f"header-auth={plugins / 'header_auth.wasm'}",
+                       "--plugin", f"jwt-auth={plugins / 'jwt_auth.wasm'}"]
+        edge, connector = start_burrow("edge", ports["burrow"], tunnel_port, plugin_args, [])
         targets["burrow"] = Target("burrow", ports["burrow"], HOST, [edge, connector], h2_port=ports["burrow"])
         targets["burrow-pool"] = Target("burrow-pool", ports["burrow"], f"pool.{HOST}", [edge, connector])
         targets["burrow-auth"] = Target("burrow-auth", ports["burrow"], f"auth.{HOST}", [edge, connector],
@@ -267,6 +275,15 @@ backend b
         token = hs256({"sub": "bench", "aud": "bench", "exp": int(time.time()) + 86400}, b"bench-secret")
         targets["burrow-jwt"] = Target("burrow-jwt", ports["burrow"], f"jwt.{HOST}", [edge, connector],
                                        headers=[f"Authorization: Bearer {token}"])
+        if "burrow-1t" in args.targets:
+            # A second edge and connector for the same tunnel, one runtime worker each: on a
+            # 2-core machine shared with wrk and the origin, extra workers mostly add wake-ups.
+            port, udp = free_port(), free_port(socket.SOCK_DGRAM)
+            one = ["--worker-threads", "1"]
+            # The same tunnel identity (certificate and key) as the first edge: the credentials pin it.
+            shutil.copytree(work / "edge", work / "edge-1t")
+            procs = start_burrow("edge-1t", port, udp, one, one + ["--edge", f"127.0.0.1:{udp}"])
+            targets["burrow-1t"] = Target("burrow-1t", port, HOST, procs, h2_port=port)
 
     return targets, [origin] + [p for t in targets.values() for p in t.procs]
 
@@ -457,7 +474,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per sample")
     parser.add_argument("--profiles", default="small,lat,conn,bulk,h2")
-    parser.add_argument("--targets", default="direct,nginx-proxy,haproxy,rathole-tcp,rathole-tls,burrow")
+    parser.add_argument("--targets", default="direct,nginx-proxy,haproxy,rathole-tcp,rathole-tls,burrow,burrow-1t")
     parser.add_argument("--no-build", action="store_true", help="use the existing dist-profile binaries")
     args = parser.parse_args()
     args.targets = args.targets.split(",")
