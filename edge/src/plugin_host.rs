@@ -214,7 +214,9 @@ struct HostState {
     table: ResourceTable,
     /// WASI with nothing in it: no files, no environment, no sockets. Rust guests built for
     /// wasm32-wasip2 import WASI for their standard library (panics, clocks, randomness).
-    wasi: WasiCtx,
+    /// Built on first use: most hook calls never touch WASI, and building it (random generators,
+    /// clocks, stdio) is a measurable part of a fresh instance's cost.
+    wasi: Option<WasiCtx>,
     limits: StoreLimits,
     plugin: Arc<str>,
     space_name: Arc<str>,
@@ -966,14 +968,9 @@ impl PluginHost {
         account: AccountId,
     ) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new().memory_size(MAX_MEMORY).instances(4).build();
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let state = HostState {
             table: ResourceTable::new(),
-            wasi,
+            wasi: None,
             limits,
             plugin: name,
             space_name: space,
@@ -1451,10 +1448,19 @@ impl HostState {
     }
 }
 
+/// WASI with nothing in it: no files, no environment, no sockets, no name lookups.
+fn empty_wasi() -> WasiCtx {
+    WasiCtx::builder()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(empty_wasi),
             table: &mut self.table,
         }
     }
