@@ -510,12 +510,15 @@ pub struct OriginRequest {
 }
 
 impl OriginRequest {
-    /// cloudflared's defaults; a `const` so it can live in statics.
+    /// cloudflared's defaults, except `keep_alive_connections` (cloudflared keeps 100): a burst
+    /// of more concurrent requests than idle slots closed the excess connections after one
+    /// request each, and under 640 concurrent requests a quarter of them opened a new origin
+    /// connection. A `const` so it can live in statics.
     pub const DEFAULT: OriginRequest = OriginRequest {
         connect_timeout: Duration::from_secs(30),
         tls_timeout: Duration::from_secs(10),
         tcp_keep_alive: Duration::from_secs(30),
-        keep_alive_connections: 100,
+        keep_alive_connections: 1024,
         keep_alive_timeout: Duration::from_secs(90),
         http_host_header: None,
         origin_server_name: None,
@@ -875,7 +878,7 @@ mod tests {
         let o = &ing.rules[1].origin;
         assert_eq!(o.connect_timeout, Duration::from_secs(5));
         assert_eq!(o.http_host_header.as_deref(), Some("top.internal"));
-        assert_eq!(o.keep_alive_connections, 100);
+        assert_eq!(o.keep_alive_connections, 1024);
         assert_eq!(RawOriginRequest::default().resolve(), OriginRequest::default());
 
         let err = serde_yaml_ng::from_str::<RawOriginRequest>("noTlsVerify: true").unwrap_err();

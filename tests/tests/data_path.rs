@@ -594,3 +594,51 @@ async fn route_table_swap_takes_effect_for_new_requests() {
     connector.stop().await.unwrap();
     edge.stop().await;
 }
+
+/// A burst of more concurrent requests than cloudflared's 100 idle connections: the connector
+/// keeps the connections it opened, so a later burst opens (almost) none.
+#[tokio::test]
+async fn a_burst_of_concurrent_requests_reuses_its_origin_connections() {
+    const BURST: usize = 200;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                // Slow enough that every request of a burst is in flight at once.
+                let service = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let (edge, connector, _tunnel) = tunnel_to(&format!("http://{origin}"), 1).await;
+    let client = http1_client();
+    let burst = || async {
+        let requests = (0..BURST).map(|_| get(&client, edge.http, "app.test", "/"));
+        for response in futures_util::future::join_all(requests).await {
+            assert_eq!(response.unwrap().status, StatusCode::OK);
+        }
+    };
+    // Two bursts to warm up: the first one's concurrency is held back by the visitors'
+    // connections to the edge being opened.
+    burst().await;
+    burst().await;
+    let warm = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(warm > 100, "the bursts ran concurrently: {warm} origin connections");
+    burst().await;
+    let opened = accepted.load(std::sync::atomic::Ordering::Relaxed) - warm;
+    assert!(
+        opened <= 10,
+        "a warm burst opened {opened} new origin connections (before it: {warm})"
+    );
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
