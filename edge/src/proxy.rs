@@ -209,22 +209,23 @@ async fn forward(
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
-    let mut incoming = Some(incoming);
-    // The body as the request-body hooks left it, when they ran.
-    let mut buffered = None;
     let mut path = parts
         .uri
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-    let needs = match &state.config.plugins {
-        Some(host) if !plugins.is_empty() => host.chain_needs(&plugins),
-        _ => Declared::default(),
-    };
     // The request as the response hooks will see it (kept only when some plugin has one).
     let mut for_response = None;
-    if !plugins.is_empty() {
-        // Key-value spaces are per account: a route without a known owner (which the table build
-        // rules out) runs no plugin rather than share one.
+    let mut needs = Declared::default();
+    let body: RequestBody = if plugins.is_empty() {
+        Either::Left(incoming)
+    } else {
+        // An edge without plugins loaded still runs the chain: `run_plugins` fails it (or lets
+        // it through when every binding is fail-open).
+        if let Some(plugin_host) = &state.config.plugins {
+            needs = plugin_host.chain_needs(&plugins);
+        }
+        // Key-value spaces are per account: a route without a known owner (which the table
+        // build rules out) runs no plugin rather than share one.
         let account = account.ok_or_else(|| {
             ProxyError::PluginFailed(PluginError {
                 plugin: plugins.first().map(|b| b.plugin.clone()).unwrap_or_default(),
@@ -241,67 +242,26 @@ async fn forward(
             route: route_pattern.clone(),
             account,
         };
-        if let Some(host) = state.config.plugins.as_ref().filter(|_| needs.log) {
+        if let Some(plugin_host) = state.config.plugins.as_ref().filter(|_| needs.log) {
             // As the visitor sent it; on-log runs whatever happens next, errors included.
             *log = Some(PendingLog {
-                host: host.clone(),
+                host: plugin_host.clone(),
                 chain: plugins.clone(),
                 request: request.clone(),
             });
         }
-        let exchange = Exchange {
-            request,
-            response: None,
-            body: None,
+        // Boxed: the hooks' state is large, and inline it would be part of every request's
+        // future (moved in memory several times per request), plugins or not.
+        let (request, body) = match Box::pin(request_hooks(state, &plugins, needs, request, incoming)).await? {
+            RequestHooks::Forward { request, body } => (request, body),
+            RequestHooks::Respond(response) => return Ok(response.map(Either::Right)),
         };
-        let mut exchange = match run_plugins(state, &plugins, Phase::RequestHeaders, exchange).await? {
-            Outcome::Continue(exchange) => exchange,
-            Outcome::Respond(response) => return Ok(response.map(Either::Right)),
-        };
-        // Only after on-request-headers: a refused request is never buffered.
-        let announced = content_length(&exchange.request.headers);
-        let host = state.config.plugins.as_ref();
-        // A body announced bigger than any plugin reads: skipped when each of those plugins is
-        // fail-open, refused otherwise.
-        let skip = |limit: usize| {
-            announced.is_some_and(|n| n > limit as u64)
-                && host.is_some_and(|h| h.fail_open_for(&plugins, Phase::RequestBody))
-        };
-        if let (Some(limit), Some(host)) = (needs.request_body.filter(|l| !skip(*l)), host)
-            && let Some(streamed) = incoming.take()
-        {
-            let wanted = if streamed.is_end_stream() {
-                0
-            } else {
-                announced.map_or(limit, |n| (n as usize).min(limit))
-            };
-            let _reserved = host
-                .reserve_body(wanted)
-                .ok_or(ProxyError::Busy("request bodies for plugins"))?;
-            exchange.body = Some(buffer_request_body(state, streamed, limit).await?);
-            exchange = match run_plugins(state, &plugins, Phase::RequestBody, exchange).await? {
-                Outcome::Continue(exchange) => exchange,
-                Outcome::Respond(response) => return Ok(response.map(Either::Right)),
-            };
-            let buffered_body = exchange.body.take().unwrap_or_default();
-            exchange.request.headers.remove(http::header::TRANSFER_ENCODING);
-            exchange
-                .request
-                .headers
-                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(buffered_body.len()));
-            buffered = Some(buffered_body);
-        }
-        let request = exchange.request;
         if needs.response() {
             for_response = Some(request.clone());
         }
         parts.headers = request.headers;
         path = request.path_and_query;
-    }
-    let body: RequestBody = match (buffered, incoming) {
-        (Some(bytes), _) => Either::Right(Full::new(bytes)),
-        (None, Some(streamed)) => Either::Left(streamed),
-        (None, None) => Either::Right(Full::default()),
+        body
     };
     let mut steering_key = RequestKey::default();
     if let Destination::Pool { table, index } = &destination {
@@ -351,7 +311,9 @@ async fn forward(
         Destination::Tunnel { id, name } => exchange(state, id, &name, &head_bytes, upstream).await?,
         Destination::Pool { table, index } => {
             let retry = idempotent && !websocket;
-            to_pool(
+            // Boxed: with its retry it is twice the tunnel exchange, and it would grow every
+            // request's future, not only pooled ones.
+            Box::pin(to_pool(
                 state,
                 &table,
                 index,
@@ -360,13 +322,13 @@ async fn forward(
                 &head_bytes,
                 upstream,
                 retry,
-            )
+            ))
             .await?
         }
     };
     match for_response {
         Some(request) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
-            run_response_plugins(state, &plugins, needs, request, response).await
+            Box::pin(run_response_plugins(state, &plugins, needs, request, response)).await
         }
         _ => Ok(response),
     }
@@ -375,6 +337,67 @@ async fn forward(
 /// The Content-Length of a message, if it has one.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The request after its hooks: on to the origin, or answered by a plugin.
+enum RequestHooks {
+    Forward { request: PluginRequest, body: RequestBody },
+    Respond(Response<Full<Bytes>>),
+}
+
+/// `on-request-headers`, then `on-request-body` for a chain that reads bodies.
+async fn request_hooks(
+    state: &EdgeState,
+    plugins: &Arc<[PluginBinding]>,
+    needs: Declared,
+    request: PluginRequest,
+    incoming: Incoming,
+) -> Result<RequestHooks, ProxyError> {
+    let exchange = Exchange {
+        request,
+        response: None,
+        body: None,
+    };
+    let mut exchange = match run_plugins(state, plugins, Phase::RequestHeaders, exchange).await? {
+        Outcome::Continue(exchange) => exchange,
+        Outcome::Respond(response) => return Ok(RequestHooks::Respond(response)),
+    };
+    // Only after on-request-headers: a refused request is never buffered.
+    let announced = content_length(&exchange.request.headers);
+    // A body announced bigger than any plugin reads: skipped when each of those plugins is
+    // fail-open, refused otherwise.
+    let host = state.config.plugins.as_ref();
+    let skip = |limit: usize| {
+        announced.is_some_and(|n| n > limit as u64)
+            && host.is_some_and(|h| h.fail_open_for(plugins, Phase::RequestBody))
+    };
+    let (Some(limit), Some(host)) = (needs.request_body.filter(|l| !skip(*l)), host) else {
+        return Ok(RequestHooks::Forward {
+            request: exchange.request,
+            body: Either::Left(incoming),
+        });
+    };
+    let wanted = if incoming.is_end_stream() {
+        0
+    } else {
+        announced.map_or(limit, |n| (n as usize).min(limit))
+    };
+    let _reserved = host
+        .reserve_body(wanted)
+        .ok_or(ProxyError::Busy("request bodies for plugins"))?;
+    exchange.body = Some(buffer_request_body(state, incoming, limit).await?);
+    exchange = match run_plugins(state, plugins, Phase::RequestBody, exchange).await? {
+        Outcome::Continue(exchange) => exchange,
+        Outcome::Respond(response) => return Ok(RequestHooks::Respond(response)),
+    };
+    let buffered = exchange.body.take().unwrap_or_default();
+    let headers = &mut exchange.request.headers;
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(buffered.len()));
+    Ok(RequestHooks::Forward {
+        request: exchange.request,
+        body: Either::Right(Full::new(buffered)),
+    })
 }
 
 /// Read the whole request body for `on-request-body`, within the body timeouts: at most `limit`
@@ -731,7 +754,11 @@ async fn run_plugins(
             reason: "no plugins are loaded on this edge".into(),
         }));
     };
-    host.run(chain, phase, exchange).await.map_err(ProxyError::PluginFailed)
+    // Boxed, like every plugin call: wasmtime's call futures are large, and inline they would
+    // make every request's future (moved into place once per request) that large too.
+    Box::pin(host.run(chain, phase, exchange))
+        .await
+        .map_err(ProxyError::PluginFailed)
 }
 
 /// Ask the pool's balancer plugin for an origin. A failing balancer does not fail the request:
@@ -743,7 +770,7 @@ async fn balance(
     candidates: Vec<crate::plugin_host::Candidate>,
 ) -> Option<u32> {
     let host = state.config.plugins.clone()?;
-    match host.select_origin(binding, request, candidates).await {
+    match Box::pin(host.select_origin(binding, request, candidates)).await {
         Ok(choice) => choice,
         Err(e) => {
             tracing::debug!("{e}; the edge chooses the origin");
