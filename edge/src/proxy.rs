@@ -215,15 +215,15 @@ async fn forward(
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     // The request as the response hooks will see it (kept only when some plugin has one).
     let mut for_response = None;
-    let mut needs = Declared::default();
+    let needs = match &state.config.plugins {
+        Some(plugin_host) if !plugins.is_empty() => plugin_host.chain_needs(&plugins),
+        _ => Declared::default(),
+    };
+    // An edge without plugins loaded still runs a route's chain: `run_plugins` fails it (or lets
+    // it through when every binding is fail-open).
     let body: RequestBody = if plugins.is_empty() {
         Either::Left(incoming)
     } else {
-        // An edge without plugins loaded still runs the chain: `run_plugins` fails it (or lets
-        // it through when every binding is fail-open).
-        if let Some(plugin_host) = &state.config.plugins {
-            needs = plugin_host.chain_needs(&plugins);
-        }
         // Key-value spaces are per account: a route without a known owner (which the table
         // build rules out) runs no plugin rather than share one.
         let account = account.ok_or_else(|| {
@@ -755,7 +755,7 @@ async fn run_plugins(
         }));
     };
     // Boxed, like every plugin call: wasmtime's call futures are large, and inline they would
-    // make every request's future (moved into place once per request) that large too.
+    // make every request's future (moved in memory several times per request) that large too.
     Box::pin(host.run(chain, phase, exchange))
         .await
         .map_err(ProxyError::PluginFailed)

@@ -2,6 +2,7 @@
 //! to real HTTP origins.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use burrow_connector::ingress::Ingress;
@@ -600,25 +601,12 @@ async fn route_table_swap_takes_effect_for_new_requests() {
 #[tokio::test]
 async fn a_burst_of_concurrent_requests_reuses_its_origin_connections() {
     const BURST: usize = 200;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                // Slow enough that every request of a burst is in flight at once.
-                let service = hyper::service::service_fn(|_req| async {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    // Slow enough that every request of a burst is in flight at once.
+    let (origin, accepted) = serve_counting_origin(|_req| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Response::new(full("ok"))
+    })
+    .await;
     let (edge, connector, _tunnel) = tunnel_to(&format!("http://{origin}"), 1).await;
     let client = http1_client();
     let burst = || async {
@@ -631,10 +619,10 @@ async fn a_burst_of_concurrent_requests_reuses_its_origin_connections() {
     // connections to the edge being opened.
     burst().await;
     burst().await;
-    let warm = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let warm = accepted.load(Ordering::Relaxed);
     assert!(warm > 100, "the bursts ran concurrently: {warm} origin connections");
     burst().await;
-    let opened = accepted.load(std::sync::atomic::Ordering::Relaxed) - warm;
+    let opened = accepted.load(Ordering::Relaxed) - warm;
     assert!(
         opened <= 10,
         "a warm burst opened {opened} new origin connections (before it: {warm})"
