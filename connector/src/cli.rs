@@ -168,8 +168,8 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// Threads serving traffic [default: half the CPUs, at least one: the connector shares its
-    /// machine with the origin it serves]. Fewer cost less CPU per request (a request's tasks
-    /// stay on one thread); more serve more at once.
+    /// machine with the origin it serves], at most one per connection. Each serves its share of
+    /// the connections with origin connection pools of its own.
     #[arg(long, env = "BURROW_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
 }
@@ -268,15 +268,17 @@ fn run_tunnel(args: RunArgs) -> Result<()> {
             .unwrap_or(Duration::from_secs(30)),
         connector_id: ConnectorId::new_random(),
         limits: Limits::default(),
+        threads: args.worker_threads.map_or_else(default_worker_threads, usize::from),
     };
     let metrics = args.metrics.or(config.metrics);
     for rule in &ingress.rules {
         tracing::info!("ingress {}", rule.describe());
     }
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(args.worker_threads.map_or_else(default_worker_threads, usize::from));
-    builder.enable_all().build()?.block_on(async move {
+    // This thread serves the first share of the connections; `tunnel_client::run` starts the
+    // other threads.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         let status = Arc::new(Status::default());

@@ -7,7 +7,7 @@
 //! - [`origin`]: one request stream: match an ingress rule, call the origin, relay the answer.
 //! - [`ingress`]: cloudflared-compatible ingress rules (hostname/path → service).
 //! - [`config_file`], [`credentials`]: what `burrow tunnel run` reads.
-//! - [`tls`]: TLS towards the edge and towards origins.
+//! - [`tls`]: TLS towards the edge and towards origins; [`threads`]: serving threads.
 //! - [`status`]: `/ready` and `/metrics`.
 //! - [`cli`]: the command line; [`manage`], [`pools`] and [`api_client`]: the verbs that use the
 //!   control-plane API.
@@ -22,5 +22,6 @@ pub mod origin;
 pub mod plugins;
 pub mod pools;
 pub mod status;
+pub mod threads;
 pub mod tls;
 pub mod tunnel_client;

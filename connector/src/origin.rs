@@ -71,6 +71,11 @@ impl Origins {
         Ok(Self { ingress, rules, limits })
     }
 
+    /// The same rules with connection pools of their own (for another thread's connections).
+    pub fn with_own_pools(&self) -> Result<Self> {
+        Self::new(self.ingress.clone(), self.limits)
+    }
+
     pub fn ingress(&self) -> &Ingress {
         &self.ingress
     }

@@ -32,6 +32,10 @@ pub struct TunnelOptions {
     pub grace_period: Duration,
     pub connector_id: ConnectorId,
     pub limits: Limits,
+    /// Threads serving traffic, at most one per connection. Each runs its own runtime with its
+    /// share of the connections and its own origin connection pools, so a request never leaves
+    /// the thread its connection lives on. The first is the caller's runtime.
+    pub threads: usize,
 }
 
 /// Live state other parts of the process report (readiness endpoint, tests).
@@ -78,20 +82,53 @@ pub async fn run(
          file that lists edges"
     );
     anyhow::ensure!(options.ha_connections >= 1, "--ha-connections must be at least 1");
-    let client = Arc::new(ClientSetup::new(&credentials, options, origins, status)?);
+    let threads = options.threads.clamp(1, options.ha_connections.into());
     tracing::info!(
-        tunnel = %credentials.tunnel_id, name = %credentials.tunnel_name, connector = %client.options.connector_id,
-        "starting tunnel with {} connection(s)", client.options.ha_connections
+        tunnel = %credentials.tunnel_id, name = %credentials.tunnel_name, connector = %options.connector_id,
+        "starting tunnel with {} connection(s) on {threads} thread(s)", options.ha_connections
     );
     let mut connections = tokio::task::JoinSet::new();
-    for index in 0..client.options.ha_connections {
+    for thread in 0..threads {
+        // Connection `i` lives on thread `i % threads`.
+        let indices: Vec<ConnIndex> = (0..options.ha_connections).skip(thread).step_by(threads).collect();
+        let origins = match thread {
+            0 => origins.clone(),
+            _ => Arc::new(origins.with_own_pools()?),
+        };
+        let client = Arc::new(ClientSetup::new(
+            &credentials,
+            options.clone(),
+            origins,
+            status.clone(),
+        )?);
+        let serve = serve_connections(client, indices, shutdown.clone());
+        if thread == 0 {
+            connections.spawn(serve);
+            continue;
+        }
+        connections.spawn(crate::threads::spawn(format!("burrow-tunnel-{thread}"), serve)?);
+    }
+    first_error(connections, &shutdown).await
+}
+
+/// Keep the connections `indices` up on the current runtime; the first fatal error stops them all.
+async fn serve_connections(
+    client: Arc<ClientSetup>,
+    indices: Vec<ConnIndex>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
+    for index in indices {
         connections.spawn(connection_loop(client.clone(), index, shutdown.clone()));
     }
+    first_error(connections, &shutdown).await
+}
+
+/// Wait for every task; an error is fatal for the whole tunnel, so it stops the others too.
+async fn first_error(mut tasks: tokio::task::JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<()> {
     let mut result = Ok(());
-    while let Some(joined) = connections.join_next().await {
-        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = outcome {
-            // Fatal for the whole tunnel: stop the other connections too.
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
             shutdown.cancel();
             if result.is_ok() {
                 result = Err(e);

@@ -17,6 +17,7 @@ use crate::config_sync;
 use crate::plugin_host::PluginHost;
 use crate::resources::{ControlPlane, RouteTo};
 use crate::route_table::{RouteTable, hash_secret};
+use crate::shards;
 use crate::store::sqlite::SqliteStore;
 use crate::tls::TlsIdentity;
 use crate::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
@@ -137,8 +138,9 @@ struct RunArgs {
     /// Public connections served at once; more get a 503 and are closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
-    /// Threads serving traffic [default: one per CPU]. Fewer cost less CPU per request at low
-    /// load (a request's tasks stay on one thread); more serve more at once.
+    /// Threads serving traffic [default: one per CPU]. Each has its own runtime, QUIC endpoint
+    /// and listeners on the same ports (SO_REUSEPORT); a request stays on the thread that
+    /// accepted it when its tunnel has a connection there.
     #[arg(long, env = "BURROW_EDGE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// Tunnel registrations accepted per source address per minute (connectors behind one NAT
@@ -223,15 +225,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
     let result = match cli.command {
-        Command::Run(args) => runtime(args.worker_threads).and_then(|rt| rt.block_on(run(*args))),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(*args))),
         Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),
         Command::NodeToken(NodeTokenCommand::Create { name, data_dir: dir }) => {
-            runtime(None).and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))
+            runtime().and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))
         }
         Command::Account(AccountCommand::Create { name, data_dir: dir }) => {
-            runtime(None).and_then(|rt| rt.block_on(create_account(&name, &data_dir(dir))))
+            runtime().and_then(|rt| rt.block_on(create_account(&name, &data_dir(dir))))
         }
-        Command::Dev(args) => runtime(None).and_then(|rt| rt.block_on(dev(args))),
+        Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,13 +244,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The multi-thread runtime, with `worker_threads` workers (default: one per CPU).
-fn runtime(worker_threads: Option<u16>) -> Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n.into());
-    }
-    Ok(builder.enable_all().build()?)
+/// The main thread's runtime; it serves the first shard (`run` starts the others' threads).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 fn data_dir(explicit: Option<PathBuf>) -> PathBuf {
@@ -306,12 +304,25 @@ async fn run(args: RunArgs) -> Result<()> {
     config.registration_timeout = args.registration_timeout;
     config.registrations_per_minute = args.registrations_per_minute;
     config.plugins = plugins;
+    let addresses = shards::Addresses {
+        http: parse_optional(&args.listen.http, "--http")?,
+        https: parse_optional(&args.listen.https, "--https")?,
+        tunnel: args.listen.tunnel,
+    };
+    let threads = args.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
     let listeners = Listeners {
-        http: bind_optional(&args.listen.http, "--http").await?,
-        https: bind_optional(&args.listen.https, "--https").await?,
-        tunnel: std::net::UdpSocket::bind(args.listen.tunnel)
-            .with_context(|| format!("binding --tunnel {} (UDP)", args.listen.tunnel))?,
-        admin: bind_optional(&args.listen.admin, "--admin").await?,
+        shards: shards::bind(addresses, threads)?,
+        admin: match parse_optional(&args.listen.admin, "--admin")? {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --admin {addr}"))?,
+            ),
+            None => None,
+        },
     };
     let state = EdgeState::with_control(config, table, control);
     let shutdown = CancellationToken::new();
@@ -406,17 +417,14 @@ async fn create_account(name: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn bind_optional(addr: &str, flag: &str) -> Result<Option<TcpListener>> {
+fn parse_optional(addr: &str, flag: &str) -> Result<Option<SocketAddr>> {
     if addr == "off" {
         return Ok(None);
     }
-    let addr: SocketAddr = addr
+    let addr = addr
         .parse()
         .with_context(|| format!("{flag} {addr:?}: expected IP:PORT or off"))?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {flag} {addr}"))?;
-    Ok(Some(listener))
+    Ok(Some(addr))
 }
 
 /// SIGHUP reloads the tunnels file; SIGINT/SIGTERM drain and stop (a second one exits at once).
@@ -568,19 +576,22 @@ async fn dev(args: DevArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {flag} {addr} (is another edge running?)"))
     };
-    let http = bind(args.http, "--http").await?;
     let admin = bind(args.admin, "--admin").await?;
-    let tunnel_socket =
-        std::net::UdpSocket::bind(args.tunnel).with_context(|| format!("binding --tunnel {}", args.tunnel))?;
+    let sockets = shards::bind(
+        shards::Addresses {
+            http: Some(args.http),
+            https: None,
+            tunnel: args.tunnel,
+        },
+        1,
+    )?;
     let mut config = EdgeConfig::new("dev", tls);
     config.data_dir = Some(dir.clone());
     config.advertised_edges = vec![format!("localhost:{}", args.tunnel.port())];
     let state = EdgeState::with_control(config, RouteTable::default(), Some(control));
     let shutdown = CancellationToken::new();
     let listeners = Listeners {
-        http: Some(http),
-        https: None,
-        tunnel: tunnel_socket,
+        shards: sockets,
         admin: Some(admin),
     };
     let edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
@@ -607,6 +618,7 @@ async fn dev(args: DevArgs) -> Result<()> {
         grace_period: Duration::from_secs(5),
         connector_id: burrow_protocol::ConnectorId::new_random(),
         limits: Default::default(),
+        threads: 1,
     };
     let status = Arc::new(Status::default());
     let connector = tokio::spawn(tunnel_client::run(

@@ -43,12 +43,12 @@ pub mod request_checks;
 pub mod resources;
 pub mod respond;
 pub mod route_table;
+pub mod shards;
 pub mod store;
 pub mod tls;
 pub mod tunnel_server;
 pub mod tunnels_file;
 
-use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -152,9 +152,8 @@ impl Default for ConnectionTimeouts {
 
 /// Sockets the edge serves on; bound by the caller (port 0 in tests).
 pub struct Listeners {
-    pub http: Option<TcpListener>,
-    pub https: Option<TcpListener>,
-    pub tunnel: UdpSocket,
+    /// One set per thread serving traffic, from [`shards::bind`]; at least one.
+    pub shards: Vec<shards::ShardSockets>,
     pub admin: Option<TcpListener>,
 }
 
@@ -175,6 +174,8 @@ pub struct EdgeState {
     pub registrations: WindowLimiter,
     /// Writes applied config snapshots to the data directory (started on the first one).
     pub snapshot_writer: std::sync::OnceLock<config_sync::SnapshotWriter>,
+    /// Public connections open, over every listener and shard (`max_connections`).
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl EdgeState {
@@ -186,7 +187,6 @@ impl EdgeState {
         let registrations = WindowLimiter::new(config.registrations_per_minute, Duration::from_secs(60));
         let metrics = Metrics::new(config.plugins.as_ref().map(|host| &host.metrics));
         Arc::new(Self {
-            config,
             routes: ArcSwap::from_pointee(table),
             registry: Registry::default(),
             metrics,
@@ -195,6 +195,8 @@ impl EdgeState {
             auth_failures: WindowLimiter::new(10, Duration::from_secs(60)),
             registrations,
             snapshot_writer: Default::default(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            config,
         })
     }
 
@@ -221,29 +223,81 @@ impl EdgeState {
 }
 
 /// Serve until `shutdown` fires, then drain: connectors are told to move, in-flight requests
-/// get `grace_period` to finish.
+/// get `grace_period` to finish. The first shard is served on the caller's runtime, every other
+/// on a thread of its own ([`shards`]).
 pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
-    let endpoint = tunnel_server::endpoint(&state.config, listeners.tunnel).context("starting tunnel listener")?;
-    let public_tls = match listeners.https {
-        Some(_) => Some(tokio_rustls::TlsAcceptor::from(
+    let public_tls = match listeners.shards.iter().any(|s| s.https.is_some()) {
+        true => Some(tokio_rustls::TlsAcceptor::from(
             state.config.tls.public_server_config()?,
         )),
-        None => None,
+        false => None,
     };
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(tunnel_server::serve(endpoint, state.clone(), shutdown.clone()));
-    tasks.spawn(health::run(state.clone(), shutdown.clone()));
-    if let Some(http) = listeners.http {
-        tasks.spawn(listener::serve(http, None, state.clone(), shutdown.clone()));
+    let secret: Arc<[u8]> = tunnel_server::endpoint_secret(state.config.data_dir.as_deref())?.into();
+    let count = listeners.shards.len();
+    let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
+    for (shard, sockets) in listeners.shards.into_iter().enumerate() {
+        let serve = serve_shard(
+            state.clone(),
+            sockets,
+            public_tls.clone(),
+            (secret.clone(), shard, count),
+            shutdown.clone(),
+        );
+        if shard == 0 {
+            tasks.spawn(serve);
+            continue;
+        }
+        let serve = async move {
+            shards::enter(shard);
+            serve.await
+        };
+        tasks.spawn(burrow_connector::threads::spawn(
+            format!("burrow-shard-{shard}"),
+            serve,
+        )?);
     }
-    if let (Some(https), Some(tls)) = (listeners.https, public_tls) {
-        tasks.spawn(listener::serve(https, Some(tls), state.clone(), shutdown.clone()));
-    }
+    tasks.spawn(never_fails(health::run(state.clone(), shutdown.clone())));
     if let (Some(_), Some(dir)) = (&state.control, state.config.data_dir.clone()) {
-        tasks.spawn(config_sync::follow(state.clone(), dir, shutdown.clone()));
+        tasks.spawn(never_fails(config_sync::follow(state.clone(), dir, shutdown.clone())));
     }
     if let Some(admin) = listeners.admin {
-        tasks.spawn(admin::serve(admin, state.clone(), shutdown.clone()));
+        tasks.spawn(never_fails(admin::serve(admin, state.clone(), shutdown.clone())));
+    }
+    // A shard that cannot start stops the whole edge.
+    let mut failed = None;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|served| served) {
+            shutdown.cancel();
+            failed.get_or_insert(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+async fn never_fails(task: impl Future<Output = ()>) -> Result<()> {
+    task.await;
+    Ok(())
+}
+
+/// One shard: its QUIC endpoint and its public listeners, on the runtime it is polled on.
+async fn serve_shard(
+    state: Arc<EdgeState>,
+    sockets: shards::ShardSockets,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    (secret, shard, count): (Arc<[u8]>, usize, usize),
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let endpoint = tunnel_server::endpoint(&state.config, sockets.tunnel, &secret, (shard, count))
+        .context("starting tunnel listener")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(tunnel_server::serve(endpoint, state.clone(), shutdown.clone()));
+    if let Some(http) = sockets.http {
+        let http = TcpListener::from_std(http).context("registering --http")?;
+        tasks.spawn(listener::serve(http, None, state.clone(), shutdown.clone()));
+    }
+    if let (Some(https), Some(tls)) = (sockets.https, tls) {
+        let https = TcpListener::from_std(https).context("registering --https")?;
+        tasks.spawn(listener::serve(https, Some(tls), state.clone(), shutdown.clone()));
     }
     while tasks.join_next().await.is_some() {}
     Ok(())

@@ -10,7 +10,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -153,7 +152,6 @@ pub async fn serve(
         tracing::info!(%addr, scheme = scheme.as_str(), "public listener ready");
     }
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -168,7 +166,7 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = state.connection_slots.clone().try_acquire_owned() else {
             tracker.spawn(refuse_over_limit(stream, scheme));
             continue;
         };

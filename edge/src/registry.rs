@@ -26,14 +26,23 @@ pub struct TunnelConnection {
     pub info: ConnectionInfo,
     pub quic: quinn::Connection,
     in_flight: AtomicUsize,
+    /// The shard whose thread drives this connection ([`crate::shards`]).
+    shard: usize,
 }
 
+/// How many more streams a connection of this shard may carry than the least busy one of the
+/// same connector on another shard and still be chosen: the other costs a wake-up of its thread
+/// each way.
+const OTHER_SHARD_COST: usize = 8;
+
 impl TunnelConnection {
+    /// Called on the thread of the shard that accepted the connection.
     pub fn new(info: ConnectionInfo, quic: quinn::Connection) -> Self {
         Self {
             info,
             quic,
             in_flight: AtomicUsize::new(0),
+            shard: crate::shards::current(),
         }
     }
 
@@ -82,15 +91,25 @@ impl Registry {
     }
 
     /// The tunnel's connection with the fewest streams in flight, counted as one more in flight.
-    /// `skip` excludes a connection that just failed, for a retry.
+    /// Replicas (connectors) share the load as before; among the chosen connector's connections,
+    /// one driven by the calling thread's shard is preferred. `skip` excludes a connection that
+    /// just failed, for a retry.
     pub fn pick(&self, tunnel: &TunnelId, skip: Option<Uuid>) -> Option<InFlight> {
         let conns = self.tunnels.get(tunnel)?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = conns.len();
-        let best = (0..n)
-            .map(|i| &conns[(start + i) % n])
-            .filter(|c| Some(c.info.connection_id) != skip)
-            .min_by_key(|c| c.in_flight())?
+        let candidates = || {
+            (0..n)
+                .map(|i| &conns[(start + i) % n])
+                .filter(|c| Some(c.info.connection_id) != skip)
+        };
+        let least = candidates().min_by_key(|c| c.in_flight())?;
+        let here = crate::shards::current();
+        let best = candidates()
+            .filter(|c| c.shard == here && c.info.connector == least.info.connector)
+            .min_by_key(|c| c.in_flight())
+            .filter(|local| local.in_flight() < least.in_flight() + OTHER_SHARD_COST)
+            .unwrap_or(least)
             .clone();
         best.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(best))

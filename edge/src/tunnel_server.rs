@@ -19,8 +19,15 @@ use uuid::Uuid;
 use crate::registry::{ConnectionInfo, TunnelConnection};
 use crate::{EdgeConfig, EdgeState};
 
-/// Build the QUIC endpoint on a socket the caller bound.
-pub fn endpoint(config: &EdgeConfig, socket: UdpSocket) -> Result<quinn::Endpoint> {
+/// Build shard `shard` (of `shards`)'s QUIC endpoint on a socket the caller bound, with the
+/// node's [`endpoint_secret`]. Call it on the runtime that is to drive the endpoint and its
+/// connections.
+pub fn endpoint(
+    config: &EdgeConfig,
+    socket: UdpSocket,
+    secret: &[u8],
+    (shard, shards): (usize, usize),
+) -> Result<quinn::Endpoint> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.tunnel_idle_timeout).context("tunnel idle timeout too large")?;
     transport.max_idle_timeout(Some(idle));
@@ -34,15 +41,15 @@ pub fn endpoint(config: &EdgeConfig, socket: UdpSocket) -> Result<quinn::Endpoin
     let server_config = config.tls.tunnel_server_config(transport)?;
     socket.set_nonblocking(true)?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &endpoint_secret(config.data_dir.as_deref())?);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     // Connection IDs carry a check value keyed from the same secret: a restarted edge must see
-    // its predecessor's IDs as its own to answer them with resets.
+    // its predecessor's IDs as its own to answer them with resets. They also name their shard.
     let tag = ring::hmac::sign(&key, b"connection ids");
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&tag.as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
-    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    endpoint_config.cid_generator(move || Box::new(crate::shards::ShardCids::new(cid_key, shard, shards)));
     // quinn's default (one reset per 20 ms) would leave most connectors of a busy node to their
     // idle timeout after a restart. A reset is smaller than the packet that caused it, so this
     // amplifies nothing.
@@ -54,7 +61,7 @@ pub fn endpoint(config: &EdgeConfig, socket: UdpSocket) -> Result<quinn::Endpoin
 /// survives a restart. A restarted edge then answers its old connections' packets with resets
 /// the connectors accept (RFC 9000 §10.3): they reconnect at their next keep-alive instead of
 /// waiting out the idle timeout. Without a data directory the secret is random and lasts one run.
-fn endpoint_secret(data_dir: Option<&std::path::Path>) -> Result<Vec<u8>> {
+pub fn endpoint_secret(data_dir: Option<&std::path::Path>) -> Result<Vec<u8>> {
     let Some(dir) = data_dir else {
         return Ok(rand::random::<[u8; 32]>().to_vec());
     };
@@ -79,7 +86,8 @@ fn endpoint_secret(data_dir: Option<&std::path::Path>) -> Result<Vec<u8>> {
 pub async fn serve(endpoint: quinn::Endpoint, state: Arc<EdgeState>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     if let Ok(addr) = endpoint.local_addr() {
-        tracing::info!(%addr, node = %state.config.node_name, "tunnel listener ready");
+        let shard = crate::shards::current();
+        tracing::info!(%addr, node = %state.config.node_name, shard, "tunnel listener ready");
     }
     loop {
         let incoming = tokio::select! {
@@ -131,7 +139,8 @@ async fn handle_connection(incoming: quinn::Incoming, state: Arc<EdgeState>, shu
     let info = &conn.info;
     tracing::info!(
         tunnel = %info.tunnel, connector = %info.connector, conn_index = info.conn_index,
-        origin = %info.origin_addr, version = %info.version, "tunnel connection registered"
+        origin = %info.origin_addr, version = %info.version, shard = crate::shards::current(),
+        "tunnel connection registered"
     );
 
     // Serve the control stream until the connection ends.

@@ -29,7 +29,7 @@ use burrow_edge::route_table::{RouteTable, hash_secret};
 use burrow_edge::store::sqlite::SqliteStore;
 use burrow_edge::tls::TlsIdentity;
 use burrow_edge::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
-use burrow_edge::{EdgeConfig, EdgeState, Listeners};
+use burrow_edge::{EdgeConfig, EdgeState, Listeners, shards};
 use burrow_protocol::{AccountId, ConnectorId, TunnelId, TunnelSecret};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -235,22 +235,26 @@ impl TestEdge {
             }
             config.plugins = Some(Arc::new(host));
         }
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tunnel = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (http_addr, https_addr, admin_addr) = (
-            http.local_addr().unwrap(),
-            https.local_addr().unwrap(),
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let addresses = shards::Addresses {
+            http: Some(any),
+            https: Some(any),
+            tunnel: any,
+        };
+        // Two shards, so every test crosses the threads a multi-core edge runs.
+        let sockets = shards::bind(addresses, 2).unwrap();
+        let admin = TcpListener::bind(any).await.unwrap();
+        let first = &sockets[0];
+        let (http_addr, https_addr, tunnel_addr, admin_addr) = (
+            first.http.as_ref().unwrap().local_addr().unwrap(),
+            first.https.as_ref().unwrap().local_addr().unwrap(),
+            first.tunnel.local_addr().unwrap(),
             admin.local_addr().unwrap(),
         );
-        let tunnel_addr = tunnel.local_addr().unwrap();
         let state = EdgeState::with_control(config, table, control);
         let shutdown = CancellationToken::new();
         let listeners = Listeners {
-            http: Some(http),
-            https: Some(https),
-            tunnel,
+            shards: sockets,
             admin: Some(admin),
         };
         let task = tokio::spawn(burrow_edge::run(state.clone(), listeners, shutdown.clone()));
@@ -402,6 +406,8 @@ impl TestConnector {
             grace_period: Duration::from_secs(5),
             connector_id: ConnectorId::new_random(),
             limits: Default::default(),
+            // Connections spread over two threads whenever there are two.
+            threads: 2,
         };
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();

@@ -180,8 +180,10 @@ fn edge_process(dir: &Path, http: u16, tunnel: u16, admin: u16) -> Process {
             "30s",
             "--grace-period",
             "2s",
+            // Two shards: the restart below must be answered with resets by whichever shard the
+            // old connections' packets are steered to.
             "--worker-threads",
-            "1",
+            "2",
         ],
         &[("BURROW_HOME", dir)],
     )
