@@ -273,6 +273,15 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
     }
 }
 
+/// The destination connection ID of a connection's first packet: random, except that its first
+/// two bytes are the connection's index. An edge with several shards steers a new connection by
+/// those bytes, so the connector's connections spread evenly over its shards (docs/protocol.md).
+fn initial_cid(index: ConnIndex) -> quinn::ConnectionId {
+    let mut bytes: [u8; 20] = rand::random();
+    bytes[..2].copy_from_slice(&u16::from(index).to_be_bytes());
+    quinn::ConnectionId::new(&bytes)
+}
+
 /// Handshake timeout of a first connection, and of reconnections after the fast retries.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts after a lost connection that use [`FAST_CONNECT_TIMEOUT`] and a random delay of at
@@ -308,10 +317,11 @@ async fn connect_and_serve(
         } else {
             ([0u16; 8], 0).into()
         };
-        let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
-        endpoint.set_default_client_config(client.quic.clone());
+        let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+        let mut quic = client.quic.clone();
+        quic.initial_dst_cid_provider(Arc::new(move || initial_cid(index)));
         let server_name = host_of(edge);
-        let conn = tokio::time::timeout(connect_timeout, endpoint.connect(addr, server_name)?)
+        let conn = tokio::time::timeout(connect_timeout, endpoint.connect_with(quic, addr, server_name)?)
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {addr} within {connect_timeout:?}"))??;
 

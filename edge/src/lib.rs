@@ -2,6 +2,7 @@
 //!
 //! # Layout — in the order a request meets it
 //!
+//! - [`shards`]: one thread per core, each with its own listeners and QUIC endpoint on shared ports.
 //! - [`listener`]: public HTTP/1.1 + HTTP/2 listener (cleartext and TLS), one task per connection.
 //! - [`request_checks`]: refuse ambiguous request heads (Host, framing, URI length) up front.
 //! - [`proxy`]: per request: route lookup → plugins → pick a connection → open a QUIC stream → relay.

@@ -49,6 +49,10 @@ impl TunnelConnection {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
 }
 
 /// Counts a stream as in flight on its connection until dropped.

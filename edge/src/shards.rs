@@ -123,6 +123,7 @@ fn udp_socket(addr: SocketAddr, shared: bool) -> std::io::Result<UdpSocket> {
 /// (sockets are numbered in the order they joined the group, which is shard order). A client's
 /// first Initial carries an ID the client chose at random: it lands on some shard, which then
 /// issues IDs of its own number, and the connection stays there.
+#[cfg(target_os = "linux")]
 fn steering_program(shards: usize) -> [libc::sock_filter; 7] {
     const LDB_ABS: u16 = 0x30; // A = packet[k]
     const LDH_ABS: u16 = 0x28; // A = packet[k..k+2], big-endian
@@ -142,6 +143,15 @@ fn steering_program(shards: usize) -> [libc::sock_filter; 7] {
     ]
 }
 
+#[cfg(not(target_os = "linux"))]
+fn steer_quic(_: &UdpSocket, _: usize) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "steering QUIC packets to shards needs Linux",
+    ))
+}
+
+#[cfg(target_os = "linux")]
 fn steer_quic(socket: &UdpSocket, shards: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut program = steering_program(shards);
@@ -236,6 +246,7 @@ mod tests {
 
     /// The kernel runs the program: packets sent to the shared port arrive at the socket of the
     /// shard their connection ID names, whatever address they come from.
+    #[cfg(target_os = "linux")]
     #[test]
     fn packets_reach_the_shard_their_connection_id_names() {
         let shards = 3;

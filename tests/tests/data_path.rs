@@ -598,6 +598,32 @@ async fn route_table_swap_takes_effect_for_new_requests() {
 
 /// A burst of more concurrent requests than cloudflared's 100 idle connections: the connector
 /// keeps the connections it opened, so a later burst opens (almost) none.
+/// The in-process edge runs two shards. A connector's connections spread over them evenly (the
+/// connection index steers each one's first packet), and visitors served by either shard reach
+/// the origin.
+#[tokio::test]
+async fn a_connectors_connections_spread_over_the_edge_shards() {
+    let origin = named_origin("spread").await;
+    let (edge, connector, tunnel) = tunnel_to(&format!("http://{origin}"), 4).await;
+    let mut shards: Vec<usize> = edge
+        .state
+        .registry
+        .connections(&tunnel.id)
+        .iter()
+        .map(|c| c.shard())
+        .collect();
+    shards.sort_unstable();
+    assert_eq!(shards, [0, 0, 1, 1]);
+    // A new visitor connection each time: the kernel spreads them over both shards.
+    for _ in 0..20 {
+        let response = get(&http1_client(), edge.http, "app.test", "/").await.unwrap();
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.text(), "spread");
+    }
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
 #[tokio::test]
 async fn a_burst_of_concurrent_requests_reuses_its_origin_connections() {
     const BURST: usize = 200;
