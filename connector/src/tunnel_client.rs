@@ -87,26 +87,34 @@ pub async fn run(
         tunnel = %credentials.tunnel_id, name = %credentials.tunnel_name, connector = %options.connector_id,
         "starting tunnel with {} connection(s) on {threads} thread(s)", options.ha_connections
     );
-    let mut connections = tokio::task::JoinSet::new();
+    // Everything that can fail comes before the first connection starts.
+    let mut setups = Vec::with_capacity(threads);
     for thread in 0..threads {
-        // Connection `i` lives on thread `i % threads`.
-        let indices: Vec<ConnIndex> = (0..options.ha_connections).skip(thread).step_by(threads).collect();
         let origins = match thread {
             0 => origins.clone(),
             _ => Arc::new(origins.with_own_pools()?),
         };
-        let client = Arc::new(ClientSetup::new(
+        setups.push(Arc::new(ClientSetup::new(
             &credentials,
             options.clone(),
             origins,
             status.clone(),
-        )?);
+        )?));
+    }
+    let mut connections = tokio::task::JoinSet::new();
+    for (thread, client) in setups.into_iter().enumerate() {
+        // Connection `i` lives on thread `i % threads`.
+        let indices: Vec<ConnIndex> = (0..client.options.ha_connections)
+            .skip(thread)
+            .step_by(threads)
+            .collect();
         let serve = serve_connections(client, indices, shutdown.clone());
         if thread == 0 {
             connections.spawn(serve);
             continue;
         }
-        connections.spawn(crate::threads::spawn(format!("burrow-tunnel-{thread}"), serve)?);
+        let thread = crate::threads::spawn(format!("burrow-tunnel-{thread}"), serve);
+        connections.spawn(thread.inspect_err(|_| shutdown.cancel())?);
     }
     first_error(connections, &shutdown).await
 }

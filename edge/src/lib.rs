@@ -252,10 +252,8 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
             shards::enter(shard);
             serve.await
         };
-        tasks.spawn(burrow_connector::threads::spawn(
-            format!("burrow-shard-{shard}"),
-            serve,
-        )?);
+        let thread = burrow_connector::threads::spawn(format!("burrow-shard-{shard}"), serve);
+        tasks.spawn(thread.inspect_err(|_| shutdown.cancel())?);
     }
     tasks.spawn(never_fails(health::run(state.clone(), shutdown.clone())));
     if let (Some(_), Some(dir)) = (&state.control, state.config.data_dir.clone()) {
