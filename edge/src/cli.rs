@@ -138,9 +138,9 @@ struct RunArgs {
     /// Public connections served at once; more get a 503 and are closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
-    /// Threads serving traffic [default: one per CPU]. Each has its own runtime, QUIC endpoint
-    /// and listeners on the same ports (SO_REUSEPORT); a request stays on the thread that
-    /// accepted it when its tunnel has a connection there.
+    /// Threads serving traffic [default: one per CPU on Linux, else 1]. Each has its own
+    /// runtime, QUIC endpoint and listeners on the same ports (SO_REUSEPORT); a request stays on
+    /// the thread that accepted it when its tunnel has a connection there.
     #[arg(long, env = "BURROW_EDGE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// Tunnel registrations accepted per source address per minute (connectors behind one NAT
@@ -309,10 +309,7 @@ async fn run(args: RunArgs) -> Result<()> {
         https: parse_optional(&args.listen.https, "--https")?,
         tunnel: args.listen.tunnel,
     };
-    let threads = args.worker_threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, usize::from),
-        usize::from,
-    );
+    let threads = args.worker_threads.map_or_else(shards::default_count, usize::from);
     let listeners = Listeners {
         shards: shards::bind(addresses, threads)?,
         admin: match parse_optional(&args.listen.admin, "--admin")? {

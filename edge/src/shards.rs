@@ -21,6 +21,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Shards at most: a shard's number must fit the connection ID's first two bytes.
 pub const MAX_SHARDS: usize = 1024;
 
+/// One shard per CPU where packets can be steered (Linux), one elsewhere.
+pub fn default_count() -> usize {
+    match cfg!(target_os = "linux") {
+        true => std::thread::available_parallelism().map_or(1, usize::from),
+        false => 1,
+    }
+}
+
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
 }
