@@ -152,6 +152,9 @@ struct ClientSetup {
     quic: quinn::ClientConfig,
     origins: Arc<Origins>,
     status: Arc<Status>,
+    /// Where this connector's connections start among an edge's shards: from its id, which is
+    /// random per run, so different connectors start on different shards.
+    spread: u16,
 }
 
 impl ClientSetup {
@@ -172,8 +175,10 @@ impl ClientSetup {
         transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
         transport.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
         quic.transport_config(Arc::new(transport));
+        let id = options.connector_id.0.as_bytes();
         Ok(Self {
             credentials: credentials.clone(),
+            spread: u16::from_be_bytes([id[0], id[1]]),
             options,
             quic,
             origins,
@@ -282,11 +287,12 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
 }
 
 /// The destination connection ID of a connection's first packet: random, except that its first
-/// two bytes are the connection's index. An edge with several shards steers a new connection by
-/// those bytes, so the connector's connections spread evenly over its shards (docs/protocol.md).
-fn initial_cid(index: ConnIndex) -> quinn::ConnectionId {
+/// two bytes are `spread` (the connector's offset plus the connection's index). An edge with
+/// several shards steers a new connection by those bytes, so a connector's connections land on
+/// consecutive shards, and different connectors start at different ones (docs/protocol.md).
+fn initial_cid(spread: u16) -> quinn::ConnectionId {
     let mut bytes: [u8; 20] = rand::random();
-    bytes[..2].copy_from_slice(&u16::from(index).to_be_bytes());
+    bytes[..2].copy_from_slice(&spread.to_be_bytes());
     quinn::ConnectionId::new(&bytes)
 }
 
@@ -327,7 +333,8 @@ async fn connect_and_serve(
         };
         let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
         let mut quic = client.quic.clone();
-        quic.initial_dst_cid_provider(Arc::new(move || initial_cid(index)));
+        let spread = client.spread.wrapping_add(index.into());
+        quic.initial_dst_cid_provider(Arc::new(move || initial_cid(spread)));
         let server_name = host_of(edge);
         let conn = tokio::time::timeout(connect_timeout, endpoint.connect_with(quic, addr, server_name)?)
             .await

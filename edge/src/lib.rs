@@ -234,6 +234,14 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
         false => None,
     };
     let secret: Arc<[u8]> = tunnel_server::endpoint_secret(state.config.data_dir.as_deref())?.into();
+    // The UDP group stays whole until every shard has stopped: a socket leaving it renumbers the
+    // others, and packets for a shard still draining would reach another, which resets them.
+    let group = listeners
+        .shards
+        .iter()
+        .map(|s| s.tunnel.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("keeping the tunnel sockets open until shutdown")?;
     let count = listeners.shards.len();
     let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
     for (shard, sockets) in listeners.shards.into_iter().enumerate() {
@@ -270,6 +278,7 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
             failed.get_or_insert(e);
         }
     }
+    drop(group);
     failed.map_or(Ok(()), Err)
 }
 

@@ -60,41 +60,36 @@ pub struct Addresses {
 }
 
 /// Bind `shards` sets of sockets on the same addresses. With one shard the sockets are plain
-/// (the kernel refuses a taken port as usual); with more, a port that something else listens on
-/// is refused before the shared group is made.
+/// (the kernel refuses a taken port as usual); with more, each address is first claimed by a
+/// plain socket, which refuses a port something else listens on and turns port 0 into a free
+/// port (a shared socket bound to port 0 may be handed a port another group already holds).
 pub fn bind(addrs: Addresses, shards: usize) -> Result<Vec<ShardSockets>> {
     let shards = shards.clamp(1, MAX_SHARDS);
     let shared = shards > 1;
+    let mut addrs = addrs;
     if shared {
-        for (addr, flag) in [(addrs.http, "--http"), (addrs.https, "--https")] {
-            if let Some(addr) = addr.filter(|a| a.port() != 0) {
-                drop(tcp_socket(addr, false).with_context(|| taken(flag, addr))?);
-            }
-        }
-        if addrs.tunnel.port() != 0 {
-            drop(udp_socket(addrs.tunnel, false).with_context(|| taken("--tunnel", addrs.tunnel))?);
-        }
+        let claim_tcp = |addr: SocketAddr, flag| -> Result<SocketAddr> {
+            Ok(tcp_socket(addr, false)
+                .with_context(|| taken(flag, addr))?
+                .local_addr()?)
+        };
+        addrs.http = addrs.http.map(|a| claim_tcp(a, "--http")).transpose()?;
+        addrs.https = addrs.https.map(|a| claim_tcp(a, "--https")).transpose()?;
+        let tunnel = udp_socket(addrs.tunnel, false).with_context(|| taken("--tunnel", addrs.tunnel))?;
+        addrs.tunnel = tunnel.local_addr()?;
     }
-    // Port 0: the first socket picks the port and the others join it.
-    let mut http = addrs.http;
-    let mut https = addrs.https;
-    let mut tunnel = addrs.tunnel;
     let mut out = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let h = http
-            .map(|a| tcp_socket(a, shared).with_context(|| taken("--http", a)))
-            .transpose()?;
-        let s = https
-            .map(|a| tcp_socket(a, shared).with_context(|| taken("--https", a)))
-            .transpose()?;
-        let t = udp_socket(tunnel, shared).with_context(|| taken("--tunnel", tunnel))?;
-        http = h.as_ref().map(TcpListener::local_addr).transpose()?;
-        https = s.as_ref().map(TcpListener::local_addr).transpose()?;
-        tunnel = t.local_addr()?;
+        let http = addrs
+            .http
+            .map(|a| tcp_socket(a, shared).with_context(|| taken("--http", a)));
+        let https = addrs
+            .https
+            .map(|a| tcp_socket(a, shared).with_context(|| taken("--https", a)));
         out.push(ShardSockets {
-            http: h,
-            https: s,
-            tunnel: t,
+            http: http.transpose()?,
+            https: https.transpose()?,
+            tunnel: udp_socket(addrs.tunnel, shared).with_context(|| taken("--tunnel", addrs.tunnel))?,
         });
     }
     if shared {

@@ -596,8 +596,6 @@ async fn route_table_swap_takes_effect_for_new_requests() {
     edge.stop().await;
 }
 
-/// A burst of more concurrent requests than cloudflared's 100 idle connections: the connector
-/// keeps the connections it opened, so a later burst opens (almost) none.
 /// The in-process edge runs two shards. A connector's connections spread over them evenly (the
 /// connection index steers each one's first packet), and visitors served by either shard reach
 /// the origin.
@@ -624,6 +622,8 @@ async fn a_connectors_connections_spread_over_the_edge_shards() {
     edge.stop().await;
 }
 
+/// A burst of more concurrent requests than cloudflared's 100 idle connections: the connector
+/// keeps the connections it opened, so a later burst opens (almost) none.
 #[tokio::test]
 async fn a_burst_of_concurrent_requests_reuses_its_origin_connections() {
     const BURST: usize = 200;
