@@ -29,3 +29,21 @@ where
             .unwrap_or_else(|_| Err(anyhow::anyhow!("thread {name} died")))
     })
 }
+
+/// Wait for every task; the first error is the result, and it cancels `shutdown` so that the
+/// other tasks stop too.
+pub async fn first_error(
+    mut tasks: tokio::task::JoinSet<Result<()>>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}

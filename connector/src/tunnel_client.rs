@@ -116,7 +116,7 @@ pub async fn run(
         let thread = crate::threads::spawn(format!("burrow-tunnel-{thread}"), serve);
         connections.spawn(thread.inspect_err(|_| shutdown.cancel())?);
     }
-    first_error(connections, &shutdown).await
+    crate::threads::first_error(connections, &shutdown).await
 }
 
 /// Keep the connections `indices` up on the current runtime; the first fatal error stops them all.
@@ -129,21 +129,7 @@ async fn serve_connections(
     for index in indices {
         connections.spawn(connection_loop(client.clone(), index, shutdown.clone()));
     }
-    first_error(connections, &shutdown).await
-}
-
-/// Wait for every task; an error is fatal for the whole tunnel, so it stops the others too.
-async fn first_error(mut tasks: tokio::task::JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<()> {
-    let mut result = Ok(());
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
-            shutdown.cancel();
-            if result.is_ok() {
-                result = Err(e);
-            }
-        }
-    }
-    result
+    crate::threads::first_error(connections, &shutdown).await
 }
 
 struct ClientSetup {

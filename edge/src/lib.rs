@@ -271,15 +271,9 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
         tasks.spawn(never_fails(admin::serve(admin, state.clone(), shutdown.clone())));
     }
     // A shard that cannot start stops the whole edge.
-    let mut failed = None;
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|served| served) {
-            shutdown.cancel();
-            failed.get_or_insert(e);
-        }
-    }
+    let result = burrow_connector::threads::first_error(tasks, &shutdown).await;
     drop(group);
-    failed.map_or(Ok(()), Err)
+    result
 }
 
 async fn never_fails(task: impl Future<Output = ()>) -> Result<()> {
