@@ -65,19 +65,49 @@ pub struct Addresses {
 /// port (a shared socket bound to port 0 may be handed a port another group already holds).
 pub fn bind(addrs: Addresses, shards: usize) -> Result<Vec<ShardSockets>> {
     let shards = shards.clamp(1, MAX_SHARDS);
-    let shared = shards > 1;
-    let mut addrs = addrs;
-    if shared {
-        let claim_tcp = |addr: SocketAddr, flag| -> Result<SocketAddr> {
-            Ok(tcp_socket(addr, false)
-                .with_context(|| taken(flag, addr))?
-                .local_addr()?)
-        };
-        addrs.http = addrs.http.map(|a| claim_tcp(a, "--http")).transpose()?;
-        addrs.https = addrs.https.map(|a| claim_tcp(a, "--https")).transpose()?;
-        let tunnel = udp_socket(addrs.tunnel, false).with_context(|| taken("--tunnel", addrs.tunnel))?;
-        addrs.tunnel = tunnel.local_addr()?;
+    if shards == 1 {
+        return bind_group(addrs, 1);
     }
+    // A claimed port is free again until the group binds it, and another process may take it in
+    // between. A port the caller named is then taken and the error stands; for port 0 ("any
+    // port") the kernel is simply asked for another one.
+    let any_port = [addrs.http, addrs.https, Some(addrs.tunnel)]
+        .into_iter()
+        .flatten()
+        .any(|a| a.port() == 0);
+    let mut attempts = 1;
+    loop {
+        match claim(addrs).and_then(|claimed| bind_group(claimed, shards)) {
+            Err(err) if any_port && attempts < PORT_0_ATTEMPTS && addr_in_use(&err) => attempts += 1,
+            result => return result,
+        }
+    }
+}
+
+/// How often `bind` asks the kernel for fresh ports when one it picked was taken before use.
+const PORT_0_ATTEMPTS: usize = 8;
+
+/// The addresses with every port claimed: all claims are held together, so two port-0
+/// listeners never get the same port.
+fn claim(addrs: Addresses) -> Result<Addresses> {
+    let http = addrs
+        .http
+        .map(|a| tcp_socket(a, false).with_context(|| taken("--http", a)));
+    let http = http.transpose()?;
+    let https = addrs
+        .https
+        .map(|a| tcp_socket(a, false).with_context(|| taken("--https", a)));
+    let https = https.transpose()?;
+    let tunnel = udp_socket(addrs.tunnel, false).with_context(|| taken("--tunnel", addrs.tunnel))?;
+    Ok(Addresses {
+        http: http.map(|s| s.local_addr()).transpose()?,
+        https: https.map(|s| s.local_addr()).transpose()?,
+        tunnel: tunnel.local_addr()?,
+    })
+}
+
+fn bind_group(addrs: Addresses, shards: usize) -> Result<Vec<ShardSockets>> {
+    let shared = shards > 1;
     let mut out = Vec::with_capacity(shards);
     for _ in 0..shards {
         let http = addrs
@@ -97,6 +127,12 @@ pub fn bind(addrs: Addresses, shards: usize) -> Result<Vec<ShardSockets>> {
             .context("attaching the QUIC steering program (--worker-threads 1 avoids it)")?;
     }
     Ok(out)
+}
+
+fn addr_in_use(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 fn taken(flag: &str, addr: SocketAddr) -> String {

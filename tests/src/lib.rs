@@ -682,7 +682,6 @@ impl Process {
     }
 }
 
-/// A free loopback TCP port (for child processes that must be told a port).
 /// Resident memory of a process (its `VmRSS`), in KiB.
 pub fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -690,20 +689,34 @@ pub fn rss_kib(pid: i32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A free loopback TCP port (for child processes that must be told a port).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
 }
 
+/// A free loopback UDP port (for child processes that must be told a port).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// Ports for child processes come from below the kernel's ephemeral range (32768 and up on
+/// Linux): a port the kernel handed out for port 0 and that was released again could be handed
+/// to another test's socket before the child binds it. Each test process walks its own
+/// sequence, so concurrent tests never get the same port.
+fn free_port(bindable: impl Fn(u16) -> bool) -> u16 {
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id() * 97;
+    for _ in 0..COUNT {
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = FIRST + start.wrapping_add(next) % COUNT;
+        let port = u16::try_from(port).unwrap();
+        if bindable(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// A fresh directory under the system temp dir, removed when dropped.
