@@ -157,6 +157,8 @@ pub struct EdgeOptions {
     pub grace_period: Duration,
     pub connection_timeouts: ConnectionTimeouts,
     pub registration_timeout: Duration,
+    /// Serving threads (each with its own listeners and QUIC endpoint).
+    pub shards: usize,
 }
 
 impl Default for EdgeOptions {
@@ -172,6 +174,8 @@ impl Default for EdgeOptions {
             grace_period: Duration::from_secs(5),
             connection_timeouts: ConnectionTimeouts::default(),
             registration_timeout: Duration::from_secs(5),
+            // Two, so every test crosses the threads a multi-core edge runs.
+            shards: 2,
         }
     }
 }
@@ -241,8 +245,7 @@ impl TestEdge {
             https: Some(any),
             tunnel: any,
         };
-        // Two shards, so every test crosses the threads a multi-core edge runs.
-        let sockets = shards::bind(addresses, 2).unwrap();
+        let sockets = shards::bind(addresses, options.shards).unwrap();
         let admin = TcpListener::bind(any).await.unwrap();
         let first = &sockets[0];
         let (http_addr, https_addr, tunnel_addr, admin_addr) = (
@@ -399,12 +402,18 @@ pub struct TestConnector {
 
 impl TestConnector {
     pub fn start(credentials: Credentials, ingress: Ingress, ha_connections: u8) -> Self {
+        Self::start_as(credentials, ingress, ha_connections, ConnectorId::new_random())
+    }
+
+    /// [`TestConnector::start`] with a chosen id (its first two bytes pick the edge shard its
+    /// first connection lands on).
+    pub fn start_as(credentials: Credentials, ingress: Ingress, ha_connections: u8, connector_id: ConnectorId) -> Self {
         let origins = Arc::new(Origins::new(ingress, Default::default()).unwrap());
         let options = TunnelOptions {
             edges: credentials.edges.clone(),
             ha_connections,
             grace_period: Duration::from_secs(5),
-            connector_id: ConnectorId::new_random(),
+            connector_id,
             limits: Default::default(),
             // Connections spread over two threads whenever there are two.
             threads: 2,
