@@ -621,13 +621,18 @@ async fn a_connectors_connections_spread_over_the_edge_shards() {
 #[tokio::test]
 async fn a_shard_that_stops_first_leaves_the_draining_ones_their_packets() {
     init_logging();
-    // An answer that streams for 1.5 s: still in flight while the edge shuts down.
-    let origin = serve_origin(|_req| async {
-        let chunks = futures_util::stream::iter(0..15).then(|_| async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![b'x'; 1000])))
-        });
-        Response::new(BodyExt::boxed(StreamBody::new(chunks)))
+    // An answer that streams for 2 s: still in flight while the edge shuts down.
+    let answering = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = answering.clone();
+    let origin = serve_origin(move |_req| {
+        signal.notify_one();
+        async {
+            let chunks = futures_util::stream::iter(0..20).then(|_| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![b'x'; 1000])))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(chunks)))
+        }
     })
     .await;
     let tunnel = TestTunnel::new("app");
@@ -643,10 +648,11 @@ async fn a_shard_that_stops_first_leaves_the_draining_ones_their_packets() {
     let id = burrow_protocol::ConnectorId(uuid::Uuid::from_bytes(id));
     let connector = TestConnector::start_as(edge.credentials(&tunnel), single(&format!("http://{origin}")), 1, id);
     connector.wait_ready(1).await;
+    edge.wait_connections(&tunnel, 1).await;
     assert_eq!(shards_of(&edge, &tunnel), [2]);
 
     let request = tokio::spawn(async move { get(&http1_client(), edge.http, "app.test", "/").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    answering.notified().await;
     let port = edge.tunnel.port();
     let stopped = tokio::spawn(edge.stop());
     // The idle shard(s) stop within milliseconds; the kernel still has all three sockets. (The
@@ -655,7 +661,7 @@ async fn a_shard_that_stops_first_leaves_the_draining_ones_their_packets() {
     assert_eq!(udp_sockets_on(port), 3, "a stopped shard left the steering group");
     let response = request.await.unwrap().unwrap();
     assert_eq!(response.status, StatusCode::OK);
-    assert_eq!(response.body.len(), 15_000, "the whole answer, not a cut one");
+    assert_eq!(response.body.len(), 20_000, "the whole answer, not a cut one");
     stopped.await.unwrap();
     connector.stop().await.unwrap();
 }
