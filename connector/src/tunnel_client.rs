@@ -377,8 +377,6 @@ async fn connect_and_serve(
                     let origins = client.origins.clone();
                     streams.spawn(async move { origins.serve(send, recv).await });
                 }
-                Err(quinn::ConnectionError::ApplicationClosed(close))
-                    if close.error_code == error_code::TUNNEL_REVOKED.into() => break Ended::Revoked,
                 Err(e) => break Ended::Lost(e.to_string()),
             },
             frame = control.next(), if control_open => match frame {
@@ -424,6 +422,16 @@ async fn connect_and_serve(
                 break Ended::Shutdown;
             }
         }
+    };
+    // A close reaches the control stream and `accept_bi` at once, and `select!` takes either
+    // branch: the close's own reason says whether the tunnel was deleted.
+    let ended = match (ended, conn.close_reason()) {
+        (Ended::Lost(_), Some(quinn::ConnectionError::ApplicationClosed(close)))
+            if close.error_code == error_code::TUNNEL_REVOKED.into() =>
+        {
+            Ended::Revoked
+        }
+        (ended, _) => ended,
     };
     *last_rtt = Some(conn.rtt());
     if let Ended::Lost(reason) = &ended {

@@ -478,6 +478,34 @@ async fn acknowledged_writes_survive_kill_9() {
     drop(second);
 }
 
+/// Deleting a tunnel closes its connections with a code that tells the connector to stop. The
+/// close ends the control stream and the wait for request streams at the same instant; whichever
+/// the connector notices first, it must stop with "was deleted" instead of retrying a tunnel
+/// that is gone (CI once saw all four connections of a connector take the wrong branch).
+#[tokio::test]
+async fn a_deleted_tunnels_connector_stops_whichever_stream_sees_the_close() {
+    init_logging();
+    let dir = TempDir::new();
+    let (edge, control) = TestEdge::start_with_store(dir.path()).await;
+    let (account, _token) = control.create_account("alice").await.unwrap();
+    let origin = named_origin("ok").await;
+    // One connection per round, so each round is one draw of the race.
+    for round in 0..8 {
+        let name = format!("web{round}");
+        let (tunnel, secret) = control.create_tunnel(account.id, &name).await.unwrap();
+        let connector = edge
+            .serve_store_tunnel(&tunnel, secret, &format!("http://{origin}"), 1)
+            .await;
+        control.delete_tunnel(account.id, &name, true).await.unwrap();
+        let Ok(ended) = tokio::time::timeout(Duration::from_secs(10), connector.join()).await else {
+            panic!("round {round}: the connector kept retrying a deleted tunnel");
+        };
+        let err = ended.unwrap_err();
+        assert!(format!("{err:#}").contains("was deleted"), "round {round}: {err:#}");
+    }
+    edge.stop().await;
+}
+
 #[tokio::test]
 async fn route_changes_apply_live_without_failing_requests() {
     init_logging();
