@@ -87,46 +87,40 @@ pub fn bind(addrs: Addresses, shards: usize) -> Result<Vec<ShardSockets>> {
 /// How often `bind` asks the kernel for fresh ports when one it picked was taken before use.
 const PORT_0_ATTEMPTS: usize = 8;
 
-/// The addresses with every port claimed: all claims are held together, so two port-0
-/// listeners never get the same port.
+/// The addresses with every port claimed: one plain set of sockets, held until all its ports
+/// are known, so two port-0 listeners never get the same port.
 fn claim(addrs: Addresses) -> Result<Addresses> {
-    let http = addrs
-        .http
-        .map(|a| tcp_socket(a, false).with_context(|| taken("--http", a)));
-    let http = http.transpose()?;
-    let https = addrs
-        .https
-        .map(|a| tcp_socket(a, false).with_context(|| taken("--https", a)));
-    let https = https.transpose()?;
-    let tunnel = udp_socket(addrs.tunnel, false).with_context(|| taken("--tunnel", addrs.tunnel))?;
+    let claimed = bind_set(addrs, false)?;
     Ok(Addresses {
-        http: http.map(|s| s.local_addr()).transpose()?,
-        https: https.map(|s| s.local_addr()).transpose()?,
-        tunnel: tunnel.local_addr()?,
+        http: claimed.http.map(|s| s.local_addr()).transpose()?,
+        https: claimed.https.map(|s| s.local_addr()).transpose()?,
+        tunnel: claimed.tunnel.local_addr()?,
     })
 }
 
 fn bind_group(addrs: Addresses, shards: usize) -> Result<Vec<ShardSockets>> {
     let shared = shards > 1;
-    let mut out = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let http = addrs
-            .http
-            .map(|a| tcp_socket(a, shared).with_context(|| taken("--http", a)));
-        let https = addrs
-            .https
-            .map(|a| tcp_socket(a, shared).with_context(|| taken("--https", a)));
-        out.push(ShardSockets {
-            http: http.transpose()?,
-            https: https.transpose()?,
-            tunnel: udp_socket(addrs.tunnel, shared).with_context(|| taken("--tunnel", addrs.tunnel))?,
-        });
-    }
+    let out = (0..shards)
+        .map(|_| bind_set(addrs, shared))
+        .collect::<Result<Vec<_>>>()?;
     if shared {
         steer_quic(&out[0].tunnel, shards)
             .context("attaching the QUIC steering program (--worker-threads 1 avoids it)")?;
     }
     Ok(out)
+}
+
+/// One socket per address; `shared` sockets join the port's `SO_REUSEPORT` group.
+fn bind_set(addrs: Addresses, shared: bool) -> Result<ShardSockets> {
+    let tcp = |addr: Option<SocketAddr>, flag| {
+        addr.map(|a| tcp_socket(a, shared).with_context(|| taken(flag, a)))
+            .transpose()
+    };
+    Ok(ShardSockets {
+        http: tcp(addrs.http, "--http")?,
+        https: tcp(addrs.https, "--https")?,
+        tunnel: udp_socket(addrs.tunnel, shared).with_context(|| taken("--tunnel", addrs.tunnel))?,
+    })
 }
 
 fn addr_in_use(err: &anyhow::Error) -> bool {
