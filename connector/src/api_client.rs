@@ -126,8 +126,22 @@ impl ApiClient {
             let message = value["error"]["message"]
                 .as_str()
                 .map_or_else(|| format!("HTTP {status}"), str::to_owned);
-            anyhow::bail!("{message}");
+            return Err(ApiError { status, message }.into());
         }
         Ok(value)
     }
+}
+
+/// The API answered, with an error status (as opposed to not answering at all).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: http::StatusCode,
+    pub message: String,
+}
+
+/// Whether `e` is the API saying "not found".
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiError>()
+        .is_some_and(|e| e.status == http::StatusCode::NOT_FOUND)
 }

@@ -110,8 +110,11 @@ enum TunnelCommand {
     /// Print a token holding the tunnel's credentials, for `burrow tunnel run --token` (e.g. in a
     /// container's environment). It is as secret as the credentials file.
     Token {
-        /// Tunnel name or UUID (its credentials file must be in $BURROW_HOME).
-        tunnel: String,
+        /// Tunnel name or UUID (its credentials file must be in $BURROW_HOME, or given).
+        tunnel: Option<String>,
+        /// The tunnel's credentials file, if it is not in $BURROW_HOME.
+        #[arg(long, env = "BURROW_CREDENTIALS_FILE")]
+        credentials_file: Option<PathBuf>,
     },
     /// Route hostnames to a tunnel.
     #[command(subcommand)]
@@ -194,6 +197,9 @@ enum IngressCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
+    if !matches!(cli.command, Command::Tunnel(TunnelCommand::Run(_))) {
+        die_quietly_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Login { api, token } => manage::login(api, token),
         Command::Tunnel(TunnelCommand::Create { name }) => manage::create(&name),
@@ -201,9 +207,10 @@ pub fn main() -> ExitCode {
         Command::Tunnel(TunnelCommand::Info { tunnel, output }) => manage::info(&tunnel, output),
         Command::Tunnel(TunnelCommand::Delete { tunnel, force }) => manage::delete(&tunnel, force),
         Command::Tunnel(TunnelCommand::Cleanup { tunnel }) => manage::cleanup(&tunnel),
-        Command::Tunnel(TunnelCommand::Token { tunnel }) => credentials_path(None, Some(&tunnel))
-            .and_then(|p| Credentials::load(&p))
-            .map(|c| println!("{}", c.to_token())),
+        Command::Tunnel(TunnelCommand::Token {
+            tunnel,
+            credentials_file,
+        }) => token(tunnel.as_deref(), credentials_file),
         Command::Tunnel(TunnelCommand::Route(RouteCommand::Dns {
             tunnel,
             hostname,
@@ -368,17 +375,55 @@ fn credentials_path(explicit: Option<PathBuf>, tunnel: Option<&str>) -> Result<P
     if let Ok(id) = tunnel.parse::<TunnelId>() {
         return Ok(Credentials::default_path(id));
     }
+    // Logged in: the API says which tunnel the name means now; its credentials file is named
+    // after its UUID. (A file found by name may be left from a deleted tunnel of that name.)
+    match manage::resolve_tunnel_id(tunnel)? {
+        manage::Resolved::Id(id) => return Ok(Credentials::default_path(id)),
+        manage::Resolved::NotFound => anyhow::bail!(
+            "your account has no tunnel named {tunnel:?}: see `burrow tunnel list`, or create it with \
+             `burrow tunnel create {tunnel}`"
+        ),
+        manage::Resolved::Unknown(Some(e)) => {
+            tracing::warn!(
+                "cannot ask the API which tunnel {tunnel:?} is ({e:#}); looking for its credentials file by name"
+            )
+        }
+        manage::Resolved::Unknown(None) => {}
+    }
     if let Some(path) = find_by_name(&burrow_home(), tunnel)? {
         return Ok(path);
-    }
-    // Logged in: ask the API which UUID the name has; its credentials file is named after it.
-    if let Some(id) = manage::resolve_tunnel_id(tunnel)? {
-        return Ok(Credentials::default_path(id));
     }
     anyhow::bail!(
         "no credentials for a tunnel named {tunnel:?} in {}; pass --credentials-file FILE",
         burrow_home().display()
     )
+}
+
+/// `burrow pool show web | head` closes our stdout early: like any Unix filter, stop quietly
+/// (SIGPIPE's default) instead of panicking in `println!`, which Rust's ignored SIGPIPE would
+/// make it do. Not for `tunnel run`: there a closed socket to an origin must be an error, not the
+/// end of the process.
+#[allow(unsafe_code, reason = "restoring SIGPIPE's default disposition has no safe API")]
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `burrow tunnel token`: the credentials file as one string. The secret exists only in that
+/// file (the control plane keeps a hash), so the file must be here.
+fn token(tunnel: Option<&str>, credentials_file: Option<PathBuf>) -> Result<()> {
+    let path = credentials_path(credentials_file, tunnel)?;
+    let credentials = Credentials::load(&path).map_err(|e| {
+        e.context(
+            "a tunnel token holds the tunnel's secret, which only its credentials file has (written \
+             by `burrow tunnel create` on the machine that created it): run `burrow tunnel token` \
+             there, or pass that file with --credentials-file FILE",
+        )
+    })?;
+    println!("{}", credentials.to_token());
+    Ok(())
 }
 
 /// `~/x` → `$HOME/x`, as cloudflared configs write it.

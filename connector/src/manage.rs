@@ -117,8 +117,18 @@ pub fn delete(tunnel: &str, force: bool) -> Result<()> {
         path_segment("tunnel", tunnel)?,
         if force { "?force=true" } else { "" }
     );
-    runtime()?.block_on(client()?.call(Method::DELETE, &path, None))?;
+    let body = runtime()?.block_on(client()?.call(Method::DELETE, &path, None))?;
     println!("Deleted tunnel {tunnel}");
+    // Its credentials can serve nothing any more; a stale file could shadow a new tunnel of the
+    // same name.
+    if let Some(id) = body["deleted"].as_str().and_then(|id| id.parse().ok()) {
+        let file = Credentials::default_path(id);
+        match std::fs::remove_file(&file) {
+            Ok(()) => println!("Removed its credentials file {}", file.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: could not remove {}: {e}", file.display()),
+        }
+    }
     Ok(())
 }
 
@@ -137,12 +147,30 @@ pub fn route_dns(tunnel: &str, hostname: &str, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// The UUID of a tunnel by name, from the API (for `tunnel run NAME` without local credentials).
-pub fn resolve_tunnel_id(tunnel: &str) -> Result<Option<burrow_protocol::TunnelId>> {
-    let Ok(login) = Login::load() else { return Ok(None) };
+/// What the API says of a tunnel name, when logged in.
+pub enum Resolved {
+    /// Not logged in, or the API cannot be reached (the error): fall back to local files.
+    Unknown(Option<anyhow::Error>),
+    Id(burrow_protocol::TunnelId),
+    /// The account has no tunnel of that name.
+    NotFound,
+}
+
+/// The UUID of a tunnel by name, from the API (for `tunnel run NAME`: the API knows which tunnel
+/// the name means now, a credentials file may be left from a deleted one).
+pub fn resolve_tunnel_id(tunnel: &str) -> Result<Resolved> {
+    let Ok(login) = Login::load() else {
+        return Ok(Resolved::Unknown(None));
+    };
     let path = format!("/v1/tunnels/{}", path_segment("tunnel", tunnel)?);
-    let body = runtime()?.block_on(ApiClient::new(login)?.call(Method::GET, &path, None))?;
-    Ok(body["id"].as_str().and_then(|id| id.parse().ok()))
+    match runtime()?.block_on(ApiClient::new(login)?.call(Method::GET, &path, None)) {
+        Ok(body) => Ok(body["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .map_or(Resolved::Unknown(None), Resolved::Id)),
+        Err(e) if crate::api_client::is_not_found(&e) => Ok(Resolved::NotFound),
+        Err(e) => Ok(Resolved::Unknown(Some(e))),
+    }
 }
 
 pub(crate) fn text(v: &Value) -> String {

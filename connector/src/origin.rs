@@ -41,6 +41,7 @@ pub struct Origins {
     /// Indexed like `ingress.rules`.
     rules: Vec<RuleOrigin>,
     limits: Limits,
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 struct RuleOrigin {
@@ -68,7 +69,12 @@ impl Failure {
 impl Origins {
     pub fn new(ingress: Ingress, limits: Limits) -> Result<Self> {
         let rules = ingress.rules.iter().map(RuleOrigin::new).collect::<Result<Vec<_>>>()?;
-        Ok(Self { ingress, rules, limits })
+        Ok(Self {
+            ingress,
+            rules,
+            limits,
+            in_flight: Default::default(),
+        })
     }
 
     /// The same rules with connection pools of their own (for another thread's connections).
@@ -80,8 +86,25 @@ impl Origins {
         &self.ingress
     }
 
+    /// Request streams being served now (each holds a task and, for HTTP, an origin request).
+    pub fn streams_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Serve one request stream opened by the edge, start to finish.
-    pub async fn serve(&self, mut send: quinn::SendStream, recv: TunnelRecv) {
+    pub async fn serve(&self, send: quinn::SendStream, recv: TunnelRecv) {
+        struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _counted = Counted(&self.in_flight);
+        self.serve_stream(send, recv).await;
+    }
+
+    async fn serve_stream(&self, mut send: quinn::SendStream, recv: TunnelRecv) {
         let mut frames = FramedRead::new(recv, TunnelCodec::new(self.limits));
         let head = match read_frame(&mut frames, &self.limits).await {
             Ok(Some(Frame::RequestHead(head))) => *head,
@@ -97,38 +120,54 @@ impl Origins {
             return;
         };
         let request_id = head.request_id.clone();
-        let result = match (&rule.service, head.kind) {
-            (Service::HttpStatus(status), _) => respond_static(&mut send, *status, Bytes::new(), &self.limits).await,
-            (Service::HelloWorld, RequestKind::Http) => {
-                respond_static(&mut send, StatusCode::OK, hello_world(&head), &self.limits).await
-            }
-            (Service::Http { .. } | Service::Unix { .. }, RequestKind::Http) => {
-                self.proxy_http(rule, origin, head, FramedBody::new(frames), &mut send)
-                    .await
-            }
-            (Service::Http { .. } | Service::Unix { .. }, RequestKind::WebSocket) => {
-                self.proxy_websocket(rule, origin, head, frames, &mut send).await
-            }
-            (Service::Tcp { address }, RequestKind::Tcp) => {
-                let stream = dial_tcp(address, &rule.origin)
-                    .await
-                    .map_err(|e| Failure::unreachable(rule, e));
-                match stream {
-                    Ok(stream) => {
-                        let ok = ResponseHead {
-                            status: StatusCode::OK,
-                            headers: HeaderMap::new(),
-                        };
-                        upgrade_relay(stream, ok, frames, &mut send, &self.limits).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+        // The edge stops reading (STOP_SENDING) when it gives up on the request (timeout, visitor
+        // gone): the origin request is dropped then, with its connection, instead of running on
+        // until a hung origin answers.
+        let abandoned = send.stopped();
+        let work = async {
+            match (&rule.service, head.kind) {
+                (Service::HttpStatus(status), _) => {
+                    respond_static(&mut send, *status, Bytes::new(), &self.limits).await
                 }
+                (Service::HelloWorld, RequestKind::Http) => {
+                    respond_static(&mut send, StatusCode::OK, hello_world(&head), &self.limits).await
+                }
+                (Service::Http { .. } | Service::Unix { .. }, RequestKind::Http) => {
+                    self.proxy_http(rule, origin, head, FramedBody::new(frames), &mut send)
+                        .await
+                }
+                (Service::Http { .. } | Service::Unix { .. }, RequestKind::WebSocket) => {
+                    self.proxy_websocket(rule, origin, head, frames, &mut send).await
+                }
+                (Service::Tcp { address }, RequestKind::Tcp) => {
+                    let stream = dial_tcp(address, &rule.origin)
+                        .await
+                        .map_err(|e| Failure::unreachable(rule, e));
+                    match stream {
+                        Ok(stream) => {
+                            let ok = ResponseHead {
+                                status: StatusCode::OK,
+                                headers: HeaderMap::new(),
+                            };
+                            upgrade_relay(stream, ok, frames, &mut send, &self.limits).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                (service, kind) => Err(Failure {
+                    code: StreamErrorCode::Unsupported,
+                    message: format!("{} ({service}) cannot serve {kind:?} requests", rule.describe()),
+                }),
             }
-            (service, kind) => Err(Failure {
-                code: StreamErrorCode::Unsupported,
-                message: format!("{} ({service}) cannot serve {kind:?} requests", rule.describe()),
-            }),
+        };
+        let result = tokio::select! {
+            result = work => result,
+            // (`Ok(None)` would mean the edge has the whole answer: only after `work` ended.)
+            stopped = abandoned => {
+                tracing::debug!(request_id, ?stopped, "the edge abandoned the request; dropping the origin request");
+                return;
+            }
         };
         if let Err(failure) = result {
             tracing::warn!(request_id, "{}", failure.message);

@@ -37,14 +37,97 @@ pub fn root_store(pem: Option<&[u8]>) -> Result<RootCertStore> {
 
 /// QUIC client crypto for the tunnel: TLS 1.3, ALPN `burrow/1`, trusting `edge_ca` if given.
 pub fn edge_client_config(edge_ca: Option<&str>) -> Result<quinn::ClientConfig> {
+    Ok(edge_client(edge_ca)?.0)
+}
+
+/// [`edge_client_config`], and whether a pinned `edge_ca` was refused: set when the edge
+/// showed another certificate, which no retry fixes.
+pub fn edge_client(edge_ca: Option<&str>) -> Result<(quinn::ClientConfig, Arc<PinMismatch>)> {
     let roots = root_store(edge_ca.map(str::as_bytes)).context("edge CA in the credentials file")?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mismatch = Arc::new(PinMismatch::default());
+    let mut tls = match edge_ca {
+        Some(_) => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .context("edge CA in the credentials file")?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedEdge {
+                    inner,
+                    mismatch: mismatch.clone(),
+                }))
+                .with_no_client_auth()
+        }
+        None => builder.with_root_certificates(roots).with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![burrow_protocol::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("QUIC TLS config")?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    Ok((quinn::ClientConfig::new(Arc::new(crypto)), mismatch))
+}
+
+/// Set when an edge's certificate did not match the pinned one (see [`edge_client`]).
+#[derive(Debug, Default)]
+pub struct PinMismatch(std::sync::atomic::AtomicBool);
+
+impl PinMismatch {
+    pub fn seen(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What the connector says when the pinned certificate is refused.
+pub const PIN_MISMATCH_HELP: &str = "the edge's certificate is not the one pinned in the credentials \
+     (their edge_ca): they were made for another edge or another --data-dir. Write them with \
+     `burrow-edge tunnel add --data-dir DIR` where DIR is the running edge's --data-dir, or get them \
+     from this edge's API with `burrow tunnel create`";
+
+/// The web PKI check against the one pinned certificate, saying what mismatches when it fails.
+#[derive(Debug)]
+struct PinnedEdge {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    mismatch: Arc<PinMismatch>,
+}
+
+impl ServerCertVerifier for PinnedEdge {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .map_err(|e| {
+                self.mismatch.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                rustls::Error::General(format!("{PIN_MISMATCH_HELP} ({e})"))
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// TLS towards an origin, per ingress rule (`caPool`, `noTLSVerify`). ALPN is left empty: the

@@ -138,6 +138,8 @@ struct ClientSetup {
     quic: quinn::ClientConfig,
     origins: Arc<Origins>,
     status: Arc<Status>,
+    /// Set when an edge refused the pinned certificate.
+    pin_mismatch: Arc<crate::tls::PinMismatch>,
     /// Where this connector's connections start among an edge's shards: from its id, which is
     /// random per run, so different connectors start on different shards.
     spread: u16,
@@ -150,17 +152,8 @@ impl ClientSetup {
         origins: Arc<Origins>,
         status: Arc<Status>,
     ) -> Result<Self> {
-        let mut quic = crate::tls::edge_client_config(credentials.edge_ca.as_deref())?;
-        let mut transport = quinn::TransportConfig::default();
-        // Keep-alives let both ends notice a dead path within the idle timeout.
-        transport.keep_alive_interval(Some(Duration::from_secs(2)));
-        transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
-        // Request streams are opened by the edge; this bounds concurrent requests per connection.
-        transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1_000));
-        transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-        transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
-        transport.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
-        quic.transport_config(Arc::new(transport));
+        let (mut quic, pin_mismatch) = crate::tls::edge_client(credentials.edge_ca.as_deref())?;
+        quic.transport_config(Arc::new(transport(None)));
         let id = options.connector_id.0.as_bytes();
         Ok(Self {
             credentials: credentials.clone(),
@@ -169,9 +162,33 @@ impl ClientSetup {
             quic,
             origins,
             status,
+            pin_mismatch,
         })
     }
 }
+
+/// QUIC settings of a tunnel connection. `initial_rtt`: the path's round trip as last measured,
+/// so that a reconnect retransmits its first packet at that pace (quinn assumes 333 ms, so a
+/// packet sent while the edge restarts would be sent again only a second later).
+fn transport(initial_rtt: Option<Duration>) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    // The edge takes a connection that sent nothing for 2.5 s while it has requests on it for
+    // dead (and fails them over): a ping every second keeps a live one from looking so.
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    // Request streams are opened by the edge; this bounds concurrent requests per connection.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1_000));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    transport.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
+    transport.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    if let Some(rtt) = initial_rtt {
+        transport.initial_rtt((rtt * 2).clamp(Duration::from_millis(5), Duration::from_millis(333)));
+    }
+    transport
+}
+
+/// How often an idle tunnel connection pings the edge.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// How one connection ended.
 enum Ended {
@@ -179,8 +196,9 @@ enum Ended {
     Shutdown,
     /// Lost or drained by the edge; reconnect.
     Lost(String),
-    /// The edge closed the connection because the tunnel was deleted: nothing to reconnect to.
-    Revoked,
+    /// The edge closed the connection because the tunnel was deleted or its secret changed:
+    /// nothing to reconnect to. Carries the edge's reason.
+    Revoked(String),
 }
 
 /// Why an attempt failed before the connection served anything.
@@ -200,7 +218,7 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
     let edges = &client.options.edges;
     let mut attempt: u32 = 0;
     let mut ever_registered = false;
-    // Round-trip time of the last registered connection, to size the fast reconnects' timeout.
+    // Round-trip time of the last registered connection, to size the reconnects' timeouts.
     let mut last_rtt: Option<Duration> = None;
     let mut retryable_refusal = false;
     loop {
@@ -211,8 +229,9 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
         // retransmits), so the tunnel is back within about a second of the edge's return.
         // An edge that answered "not now" (overloaded, draining) gets the usual backoff.
         let fast = ever_registered && attempt < FAST_RETRIES && !retryable_refusal;
-        let connect_timeout = match (fast, last_rtt) {
-            // Long enough for a handshake over this path even if it got slower, never below 1 s.
+        // A connection that registered before knows its path: an attempt that gets no answer
+        // within a few round trips is over, and the next one starts soon (see `backoff`).
+        let connect_timeout = match (ever_registered, last_rtt) {
             (true, Some(rtt)) => (rtt * 8).clamp(FAST_CONNECT_TIMEOUT, CONNECT_TIMEOUT),
             (true, None) => FAST_CONNECT_TIMEOUT,
             (false, _) => CONNECT_TIMEOUT,
@@ -229,8 +248,9 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
         );
         match attempt_result.await {
             Ok(Ended::Shutdown) => return Ok(()),
-            Ok(Ended::Revoked) => anyhow::bail!(
-                "tunnel {} was deleted (edge {edge} closed its connections); create it again or use other credentials",
+            Ok(Ended::Revoked(reason)) => anyhow::bail!(
+                "tunnel {} was deleted or its secret changed (edge {edge} closed its connections: {reason}); \
+                 create it again or use its new credentials",
                 client.credentials.tunnel_id
             ),
             Ok(Ended::Lost(reason)) => {
@@ -247,9 +267,17 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
                         rejected.message
                     );
                 }
-                tracing::error!(conn_index = index, edge = %edge, code = ?rejected.code, "registration refused: {}", rejected.message);
+                match rejected.code {
+                    RejectCode::Pending => tracing::info!(conn_index = index, edge = %edge, "{}", rejected.message),
+                    code => {
+                        tracing::error!(conn_index = index, edge = %edge, ?code, "registration refused: {}", rejected.message)
+                    }
+                }
                 wait_at_least = Duration::from_millis(rejected.retry_after_ms.unwrap_or(0));
                 retryable_refusal = true;
+            }
+            Err(AttemptError::Other(_)) if client.pin_mismatch.seen() && !ever_registered => {
+                anyhow::bail!("edge {edge}: {}", crate::tls::PIN_MISMATCH_HELP);
             }
             Err(AttemptError::Other(e)) => {
                 tracing::warn!(conn_index = index, edge = %edge, "cannot connect to the edge: {e:#}");
@@ -282,7 +310,7 @@ fn initial_cid(spread: u16) -> quinn::ConnectionId {
     quinn::ConnectionId::new(&bytes)
 }
 
-/// Handshake timeout of a first connection, and of reconnections after the fast retries.
+/// Handshake timeout of a connection that never registered (its path's round trip is unknown).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts after a lost connection that use [`FAST_CONNECT_TIMEOUT`] and a random delay of at
 /// most [`FAST_RETRY_DELAY`] (about a minute in all), before the exponential backoff takes over.
@@ -290,11 +318,16 @@ const FAST_RETRIES: u32 = 40;
 const FAST_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const FAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// Full-jitter exponential backoff: a random delay up to 100 ms × 2^attempt, capped at 30 s.
+/// The longest wait between two attempts: an edge that comes back after a long outage is found
+/// within about this (and the attempt's own timeout).
+const MAX_BACKOFF: Duration = Duration::from_secs(3);
+
+/// Full-jitter exponential backoff: a random delay up to 100 ms × 2^attempt, capped at
+/// [`MAX_BACKOFF`].
 fn backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(100)
         .saturating_mul(1u32 << attempt.min(9))
-        .min(Duration::from_secs(30));
+        .min(MAX_BACKOFF);
     cap.mul_f64(rand::random::<f64>())
 }
 
@@ -319,6 +352,9 @@ async fn connect_and_serve(
         };
         let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
         let mut quic = client.quic.clone();
+        if *ever_registered {
+            quic.transport_config(Arc::new(transport(*last_rtt)));
+        }
         let spread = client.spread.wrapping_add(index.into());
         quic.initial_dst_cid_provider(Arc::new(move || initial_cid(spread)));
         let server_name = host_of(edge);
@@ -429,7 +465,7 @@ async fn connect_and_serve(
         (Ended::Lost(_), Some(quinn::ConnectionError::ApplicationClosed(close)))
             if close.error_code == error_code::TUNNEL_REVOKED.into() =>
         {
-            Ended::Revoked
+            Ended::Revoked(String::from_utf8_lossy(&close.reason).into_owned())
         }
         (ended, _) => ended,
     };
@@ -471,7 +507,7 @@ mod tests {
         for attempt in 0..40 {
             let cap = Duration::from_millis(100)
                 .saturating_mul(1 << attempt.min(9))
-                .min(Duration::from_secs(30));
+                .min(MAX_BACKOFF);
             assert!(backoff(attempt) <= cap);
         }
     }

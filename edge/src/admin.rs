@@ -57,13 +57,22 @@ fn answer(state: &EdgeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             state.metrics.encode(),
         ),
         "/ready" => {
+            // An edge with no config yet (no snapshot, control plane not reached) would answer
+            // 404 for every host: not ready.
+            let (status, word) = match state.is_configured() {
+                true => (StatusCode::OK, "ready"),
+                false => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no config yet: waiting for the control plane",
+                ),
+            };
             let body = serde_json::json!({
-                "status": "ready",
+                "status": word,
                 "node": state.config.node_name,
                 "tunnel_connections": state.registry.connection_count(),
                 "routes": state.routes.load().route_count(),
             });
-            (StatusCode::OK, "application/json", body.to_string())
+            (status, "application/json", body.to_string())
         }
         _ => (
             StatusCode::NOT_FOUND,

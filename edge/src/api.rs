@@ -343,7 +343,8 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             Ok((StatusCode::OK, json!({ "deleted": tunnel.id })))
         }
         (&Method::DELETE, ["tunnels", reference, "connections"]) => {
-            let removed = cp.cleanup_connections(account, reference).await?;
+            let live = |c: &crate::resources::Connection| state.registry.holds(c.tunnel, c.connection_id);
+            let removed = cp.cleanup_connections(account, reference, live).await?;
             Ok((StatusCode::OK, json!({ "removed": removed })))
         }
         (&Method::GET, ["routes"]) => {

@@ -46,6 +46,9 @@ enum Command {
     /// Manage accounts in the edge's store.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Manage accounts' API tokens in the edge's store.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Manage tokens of edge-only nodes.
     #[command(subcommand)]
     NodeToken(NodeTokenCommand),
@@ -161,6 +164,52 @@ enum AccountCommand {
         #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// List the accounts.
+    List {
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Delete an account and everything it owns: tokens stop working at once, its tunnels'
+    /// connections are closed, its routes stop serving.
+    Delete {
+        /// Account name or id.
+        account: String,
+        /// Confirm: the account's tunnels, routes, pools and plugins are deleted for good.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// List API tokens (their ids and names, never the secrets).
+    List {
+        /// Only this account's (name or id).
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create another API token for an account (shown once).
+    Create {
+        /// Account name or id.
+        #[arg(long)]
+        account: String,
+        /// A name to tell it apart, e.g. ci.
+        #[arg(long, default_value = "token")]
+        name: String,
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke a token by its id (from `token list`, or the part after `burrow_`): it stops
+    /// working at once.
+    Revoke {
+        id: String,
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,9 +279,8 @@ pub fn main() -> ExitCode {
         Command::NodeToken(NodeTokenCommand::Create { name, data_dir: dir }) => {
             runtime().and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))
         }
-        Command::Account(AccountCommand::Create { name, data_dir: dir }) => {
-            runtime().and_then(|rt| rt.block_on(create_account(&name, &data_dir(dir))))
-        }
+        Command::Account(command) => runtime().and_then(|rt| rt.block_on(manage_accounts(command))),
+        Command::Token(command) => runtime().and_then(|rt| rt.block_on(manage_tokens(command))),
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev(args))),
     };
     match result {
@@ -281,8 +329,8 @@ async fn run(args: RunArgs) -> Result<()> {
     // only the operator's.
     let plugins = load_plugins(&args.plugins, args.tunnels.is_none().then(|| dir.join("plugins"))).await?;
     let (table, control) = match (&args.tunnels, &args.control_plane) {
-        (Some(file), _) => (TunnelsFile::load(file)?.to_table()?, None),
-        (None, Some(_)) => (snapshot_table(&dir, plugins.as_ref()).await?.0, None),
+        (Some(file), _) => (Some(TunnelsFile::load(file)?.to_table()?), None),
+        (None, Some(_)) => (snapshot_table(&dir, plugins.as_ref()).await?, None),
         (None, None) => open_control_plane(&dir, plugins.as_ref()).await?,
     };
     let mut config = EdgeConfig::new(node_name, tls);
@@ -341,16 +389,74 @@ async fn run(args: RunArgs) -> Result<()> {
 async fn open_control_plane(
     dir: &Path,
     plugins: Option<&Arc<PluginHost>>,
-) -> Result<(RouteTable, Option<ControlPlane>)> {
-    let (table, has_snapshot) = snapshot_table(dir, plugins).await?;
-    match SqliteStore::open(&dir.join("store.db")) {
+) -> Result<(Option<RouteTable>, Option<ControlPlane>)> {
+    let table = snapshot_table(dir, plugins).await?;
+    match open_store(dir).await {
         Ok(store) => Ok((table, Some(ControlPlane::new(store)))),
-        Err(e) if has_snapshot => {
-            tracing::error!("store unavailable ({e}); serving the last config snapshot without the API");
+        Err(StoreOpen::Lost(why)) => Err(why),
+        Err(StoreOpen::Failed(e)) if table.is_some() => {
+            tracing::error!("store unavailable ({e:#}); serving the last config snapshot without the API");
             Ok((table, None))
         }
-        Err(e) => Err(anyhow::anyhow!("opening the store in {}: {e}", dir.display())),
+        Err(StoreOpen::Failed(e)) => Err(e),
     }
+}
+
+/// Why the store of a data dir was not opened.
+enum StoreOpen {
+    /// It cannot be the store the config snapshot came from: serving it would replace that
+    /// config with an older or empty one.
+    Lost(anyhow::Error),
+    /// It could not be opened (corrupt, unreadable, newer schema).
+    Failed(anyhow::Error),
+}
+
+/// Open `dir/store.db`, refusing a store that is missing, empty or older than the config
+/// snapshot next to it (a lost or replaced store would otherwise serve, and save, less config).
+async fn open_store(dir: &Path) -> Result<Arc<SqliteStore>, StoreOpen> {
+    let path = dir.join("store.db");
+    let snapshot = config_sync::load_snapshot(dir).ok().flatten();
+    let holds_config = snapshot
+        .as_ref()
+        .filter(|s| !(s.tunnels.is_empty() && s.routes.is_empty() && s.pools.is_empty()));
+    let empty = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+    if let (true, Some(snapshot)) = (empty, holds_config) {
+        return Err(StoreOpen::Lost(anyhow::anyhow!(
+            "{} is missing or empty, but {} holds the config of revision {} ({} tunnels, {} routes): \
+             the store was lost, and starting would serve (and save) an empty config. Restore store.db \
+             from a backup; or, to start over with an empty store, move snapshot.json out of {}",
+            path.display(),
+            config_sync::snapshot_path(dir).display(),
+            snapshot.revision,
+            snapshot.tunnels.len(),
+            snapshot.routes.len(),
+            dir.display(),
+        )));
+    }
+    let store = SqliteStore::open(&path)
+        .map_err(|e| StoreOpen::Failed(anyhow::anyhow!("opening the store {}: {e}", path.display())))?;
+    let revision = crate::store::Store::revision(&*store)
+        .await
+        .map_err(|e| StoreOpen::Failed(anyhow::anyhow!("reading the store {}: {e}", path.display())))?;
+    if let Some(snapshot) = holds_config.filter(|s| s.revision > revision) {
+        return Err(StoreOpen::Lost(anyhow::anyhow!(
+            "the store {} is at revision {revision}, behind the config snapshot {} (revision {}): \
+             store.db was replaced by an older copy or made anew. Restore the newer store.db; or, to \
+             serve what this store holds, move snapshot.json out of {}",
+            path.display(),
+            config_sync::snapshot_path(dir).display(),
+            snapshot.revision,
+            dir.display(),
+        )));
+    }
+    Ok(store)
+}
+
+/// [`open_store`] for the commands that manage the store.
+async fn open_store_for_cli(dir: &Path) -> Result<Arc<SqliteStore>> {
+    open_store(dir).await.map_err(|e| match e {
+        StoreOpen::Lost(e) | StoreOpen::Failed(e) => e,
+    })
 }
 
 /// Compile the `--plugin NAME=PATH` components (once, at start). With `cache_dir`, the host
@@ -373,32 +479,28 @@ async fn load_plugins(specs: &[String], cache_dir: Option<PathBuf>) -> Result<Op
     Ok(Some(Arc::new(host)))
 }
 
-/// The table of the last saved snapshot (empty if none), and whether there was one. Uploaded
-/// plugins it binds come from the artifact cache (the control plane is not asked yet).
-async fn snapshot_table(dir: &Path, plugins: Option<&Arc<PluginHost>>) -> Result<(RouteTable, bool)> {
+/// The table of the last saved snapshot, if there is one. Uploaded plugins it binds come from
+/// the artifact cache (the control plane is not asked yet).
+async fn snapshot_table(dir: &Path, plugins: Option<&Arc<PluginHost>>) -> Result<Option<RouteTable>> {
     let snapshot = config_sync::load_snapshot(dir).unwrap_or_else(|e| {
         tracing::warn!("ignoring the config snapshot: {e:#}");
         None
     });
-    match &snapshot {
-        Some(s) => {
-            let not_yet = |_| async { anyhow::bail!("not in the artifact cache; waiting for the control plane") };
-            let table = config_sync::build_table(plugins, s, not_yet)
-                .await
-                .0
-                .map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?;
-            tracing::info!(
-                revision = s.revision,
-                "serving the last config snapshot until the control plane answers"
-            );
-            Ok((table, true))
-        }
-        None => Ok((RouteTable::default(), false)),
-    }
+    let Some(snapshot) = snapshot else { return Ok(None) };
+    let not_yet = |_| async { anyhow::bail!("not in the artifact cache; waiting for the control plane") };
+    let table = config_sync::build_table(plugins, &snapshot, not_yet)
+        .await
+        .0
+        .map_err(|e| anyhow::anyhow!("config snapshot: {e}"))?;
+    tracing::info!(
+        revision = snapshot.revision,
+        "serving the last config snapshot until the control plane answers"
+    );
+    Ok(Some(table))
 }
 
 async fn create_node_token(name: &str, dir: &Path) -> Result<()> {
-    let store = SqliteStore::open(&dir.join("store.db")).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+    let store = open_store_for_cli(dir).await?;
     let token = ControlPlane::new(store).create_node_token(name).await?;
     println!("Node token (shown once, keep it secret): {token}");
     println!("Run an edge-only node with:  burrow-edge run --control-plane http://ADMIN_ADDR --node-token {token}");
@@ -406,12 +508,99 @@ async fn create_node_token(name: &str, dir: &Path) -> Result<()> {
 }
 
 async fn create_account(name: &str, dir: &Path) -> Result<()> {
-    let store = SqliteStore::open(&dir.join("store.db")).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+    let store = open_store_for_cli(dir).await?;
     let (account, token) = ControlPlane::new(store).create_account(name).await?;
     println!("Created account {} ({})", account.name, account.id);
     println!("API token (shown once, keep it secret): {token}");
     println!("Log in with:  burrow login --api http://ADMIN_ADDR --token {token}");
     Ok(())
+}
+
+async fn manage_accounts(command: AccountCommand) -> Result<()> {
+    match command {
+        AccountCommand::Create { name, data_dir: dir } => create_account(&name, &data_dir(dir)).await,
+        AccountCommand::List { data_dir: dir } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let mut table = comfy_table::Table::new();
+            table
+                .load_preset(comfy_table::presets::NOTHING)
+                .set_header(["ID", "NAME", "CREATED"]);
+            for account in cp.list_accounts().await? {
+                table.add_row([account.id.to_string(), account.name, rfc3339(account.created)]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+        AccountCommand::Delete {
+            account,
+            yes,
+            data_dir: dir,
+        } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let found = cp.find_account(&account).await?;
+            anyhow::ensure!(
+                yes,
+                "this deletes account {} ({}) with all its tunnels, routes, pools, plugins and tokens; \
+                 run again with --yes to do it",
+                found.name,
+                found.id
+            );
+            let deleted = cp.delete_account(&found.id.to_string()).await?;
+            println!("Deleted account {} ({})", deleted.name, deleted.id);
+            Ok(())
+        }
+    }
+}
+
+async fn manage_tokens(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::List { account, data_dir: dir } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let only = match account {
+                Some(a) => Some(cp.find_account(&a).await?.id),
+                None => None,
+            };
+            let names: std::collections::HashMap<_, _> =
+                cp.list_accounts().await?.into_iter().map(|a| (a.id, a.name)).collect();
+            let mut table = comfy_table::Table::new();
+            table
+                .load_preset(comfy_table::presets::NOTHING)
+                .set_header(["ID", "NAME", "ACCOUNT", "CREATED"]);
+            for token in cp.list_tokens(only).await? {
+                let account = names
+                    .get(&token.account)
+                    .cloned()
+                    .unwrap_or_else(|| token.account.to_string());
+                table.add_row([token.id, token.name, account, rfc3339(token.created)]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+        TokenCommand::Create {
+            account,
+            name,
+            data_dir: dir,
+        } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let account = cp.find_account(&account).await?;
+            let (doc, token) = cp.create_token(account.id, &name).await?;
+            println!("Created token {} ({}) for account {}", doc.id, doc.name, account.name);
+            println!("API token (shown once, keep it secret): {token}");
+            Ok(())
+        }
+        TokenCommand::Revoke { id, data_dir: dir } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let id = crate::resources::token_id(&id).unwrap_or(&id).to_owned();
+            let doc = cp.revoke_token(&id).await?;
+            println!("Revoked token {} ({})", doc.id, doc.name);
+            Ok(())
+        }
+    }
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 fn parse_optional(addr: &str, flag: &str) -> Result<Option<SocketAddr>> {
@@ -550,30 +739,44 @@ fn add_tunnel(args: AddArgs) -> Result<()> {
     Ok(())
 }
 
+/// The dev store's directory, removed however `dev` ends.
+struct DevDir(PathBuf);
+
+impl Drop for DevDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Everything in one process on loopback: an edge with its store and API, a dev account, a
-/// tunnel routed from hello.localhost, and a connector serving it.
+/// tunnel routed from hello.localhost, and a connector serving it. Stops on Ctrl-C or SIGTERM,
+/// and at once, with the error, if the edge or the connector stops by itself.
 async fn dev(args: DevArgs) -> Result<()> {
     use burrow_connector::ingress::{Ingress, OriginRequest, Service};
     use burrow_connector::origin::Origins;
     use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
 
-    let dir = std::env::temp_dir().join(format!("burrow-dev-{}", uuid::Uuid::new_v4()));
-    let store = SqliteStore::open(&dir.join("store.db")).map_err(|e| anyhow::anyhow!("opening the dev store: {e}"))?;
+    let dir = DevDir(std::env::temp_dir().join(format!("burrow-dev-{}", uuid::Uuid::new_v4())));
+    let store =
+        SqliteStore::open(&dir.0.join("store.db")).map_err(|e| anyhow::anyhow!("opening the dev store: {e}"))?;
     let control = ControlPlane::new(store);
     let (account, token) = control.create_account("dev").await?;
     let (tunnel, secret) = control.create_tunnel(account.id, "dev").await?;
     control
         .route(account.id, "hello.localhost", RouteTo::Tunnel("dev"), false, None)
         .await?;
+    // The edge starts with the tunnel in its table: the connector registers at once.
+    let table = control
+        .snapshot(&control.read_config().await?)
+        .await?
+        .to_table(None)
+        .map_err(|e| anyhow::anyhow!("the dev config does not build: {e}"))?;
 
     let tls = TlsIdentity::generate_self_signed(&self_signed_names(&[]))?;
     let edge_ca = tls.self_signed_pem.clone();
-    let bind = |addr: SocketAddr, flag: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {flag} {addr} (is another edge running?)"))
-    };
-    let admin = bind(args.admin, "--admin").await?;
+    let admin = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding --admin {} (is another edge running?)", args.admin))?;
     let sockets = shards::bind(
         shards::Addresses {
             http: Some(args.http),
@@ -583,15 +786,15 @@ async fn dev(args: DevArgs) -> Result<()> {
         1,
     )?;
     let mut config = EdgeConfig::new("dev", tls);
-    config.data_dir = Some(dir.clone());
+    config.data_dir = Some(dir.0.clone());
     config.advertised_edges = vec![format!("localhost:{}", args.tunnel.port())];
-    let state = EdgeState::with_control(config, RouteTable::default(), Some(control));
+    let state = EdgeState::with_control(config, Some(table), Some(control));
     let shutdown = CancellationToken::new();
     let listeners = Listeners {
         shards: sockets,
         admin: Some(admin),
     };
-    let edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
+    let mut edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
 
     let service = match &args.url {
         Some(url) => Service::parse(url).map_err(|e| anyhow::anyhow!("--url {url}: {e}"))?,
@@ -618,28 +821,69 @@ async fn dev(args: DevArgs) -> Result<()> {
         threads: 1,
     };
     let status = Arc::new(Status::default());
-    let connector = tokio::spawn(tunnel_client::run(
+    let mut connector = tokio::spawn(tunnel_client::run(
         credentials,
         origins,
         options,
-        status,
+        status.clone(),
         shutdown.clone(),
     ));
     println!(
         "Burrow dev: edge on http://{}, API on http://{}, tunnel \"dev\" ({})",
         args.http, args.admin, tunnel.id
     );
+    let ready = async {
+        while status.ready_connections() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let stopped = |what: &str, result: Result<Result<()>, tokio::task::JoinError>| {
+        let cause = match result {
+            Ok(Ok(())) => anyhow::anyhow!("it stopped"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!(e),
+        };
+        cause.context(format!("the dev {what} stopped"))
+    };
+    tokio::select! {
+        () = ready => {}
+        result = &mut edge => return Err(stopped("edge", result)),
+        result = &mut connector => return Err(stopped("connector", result)),
+    }
     println!("Try:        curl http://hello.localhost:{}/", args.http.port());
     println!("Manage it:  burrow login --api http://{} --token {token}", args.admin);
     println!("            burrow tunnel route dns dev app.localhost && burrow tunnel list");
-    println!("Ctrl-C to stop (the dev store in {} is removed).", dir.display());
-    let _ = tokio::signal::ctrl_c().await;
+    println!("Ctrl-C to stop (the dev store in {} is removed).", dir.0.display());
+    tokio::select! {
+        () = stop_signal() => {}
+        result = &mut edge => {
+            shutdown.cancel();
+            return Err(stopped("edge", result));
+        }
+        result = &mut connector => {
+            shutdown.cancel();
+            return Err(stopped("connector", result));
+        }
+    }
     shutdown.cancel();
     let (edge, connector) = tokio::join!(edge, connector);
-    let _ = std::fs::remove_dir_all(&dir);
     edge??;
     connector??;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ pub fn load_snapshot(data_dir: &Path) -> Result<Option<Snapshot>> {
 pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: CancellationToken) {
     let Some(cp) = state.control.clone() else { return };
     tokio::spawn(keep_node_lease(state.clone(), shutdown.clone()));
+    tokio::spawn(reassert_connections(state.clone(), shutdown.clone()));
     tokio::spawn(publish_health(state.clone(), shutdown.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(snapshots(cp.clone(), tx, shutdown));
@@ -297,6 +298,51 @@ async fn keep_node_lease(state: Arc<EdgeState>, shutdown: CancellationToken) {
             if let Err(e) = cp.store().lease_keep_alive(lease).await {
                 tracing::warn!("store lease lost ({e}); taking a new one");
                 break;
+            }
+        }
+    }
+}
+
+/// Write back the record of a live connection of this edge that someone removed (`burrow tunnel
+/// cleanup` on another edge): `tunnel info` and the delete guard must keep seeing it.
+async fn reassert_connections(state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let Some(cp) = state.control.clone() else { return };
+    loop {
+        let watch = async {
+            let from = cp.store().revision().await?;
+            cp.store().watch("connections/", from).await
+        };
+        let mut watch = match watch.await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::debug!("cannot watch connection records: {e}");
+                if pause(&shutdown, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let batch = tokio::select! {
+                batch = watch.recv() => batch,
+                () = shutdown.cancelled() => return,
+            };
+            let Some(events) = batch else { break };
+            for event in events {
+                let crate::store::Event::Delete { key, .. } = event else {
+                    continue;
+                };
+                let mut parts = key.trim_start_matches("connections/").split('/');
+                let (Some(tunnel), Some(id)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let (Ok(tunnel), Ok(id)) = (tunnel.parse(), id.parse()) else {
+                    continue;
+                };
+                if let Some(conn) = state.registry.get(tunnel, id) {
+                    tracing::info!(%tunnel, connection = %id, "connection record removed while live; writing it back");
+                    record_connection(&state, &conn.info);
+                }
             }
         }
     }

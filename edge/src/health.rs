@@ -8,7 +8,7 @@
 //!   502/503/504) eject the origin for [`PASSIVE_EJECTION`].
 //!
 //! The state lives in [`OriginHealth`] objects that table swaps carry over. Transitions are logged
-//! once and exported as `burrow_pool_origin_healthy{pool,origin}`. Each edge also publishes its
+//! once and exported as `burrow_pool_origin_healthy{account,pool,origin}`. Each edge also publishes its
 //! whole view ([`HealthReport`], when it changes and every minute) to the control plane, so that
 //! `burrow pool show` can print every origin's health as each edge sees it.
 
@@ -320,7 +320,9 @@ fn log_transition(state: &EdgeState, pool: &Pool, i: usize) {
         return;
     }
     let origin = &pool.origin_names[i];
-    state.metrics.set_pool_origin_healthy(&pool.name, origin, up);
+    state
+        .metrics
+        .set_pool_origin_healthy(&pool.account.to_string(), &pool.name, origin, up);
     let connected = state.registry.is_connected(&pool.spec.origins[i].tunnel);
     match health.reason(pool.spec.origins[i].enabled, connected) {
         None if previous != 0 => tracing::info!(pool = %pool.name, origin = %origin, "pool origin is healthy again"),

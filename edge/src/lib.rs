@@ -177,18 +177,28 @@ pub struct EdgeState {
     pub snapshot_writer: std::sync::OnceLock<config_sync::SnapshotWriter>,
     /// Public connections open, over every listener and shard (`max_connections`).
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Bumped by every table swap: a registration for a tunnel the table does not hold yet
+    /// waits on it (the config may be a moment behind the store).
+    table_swaps: tokio::sync::watch::Sender<u64>,
+    /// Whether the table came from a config (file, snapshot, store) rather than being the empty
+    /// one an edge starts with before its control plane answered: `/ready` says so.
+    configured: std::sync::atomic::AtomicBool,
 }
 
 impl EdgeState {
+    /// An edge serving `table` (from a tunnels file or a test).
     pub fn new(config: EdgeConfig, table: RouteTable) -> Arc<Self> {
-        Self::with_control(config, table, None)
+        Self::with_control(config, Some(table), None)
     }
 
-    pub fn with_control(config: EdgeConfig, table: RouteTable, control: Option<ControlPlane>) -> Arc<Self> {
+    /// An edge that starts from `table` (the last snapshot, if any: `None` means it has no
+    /// config until its control plane answers) and follows `control`.
+    pub fn with_control(config: EdgeConfig, table: Option<RouteTable>, control: Option<ControlPlane>) -> Arc<Self> {
         let registrations = WindowLimiter::new(config.registrations_per_minute, Duration::from_secs(60));
         let metrics = Metrics::new(config.plugins.as_ref().map(|host| &host.metrics));
+        let configured = table.is_some();
         Arc::new(Self {
-            routes: ArcSwap::from_pointee(table),
+            routes: ArcSwap::from_pointee(table.unwrap_or_default()),
             registry: Registry::default(),
             metrics,
             control,
@@ -197,8 +207,30 @@ impl EdgeState {
             registrations,
             snapshot_writer: Default::default(),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            table_swaps: tokio::sync::watch::channel(0).0,
+            configured: std::sync::atomic::AtomicBool::new(configured),
             config,
         })
+    }
+
+    /// Whether the edge serves a config yet (see [`EdgeState::with_control`]).
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wait up to `timeout` for the table to hold `tunnel`; whether it does.
+    pub async fn wait_for_tunnel(&self, tunnel: &burrow_protocol::TunnelId, timeout: Duration) -> bool {
+        let mut swaps = self.table_swaps.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.routes.load().tunnel(tunnel).is_some() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, swaps.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return self.routes.load().tunnel(tunnel).is_some(),
+            }
+        }
     }
 
     /// Replace the routing snapshot. Requests in flight finish on the table they loaded.
@@ -209,15 +241,19 @@ impl EdgeState {
             tunnels = table.tunnel_count(),
             "route table swapped"
         );
+        self.metrics.retain_pools(&table);
         self.routes.store(Arc::new(table));
-        // A tunnel that left the table (deleted, revoked) loses its connections now.
+        self.configured.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.table_swaps.send_modify(|n| *n += 1);
+        // A tunnel that left the table (deleted, revoked) loses its connections now, and so do
+        // connections that proved a secret the tunnel no longer has.
         let table = self.routes.load();
         for conn in self.registry.all() {
-            if table.tunnel(&conn.info.tunnel).is_none() {
-                tracing::info!(tunnel = %conn.info.tunnel, "tunnel removed; closing its connection");
+            if let Some(why) = registry::revoked(&table, &conn.info) {
+                tracing::info!(tunnel = %conn.info.tunnel, "{why}; closing its connection");
                 self.registry.remove(conn.info.tunnel, conn.info.connection_id);
                 conn.quic
-                    .close(burrow_protocol::error_code::TUNNEL_REVOKED.into(), b"tunnel deleted");
+                    .close(burrow_protocol::error_code::TUNNEL_REVOKED.into(), why.as_bytes());
             }
         }
     }
@@ -264,6 +300,7 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
         tasks.spawn(thread.inspect_err(|_| shutdown.cancel())?);
     }
     tasks.spawn(never_fails(health::run(state.clone(), shutdown.clone())));
+    tasks.spawn(never_fails(registry::watch_liveness(state.clone(), shutdown.clone())));
     if let (Some(_), Some(dir)) = (&state.control, state.config.data_dir.clone()) {
         tasks.spawn(never_fails(config_sync::follow(state.clone(), dir, shutdown.clone())));
     }

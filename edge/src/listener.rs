@@ -188,6 +188,10 @@ pub async fn serve(
             drop(slot);
         });
     }
+    // Draining: stop taking connections now. An open socket that is no longer accepted from
+    // would leave new visitors hanging until their timeout; a closed one refuses them at once
+    // (and sends them elsewhere, behind a load balancer).
+    drop(listener);
     tracker.close();
     if tokio::time::timeout(state.config.grace_period, tracker.wait())
         .await

@@ -19,6 +19,8 @@ pub struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolOriginLabels {
+    /// Pools are named per account: two tenants may both have a pool "web".
+    pub account: String,
     pub pool: String,
     pub origin: String,
 }
@@ -51,6 +53,7 @@ pub struct OwnMetricLabels {
 #[derive(Clone)]
 pub struct PluginMetrics {
     calls: Family<PluginCallLabels, Counter>,
+    logs_dropped: Counter,
     duration: Family<PluginLabels, Histogram, fn() -> Histogram>,
     own_counters: Family<OwnMetricLabels, Counter>,
     own_histograms: Family<OwnMetricLabels, Histogram, fn() -> Histogram>,
@@ -64,6 +67,7 @@ impl Default for PluginMetrics {
         let own_buckets: fn() -> Histogram = || Histogram::new(exponential_buckets(1e-6, 10.0, 13));
         Self {
             calls: Family::default(),
+            logs_dropped: Counter::default(),
             duration: Family::new_with_constructor(buckets),
             own_counters: Family::default(),
             own_histograms: Family::new_with_constructor(own_buckets),
@@ -135,7 +139,43 @@ impl OwnMetrics {
     }
 }
 
+impl OwnMetrics {
+    /// Remove this plugin's own series from `/metrics` (its version is no longer loaded).
+    pub fn forget(&self) {
+        let Ok(created) = self.created.lock() else { return };
+        for name in created.keys() {
+            let labels = OwnMetricLabels {
+                plugin: self.plugin.clone(),
+                account: self.account.clone(),
+                name: name.clone(),
+            };
+            self.families.own_counters.remove(&labels);
+            self.families.own_histograms.remove(&labels);
+        }
+    }
+}
+
 impl PluginMetrics {
+    /// Remove a plugin's call series from `/metrics` (its version is no longer loaded).
+    pub fn forget(&self, account: &str, plugin: &str) {
+        for result in CallResult::ALL {
+            self.calls.remove(&PluginCallLabels {
+                plugin: plugin.to_owned(),
+                account: account.to_owned(),
+                result: result.label(),
+            });
+        }
+        self.duration.remove(&PluginLabels {
+            plugin: plugin.to_owned(),
+            account: account.to_owned(),
+        });
+    }
+
+    /// An `on-log` call that was not run: too many were waiting for a slot.
+    pub fn log_dropped(&self) {
+        self.logs_dropped.inc();
+    }
+
     /// The plugin's own metrics (the `metrics` import).
     pub fn own(&self, account: &str, plugin: &str) -> std::sync::Arc<OwnMetrics> {
         std::sync::Arc::new(OwnMetrics {
@@ -218,6 +258,8 @@ pub struct Metrics {
     pub tunnel_connections: Gauge,
     pub registrations: Family<ResultLabels, Counter>,
     pool_origin_healthy: Family<PoolOriginLabels, Gauge>,
+    /// The series of `pool_origin_healthy` made so far, to drop those of deleted pools.
+    pool_series: std::sync::Mutex<std::collections::HashSet<PoolOriginLabels>>,
 }
 
 impl Metrics {
@@ -228,6 +270,11 @@ impl Metrics {
                 "plugin_calls",
                 "Wasm plugin calls by plugin and result",
                 plugins.calls.clone(),
+            );
+            registry.register(
+                "plugin_logs_dropped",
+                "on-log calls not run because too many were already waiting",
+                plugins.logs_dropped.clone(),
             );
             registry.register(
                 "plugin_call_duration_seconds",
@@ -274,6 +321,7 @@ impl Metrics {
         );
         Self {
             pool_origin_healthy,
+            pool_series: Default::default(),
             registry,
             requests,
             request_duration,
@@ -297,12 +345,40 @@ impl Metrics {
         self.registrations.get_or_create(&ResultLabels { result }).inc();
     }
 
-    pub fn set_pool_origin_healthy(&self, pool: &str, origin: &str, healthy: bool) {
+    pub fn set_pool_origin_healthy(&self, account: &str, pool: &str, origin: &str, healthy: bool) {
         let labels = PoolOriginLabels {
+            account: account.to_owned(),
             pool: pool.to_owned(),
             origin: origin.to_owned(),
         };
         self.pool_origin_healthy.get_or_create(&labels).set(i64::from(healthy));
+        if let Ok(mut series) = self.pool_series.lock() {
+            series.insert(labels);
+        }
+    }
+
+    /// Drop the `pool_origin_healthy` series of pools and origins no longer in `table`.
+    pub fn retain_pools(&self, table: &crate::route_table::RouteTable) {
+        let current: std::collections::HashSet<(String, &str, &str)> = table
+            .pools()
+            .iter()
+            .flat_map(|p| {
+                let account = p.account.to_string();
+                p.origin_names
+                    .iter()
+                    .map(move |o| (account.clone(), p.name.as_str(), o.as_str()))
+            })
+            .collect();
+        let Ok(mut series) = self.pool_series.lock() else {
+            return;
+        };
+        series.retain(|l| {
+            let keep = current.contains(&(l.account.clone(), l.pool.as_str(), l.origin.as_str()));
+            if !keep {
+                self.pool_origin_healthy.remove(l);
+            }
+            keep
+        });
     }
 
     pub fn encode(&self) -> String {

@@ -78,6 +78,8 @@ pub const MAX_CONCURRENT_CALLS: u32 = 128;
 /// Idle instances kept for reuse-mode bindings, across all of them (each keeps a pool slot and
 /// its memory resident). Beyond it a finished instance is dropped.
 const MAX_WARM_INSTANCES: usize = 64;
+/// `on-log` calls that may run or wait for a slot at once; more are dropped and counted.
+pub const MAX_PENDING_LOGS: usize = 1024;
 /// Idle instances kept for one binding.
 const MAX_IDLE_PER_BINDING: usize = 8;
 /// Most requests one instance may serve in reuse mode.
@@ -270,6 +272,8 @@ pub struct PluginHost {
     buffered: Arc<AtomicUsize>,
     ticker: EpochTicker,
     slots: Arc<tokio::sync::Semaphore>,
+    /// `on-log` calls running or waiting for a slot (see [`PluginHost::spawn_log`]).
+    pending_logs: Arc<tokio::sync::Semaphore>,
     /// Idle reuse-mode instances, all bindings together (at most [`MAX_WARM_INSTANCES`]).
     warm_idle: Arc<AtomicUsize>,
     kv: Arc<KvStores>,
@@ -449,6 +453,7 @@ impl PluginHost {
             buffered: Arc::default(),
             ticker,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+            pending_logs: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_LOGS)),
             warm_idle: Arc::new(AtomicUsize::new(0)),
             kv: Default::default(),
             metrics: Default::default(),
@@ -705,6 +710,11 @@ impl PluginHost {
         if let Ok(mut compiled) = self.compiled.lock() {
             compiled.retain(|sha, _| next.values().any(|p| p.sha256 == *sha));
         }
+        for (key, gone) in current.iter().filter(|(key, _)| !next.contains_key(*key)) {
+            // Its series leave /metrics with it: versions come and go, series must not pile up.
+            self.metrics.forget(&key.0.to_string(), &gone.name);
+            gone.own_metrics.forget();
+        }
         self.remove_unused_artifacts(&next);
         if let Ok(mut uploaded) = self.uploaded.lock() {
             *uploaded = next;
@@ -831,6 +841,24 @@ impl PluginHost {
             }
         }
         Ok(Outcome::Continue(exchange))
+    }
+
+    /// Run [`Self::log`] beside the request, unless [`MAX_PENDING_LOGS`] already wait for a slot:
+    /// then it is dropped and counted (`burrow_plugin_logs_dropped`), so a burst of logged
+    /// responses cannot queue without bound, each holding its request's headers.
+    pub fn spawn_log(self: &Arc<Self>, chain: Arc<[PluginBinding]>, request: PluginRequest, entry: LogEntry) {
+        let Ok(pending) = self.pending_logs.clone().try_acquire_owned() else {
+            self.metrics.log_dropped();
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let host = self.clone();
+        runtime.spawn(async move {
+            host.log(&chain, request, entry).await;
+            drop(pending);
+        });
     }
 
     /// Run `on-log` of the chain's plugins that implement it, in chain order. A failure is

@@ -28,6 +28,10 @@ use crate::request_checks;
 use crate::respond::{ProxyError, error_response};
 use crate::route_table::{PluginBinding, RouteTable, Target};
 
+/// Opening a stream and writing a request head takes one round trip at most when the connection
+/// has stream credit; longer, and the request tries another connection.
+const OPEN_STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Small responses of retryable pool requests are read whole before the client sees a byte, so
 /// that a connector dying mid-response can still be retried on another origin.
 const MAX_BUFFERED_RESPONSE: u64 = 64 * 1024;
@@ -103,9 +107,7 @@ impl LoggedBody {
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             completed,
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { log.host.log(&log.chain, log.request, entry).await });
-        }
+        log.host.spawn_log(log.chain, log.request, entry);
     }
 }
 
@@ -610,7 +612,17 @@ async fn exchange(
     head_bytes: &[u8],
     upstream: Upstream,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (in_flight, mut send, recv) = open_stream(state, tunnel_id, tunnel_name, head_bytes).await?;
+    // The origin timeout covers opening the stream too: a connection with no stream credit
+    // left, or one whose connector just died, must not hold a request beyond it.
+    let deadline = tokio::time::Instant::now() + state.config.origin_timeout;
+    let timed_out = || ProxyError::OriginTimeout {
+        name: tunnel_name.to_owned(),
+        timeout: state.config.origin_timeout,
+    };
+    let (in_flight, mut send, recv) =
+        tokio::time::timeout_at(deadline, open_stream(state, tunnel_id, tunnel_name, head_bytes))
+            .await
+            .map_err(|_| timed_out())??;
 
     // A WebSocket keeps its send half for the raw bytes after the 101.
     let mut upgrade_send = None;
@@ -680,12 +692,9 @@ async fn exchange(
         // No body, or the relay dropped the sender when the body went through: this branch then
         // disables itself.
         Some(stalled) = stalled => return Err(stalled),
-        first = tokio::time::timeout(state.config.origin_timeout, frames.next()) => first,
+        first = tokio::time::timeout_at(deadline, frames.next()) => first,
     }
-    .map_err(|_| ProxyError::OriginTimeout {
-        name: tunnel_name.to_owned(),
-        timeout: state.config.origin_timeout,
-    })?;
+    .map_err(|_| timed_out())?;
     if let Some((_, answered)) = upload {
         let _ = answered.send(());
     }
@@ -794,12 +803,19 @@ pub(crate) async fn open_stream(
             break;
         };
         let conn = in_flight.connection().clone();
-        match conn.quic.open_bi().await {
-            Ok((mut send, recv)) => match send.write_all(head).await {
-                Ok(()) => return Ok((in_flight, send, recv)),
-                Err(e) => last_error = e.to_string(),
-            },
-            Err(e) => last_error = e.to_string(),
+        let opened = async {
+            let (mut send, recv) = conn.quic.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(head).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, recv))
+        };
+        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, opened).await {
+            Ok(Ok((send, recv))) => return Ok((in_flight, send, recv)),
+            Ok(Err(e)) => last_error = e,
+            Err(_) => {
+                // No stream credit (the connector is at its limit) or no answer: try another.
+                conn.mark_suspect();
+                last_error = format!("no stream could be opened within {OPEN_STREAM_TIMEOUT:?}");
+            }
         }
         skip = Some(conn.info.connection_id);
     }

@@ -197,6 +197,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The routing table's record of a stored tunnel.
+    pub fn tunnel_record(t: &Tunnel) -> Result<TunnelRecord, String> {
+        let hash =
+            decode_hex32(&t.secret_sha256).ok_or_else(|| format!("tunnel {} has a corrupt secret hash", t.id))?;
+        Ok(TunnelRecord {
+            id: t.id,
+            account: t.account,
+            name: t.name.clone(),
+            secret_sha256: hash,
+        })
+    }
+
     /// Build the routing table, with bindings of uploaded plugins attached to what `plugins`
     /// has loaded (see [`PluginHost::prepare`]). A route whose tunnel belongs to another account
     /// is never served (the API prevents it; this guards against a store edited by hand).
@@ -205,17 +217,11 @@ impl Snapshot {
             Some(host) => host.resolve(account, binding),
             None => binding.clone(),
         };
-        let mut records = Vec::with_capacity(self.tunnels.len());
-        for t in &self.tunnels {
-            let hash =
-                decode_hex32(&t.secret_sha256).ok_or_else(|| format!("tunnel {} has a corrupt secret hash", t.id))?;
-            records.push(TunnelRecord {
-                id: t.id,
-                account: t.account,
-                name: t.name.clone(),
-                secret_sha256: hash,
-            });
-        }
+        let records = self
+            .tunnels
+            .iter()
+            .map(Self::tunnel_record)
+            .collect::<Result<Vec<_>, _>>()?;
         let owners: std::collections::HashMap<TunnelId, AccountId> =
             self.tunnels.iter().map(|t| (t.id, t.account)).collect();
         let mut pools = Vec::with_capacity(self.pools.len());
@@ -300,6 +306,12 @@ pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T
         key: kv.key.clone(),
         reason: e.to_string(),
     })
+}
+
+/// The public id of a token (`burrow_<id>_<secret>`), if it has the token's shape.
+pub fn token_id(token: &str) -> Option<&str> {
+    let id = token.strip_prefix("burrow_")?.split_once('_')?.0;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 /// A plugin chain's size limits.
@@ -423,6 +435,114 @@ impl ControlPlane {
         Ok((account, token))
     }
 
+    pub async fn list_accounts(&self) -> Result<Vec<Account>, CpError> {
+        Ok(self.list_all("accounts/").await?.0)
+    }
+
+    /// An account by UUID or by name (a name two accounts share must be given as a UUID).
+    pub async fn find_account(&self, reference: &str) -> Result<Account, CpError> {
+        if let Ok(id) = reference.parse::<Uuid>() {
+            return self.account(AccountId(id)).await;
+        }
+        let named: Vec<Account> = self
+            .list_accounts()
+            .await?
+            .into_iter()
+            .filter(|a| a.name == reference)
+            .collect();
+        match &named[..] {
+            [one] => Ok(one.clone()),
+            [] => Err(CpError::NotFound(format!("account {reference:?}"))),
+            several => Err(CpError::Conflict(format!(
+                "{} accounts are named {reference:?}; give one by its id: {}",
+                several.len(),
+                several.iter().map(|a| a.id.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Delete an account with everything it owns: tokens (they stop working at once), tunnels
+    /// (edges close their connections), routes, pools and plugins. One transaction.
+    pub async fn delete_account(&self, reference: &str) -> Result<Account, CpError> {
+        let account = self.find_account(reference).await?;
+        let a = account.id;
+        let mut ops: Vec<Op> = [
+            format!("tunnels/{a}/"),
+            format!("tunnel-names/{a}/"),
+            format!("pools/{a}/"),
+            format!("plugins/{a}/"),
+            format!("plugin-counters/{a}/"),
+            format!("{}plugin-wasm/{a}/", crate::store::BULK_PREFIX),
+        ]
+        .into_iter()
+        .map(|prefix| Op::DeletePrefix { prefix })
+        .collect();
+        let (tunnels, _) = self.list_all::<Tunnel>(&format!("tunnels/{a}/")).await?;
+        ops.extend(tunnels.iter().map(|t| Op::DeletePrefix {
+            prefix: format!("connections/{}/", t.id),
+        }));
+        ops.extend(self.list_routes(a).await?.iter().map(|r| Op::Delete {
+            key: format!("routes/{}", r.hostname),
+        }));
+        ops.extend(self.list_tokens(Some(a)).await?.iter().map(|t| Op::Delete {
+            key: format!("tokens/{}", t.id),
+        }));
+        ops.push(Op::Delete { key: references_key(a) });
+        let key = format!("accounts/{a}");
+        ops.push(Op::Delete { key: key.clone() });
+        // Nothing the account wrote since it was read may survive it (a route would dangle).
+        let guard = match self.store.get(&references_key(a)).await? {
+            Some(kv) => Compare::ModRevision(references_key(a), kv.mod_revision),
+            None => Compare::Missing(references_key(a)),
+        };
+        if !self.store.txn(vec![Compare::Exists(key), guard], ops).await?.succeeded {
+            return Err(CpError::Conflict(format!(
+                "account {:?} changed while it was being deleted; retry",
+                account.name
+            )));
+        }
+        Ok(account)
+    }
+
+    /// API tokens (not node tokens), of one account or of all.
+    pub async fn list_tokens(&self, account: Option<AccountId>) -> Result<Vec<Token>, CpError> {
+        let (tokens, _) = self.list_all::<Token>("tokens/").await?;
+        Ok(tokens
+            .into_iter()
+            .filter(|t| !t.node && account.is_none_or(|a| t.account == a))
+            .collect())
+    }
+
+    /// Another API token for an account, shown once.
+    pub async fn create_token(&self, account: AccountId, name: &str) -> Result<(Token, String), CpError> {
+        validate_name("name", name)?;
+        let (token, ops) = self.new_token(account, name);
+        let id = token_id(&token).unwrap_or_default().to_owned();
+        let mut compares = vec![Compare::Exists(format!("accounts/{account}"))];
+        compares.push(Compare::Missing(format!("tokens/{id}")));
+        if !self.store.txn(compares, ops).await?.succeeded {
+            return Err(CpError::NotFound("account".into()));
+        }
+        let doc = self.store.get(&format!("tokens/{id}")).await?;
+        let doc = doc.ok_or_else(|| CpError::NotFound("token".into()))?;
+        Ok((from_json(&doc)?, token))
+    }
+
+    /// Revoke a token by its id (the part after `burrow_`): it stops working at once.
+    pub async fn revoke_token(&self, id: &str) -> Result<Token, CpError> {
+        let key = format!("tokens/{id}");
+        let kv = self.store.get(&key).await?;
+        let kv = kv.ok_or_else(|| CpError::NotFound(format!("token {id:?}")))?;
+        let doc: Token = from_json(&kv)?;
+        self.store
+            .txn(
+                vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+                vec![Op::Delete { key }],
+            )
+            .await?;
+        Ok(doc)
+    }
+
     pub async fn account(&self, id: AccountId) -> Result<Account, CpError> {
         let kv = self.store.get(&format!("accounts/{id}")).await?;
         kv.map(|kv| from_json(&kv))
@@ -481,16 +601,9 @@ impl ControlPlane {
 
     /// The stored token matching `token`, compared in constant time.
     async fn find_token(&self, token: &str) -> Result<Option<Token>, CpError> {
-        let Some(id) = token
-            .strip_prefix("burrow_")
-            .and_then(|rest| rest.split_once('_'))
-            .map(|(id, _)| id)
-        else {
+        let Some(id) = token_id(token) else {
             return Ok(None);
         };
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(None);
-        }
         let Some(kv) = self.store.get(&format!("tokens/{id}")).await? else {
             return Ok(None);
         };
@@ -985,18 +1098,29 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Drop every connection record of a tunnel (`burrow tunnel cleanup`).
-    pub async fn cleanup_connections(&self, account: AccountId, reference: &str) -> Result<usize, CpError> {
+    /// Drop the connection records of a tunnel whose connections are gone (`burrow tunnel
+    /// cleanup`); `live` says which this edge still holds (other edges write theirs back if
+    /// they are removed while live). Returns how many were removed.
+    pub async fn cleanup_connections(
+        &self,
+        account: AccountId,
+        reference: &str,
+        live: impl Fn(&Connection) -> bool,
+    ) -> Result<usize, CpError> {
         let tunnel = self.find_tunnel(account, reference).await?;
-        let count = self.connections(tunnel.id).await?.len();
-        self.store
-            .txn(
-                vec![],
-                vec![Op::DeletePrefix {
-                    prefix: format!("connections/{}/", tunnel.id),
-                }],
-            )
-            .await?;
+        let stale: Vec<Op> = self
+            .connections(tunnel.id)
+            .await?
+            .iter()
+            .filter(|c| !live(c))
+            .map(|c| Op::Delete {
+                key: format!("connections/{}/{}", c.tunnel, c.connection_id),
+            })
+            .collect();
+        let count = stale.len();
+        if count > 0 {
+            self.store.txn(vec![], stale).await?;
+        }
         Ok(count)
     }
 

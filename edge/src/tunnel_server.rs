@@ -132,9 +132,18 @@ async fn handle_connection(incoming: quinn::Incoming, state: Arc<EdgeState>, shu
             return;
         }
     };
+    state.registry.add(conn.clone());
+    // The table may have been swapped since the credentials were checked (the tunnel deleted,
+    // its secret changed); that swap may have missed this connection, so check again.
+    if let Some(why) = crate::registry::revoked(&state.routes.load(), &conn.info) {
+        state.registry.remove(conn.info.tunnel, conn.info.connection_id);
+        state.metrics.count_registration("rejected");
+        tracing::warn!(%remote, tunnel = %conn.info.tunnel, "{why} during registration; closed");
+        conn.quic.close(error_code::TUNNEL_REVOKED.into(), why.as_bytes());
+        return;
+    }
     state.metrics.count_registration("ok");
     state.metrics.tunnel_connections.inc();
-    state.registry.add(conn.clone());
     crate::config_sync::record_connection(&state, &conn.info);
     let info = &conn.info;
     tracing::info!(
@@ -240,18 +249,13 @@ async fn register(
         reject(&conn, &mut send, RejectCode::UnsupportedVersion, msg.clone(), &limits).await;
         return Err(msg);
     }
-    // Checked against the current snapshot, so reconnects work while the control plane is down.
-    let authorized = state
-        .routes
-        .load()
-        .tunnel(&tunnel_id)
-        .is_some_and(|t| t.verify(account, &secret));
-    if !authorized {
-        // One message for both cases: do not tell a guesser which tunnels exist.
-        let msg = format!("tunnel {tunnel_id} is unknown or its credentials are wrong");
-        reject(&conn, &mut send, RejectCode::Unauthorized, msg.clone(), &limits).await;
-        return Err(msg);
-    }
+    let secret_sha256 = match authorize(state, account, tunnel_id, &secret).await {
+        Ok(hash) => hash,
+        Err((code, msg)) => {
+            reject(&conn, &mut send, code, msg.clone(), &limits).await;
+            return Err(msg);
+        }
+    };
     let info = ConnectionInfo {
         connection_id: Uuid::new_v4(),
         tunnel: tunnel_id,
@@ -260,6 +264,7 @@ async fn register(
         origin_addr: conn.remote_address(),
         version,
         since: SystemTime::now(),
+        secret_sha256,
     };
     let reply = Registered {
         connection_id: info.connection_id,
@@ -273,6 +278,59 @@ async fn register(
     Ok((Arc::new(TunnelConnection::new(info, conn)), send, frames))
 }
 
+/// How long a registration waits for the table to catch up with a tunnel the store already has
+/// (at most the registration timeout leaves after the handshake).
+const CATCH_UP: Duration = Duration::from_secs(3);
+
+/// Check a registration's credentials against the current table, so that reconnects work while
+/// the control plane is down. A tunnel the table does not hold yet may be one created a moment
+/// ago (the table is rebuilt after the store's write): wait a little for it, then ask the store,
+/// which tells "not yet" (retry) from "no such tunnel" (final). Returns the secret's hash.
+async fn authorize(
+    state: &EdgeState,
+    account: burrow_protocol::AccountId,
+    tunnel: burrow_protocol::TunnelId,
+    secret: &burrow_protocol::TunnelSecret,
+) -> Result<[u8; 32], (RejectCode, String)> {
+    // One message for unknown tunnels and wrong secrets: do not tell a guesser which exist.
+    let refused = || {
+        let msg = format!("tunnel {tunnel} is unknown or its credentials are wrong");
+        (RejectCode::Unauthorized, msg)
+    };
+    let verified = |state: &EdgeState| {
+        let table = state.routes.load();
+        let record = table.tunnel(&tunnel)?;
+        Some(record.verify(account, secret).then_some(record.secret_sha256))
+    };
+    if let Some(verdict) = verified(state) {
+        return verdict.ok_or_else(refused);
+    }
+    let wait = CATCH_UP.min(state.config.registration_timeout / 2);
+    if state.wait_for_tunnel(&tunnel, wait).await {
+        return verified(state).flatten().ok_or_else(refused);
+    }
+    // A tunnels file is the whole truth; so is an edge-only node's last snapshot.
+    let Some(cp) = &state.control else {
+        return Err(refused());
+    };
+    match cp.find_tunnel(account, &tunnel.to_string()).await {
+        Ok(stored) => {
+            let record = crate::resources::Snapshot::tunnel_record(&stored).map_err(|_| refused())?;
+            if !record.verify(account, secret) {
+                return Err(refused());
+            }
+            let msg = format!("tunnel {tunnel} exists but this edge's config does not hold it yet; retry shortly");
+            Err((RejectCode::Pending, msg))
+        }
+        Err(crate::resources::CpError::NotFound(_)) => Err(refused()),
+        // The store is down: the table is all this edge knows, and it may be behind.
+        Err(e) => Err((
+            RejectCode::Pending,
+            format!("tunnel {tunnel} is not in this edge's config and the store cannot be asked ({e}); retry shortly"),
+        )),
+    }
+}
+
 async fn reject(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
@@ -280,7 +338,11 @@ async fn reject(
     message: String,
     limits: &burrow_protocol::Limits,
 ) {
-    let retry_after_ms = matches!(code, RejectCode::Unauthorized | RejectCode::RateLimited).then_some(5_000);
+    let retry_after_ms = match code {
+        RejectCode::Unauthorized | RejectCode::RateLimited => Some(5_000),
+        RejectCode::Pending => Some(500),
+        _ => None,
+    };
     let frame = Frame::Control(ControlMessage::Rejected(Rejected {
         code,
         message,

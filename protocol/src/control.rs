@@ -63,6 +63,9 @@ pub struct Rejected {
 pub enum RejectCode {
     /// Unknown tunnel or wrong secret. Retrying only helps if the edge's records are stale.
     Unauthorized,
+    /// The store has this tunnel but the edge's routing table does not hold it yet (its config
+    /// is behind): retry shortly. Never sent for a wrong secret.
+    Pending,
     /// The edge does not speak this protocol version; upgrade one side.
     UnsupportedVersion,
     /// Too many connections for this tunnel or edge; retry later.

@@ -60,4 +60,6 @@ pub mod error_code {
     pub const EDGE_SHUTDOWN: u32 = 4;
     /// The tunnel was deleted or its credentials revoked.
     pub const TUNNEL_REVOKED: u32 = 5;
+    /// The edge heard nothing from the connector for too long and gave the connection up.
+    pub const CONNECTION_DEAD: u32 = 6;
 }

@@ -193,22 +193,16 @@ impl TestEdge {
     pub async fn start_with_store_options(data_dir: &Path, options: EdgeOptions) -> (Self, ControlPlane) {
         let store = SqliteStore::open(&data_dir.join("store.db")).unwrap();
         let control = ControlPlane::new(store);
-        let edge = Self::launch(
-            RouteTable::default(),
-            Some(control.clone()),
-            Some(data_dir.to_owned()),
-            options,
-        )
-        .await;
+        let edge = Self::launch(None, Some(control.clone()), Some(data_dir.to_owned()), options).await;
         (edge, control)
     }
 
     pub async fn start_with(file: &TunnelsFile, options: EdgeOptions) -> Self {
-        Self::launch(file.to_table().unwrap(), None, None, options).await
+        Self::launch(Some(file.to_table().unwrap()), None, None, options).await
     }
 
     async fn launch(
-        table: RouteTable,
+        table: Option<RouteTable>,
         control: Option<ControlPlane>,
         data_dir: Option<PathBuf>,
         options: EdgeOptions,

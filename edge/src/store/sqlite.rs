@@ -15,7 +15,9 @@
 //! then replays `history` after the requested revision, then forwards live batches, skipping
 //! revisions it already sent (the overlap between the replay and the subscription). If the
 //! watcher falls behind (broadcast lag, or compaction overtook the replay) its channel is closed;
-//! per the [`WatchReceiver`] contract the watcher then re-lists and watches again.
+//! per the [`WatchReceiver`] contract the watcher then re-lists and watches again. Writes by
+//! another process on the same file (the `burrow-edge account` and `token` commands beside a
+//! running edge) reach this process's watchers from the history within one reaper tick.
 //!
 //! Leases: stored with their TTL and a wall-clock expiry; a background task revokes expired ones
 //! every 500 ms (deleting their keys in one revision). On open every lease gets a fresh full TTL,
@@ -72,8 +74,52 @@ type Batch = Arc<Vec<Event>>;
 /// database, stops lease expiry and ends all watches.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    events: broadcast::Sender<Batch>,
+    publisher: Arc<Publisher>,
     history_cap: u64,
+}
+
+/// Sends committed batches to this process's watchers, and remembers the newest revision sent:
+/// a revision beyond it was committed by another process (the `burrow-edge account` commands
+/// write the same file), and the reaper's tick sends it from the history.
+struct Publisher {
+    events: broadcast::Sender<Batch>,
+    published: std::sync::atomic::AtomicU64,
+}
+
+impl Publisher {
+    /// Called with the connection lock held, so batches go out in revision order.
+    fn publish(&self, revision: Revision, events: Vec<Event>) {
+        if !events.is_empty() {
+            // An error only means nobody is watching.
+            let _ = self.events.send(Arc::new(events));
+        }
+        self.published.store(revision, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Send what other processes committed since the last revision sent. If the history no longer
+    /// holds it, watchers get an empty batch, which closes them: they re-list.
+    fn catch_up(&self, c: &mut Connection) -> Result<(), StoreError> {
+        let head = current_rev(c)?;
+        let published = self.published.load(std::sync::atomic::Ordering::Relaxed);
+        if head <= published {
+            return Ok(());
+        }
+        tracing::debug!(
+            from = published,
+            to = head,
+            "publishing another process's writes to watchers"
+        );
+        match read_history(c, "", published, head)? {
+            Some(batches) => batches.into_iter().for_each(|b| {
+                let _ = self.events.send(Arc::new(b));
+            }),
+            None => {
+                let _ = self.events.send(Arc::new(Vec::new()));
+            }
+        }
+        self.published.store(head, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl SqliteStore {
@@ -92,6 +138,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| backend(format!("create {}: {e}", dir.display())))?;
         }
+        private_file(path)?;
         let conn = Connection::open(path).map_err(|e| backend(format!("open {}: {e}", path.display())))?;
         Self::init(conn, history_cap)
     }
@@ -116,9 +163,13 @@ impl SqliteStore {
         // Fresh grace after a restart: owners had no way to keep alive while we were down.
         conn.execute("UPDATE leases SET expires_at_ms = ?1 + ttl_ms", [now_ms()])?;
 
+        let publisher = Arc::new(Publisher {
+            events: broadcast::channel(BROADCAST_CAPACITY).0,
+            published: current_rev(&conn)?.into(),
+        });
         let store = Arc::new(Self {
             conn: Arc::new(Mutex::new(conn)),
-            events: broadcast::channel(BROADCAST_CAPACITY).0,
+            publisher,
             history_cap,
         });
         // Only a Weak: the task must not keep the store (and its file) alive.
@@ -141,11 +192,11 @@ impl SqliteStore {
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &broadcast::Sender<Batch>, u64) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection, &Publisher, u64) -> Result<T, StoreError> + Send + 'static,
     {
-        let sender = self.events.clone();
+        let publisher = Arc::clone(&self.publisher);
         let cap = self.history_cap;
-        run_blocking(&self.conn, move |c| f(c, &sender, cap)).await
+        run_blocking(&self.conn, move |c| f(c, &publisher, cap)).await
     }
 
     async fn reap_expired(&self) -> Result<usize, StoreError> {
@@ -158,6 +209,7 @@ impl SqliteStore {
                 tracing::debug!(lease = id, "lease expired");
                 revoke(c, id, sender, cap)?;
             }
+            sender.catch_up(c)?;
             Ok(ids.len())
         })
         .await
@@ -240,7 +292,7 @@ impl Store for SqliteStore {
             check_len("prefix", &prefix)?;
             // Subscribe before reading the head: every commit is then either in the history read
             // below or in `live` (or both; the task dedupes by revision).
-            let live = self.events.subscribe();
+            let live = self.publisher.events.subscribe();
             let (head, compacted) = self
                 .blocking(|c, _, _| {
                     Ok(
@@ -320,7 +372,7 @@ fn apply_txn(
     c: &mut Connection,
     compares: &[Compare],
     ops: Vec<Op>,
-    sender: &broadcast::Sender<Batch>,
+    sender: &Publisher,
     cap: u64,
 ) -> Result<TxnResult, StoreError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -396,7 +448,7 @@ fn done(succeeded: bool, revision: Revision) -> TxnResult {
 }
 
 /// Delete the lease and its keys in one revision (no new revision if it had no keys).
-fn revoke(c: &mut Connection, lease: LeaseId, sender: &broadcast::Sender<Batch>, cap: u64) -> Result<(), StoreError> {
+fn revoke(c: &mut Connection, lease: LeaseId, sender: &Publisher, cap: u64) -> Result<(), StoreError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !tx
         .prepare_cached("SELECT 1 FROM leases WHERE id = ?1")?
@@ -429,7 +481,7 @@ fn commit(
     tx: Transaction<'_>,
     rev: Revision,
     events: Vec<Event>,
-    sender: &broadcast::Sender<Batch>,
+    sender: &Publisher,
     cap: u64,
 ) -> Result<(), StoreError> {
     let events: Vec<Event> = events
@@ -470,9 +522,25 @@ fn commit(
         tx.execute("UPDATE meta SET compacted = ?1 WHERE id = 1", [cut])?;
     }
     tx.commit()?;
-    if !events.is_empty() {
-        // An error only means nobody is watching.
-        let _ = sender.send(Arc::new(events));
+    sender.publish(rev, events);
+    Ok(())
+}
+
+/// Make the database file readable by its owner only (it holds token hashes and tunnel
+/// records), creating it if missing; SQLite gives its `-wal` and `-shm` files the same mode.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| backend(format!("open {}: {e}", path.display())))?;
+    let mode = file.metadata().map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600);
+    if mode & 0o077 != 0 {
+        tracing::info!(path = %path.display(), "making the store readable by its owner only");
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| backend(format!("chmod {}: {e}", path.display())))?;
     }
     Ok(())
 }
@@ -522,7 +590,8 @@ async fn run_watch(
             },
         };
         let Some(rev) = batch.first().map(Event::revision) else {
-            continue;
+            tracing::debug!(%prefix, "another process's writes left the history; closing the watch so it re-lists");
+            return;
         };
         if rev <= last {
             continue; // already sent by the replay
