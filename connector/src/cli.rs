@@ -316,7 +316,8 @@ async fn on_signal(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-async fn wait_for_signal() {
+/// The first SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -855,7 +855,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     println!("            burrow tunnel route dns dev app.localhost && burrow tunnel list");
     println!("Ctrl-C to stop (the dev store in {} is removed).", dir.0.display());
     tokio::select! {
-        () = stop_signal() => {}
+        () = burrow_connector::cli::wait_for_signal() => {}
         result = &mut edge => {
             shutdown.cancel();
             return Err(stopped("edge", result));
@@ -870,20 +870,6 @@ async fn dev(args: DevArgs) -> Result<()> {
     edge??;
     connector??;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,11 @@ impl PluginMetrics {
         self.logs_dropped.inc();
     }
 
+    /// `on-log` calls dropped so far.
+    pub fn logs_dropped(&self) -> u64 {
+        self.logs_dropped.get()
+    }
+
     /// The plugin's own metrics (the `metrics` import).
     pub fn own(&self, account: &str, plugin: &str) -> std::sync::Arc<OwnMetrics> {
         std::sync::Arc::new(OwnMetrics {
@@ -386,5 +391,39 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    /// Two tenants' pools of the same name are two series; a pool that leaves the table takes
+    /// its series along.
+    #[test]
+    fn pool_series_carry_the_account_and_leave_with_their_pool() {
+        let metrics = Metrics::new(None);
+        metrics.set_pool_origin_healthy("acme", "web", "a", true);
+        metrics.set_pool_origin_healthy("bob", "web", "a", false);
+        let text = metrics.encode();
+        assert!(text.contains(r#"{account="acme",pool="web",origin="a"} 1"#), "{text}");
+        assert!(text.contains(r#"{account="bob",pool="web",origin="a"} 0"#), "{text}");
+        metrics.retain_pools(&crate::route_table::RouteTable::default());
+        assert!(!metrics.encode().contains("pool=\"web\""), "{}", metrics.encode());
+    }
+
+    /// The series of a plugin version leave /metrics when it is forgotten (unloaded).
+    #[test]
+    fn forgotten_plugins_leave_no_series() {
+        let plugins = PluginMetrics::default();
+        let metrics = Metrics::new(Some(&plugins));
+        plugins.for_plugin("acme", "auth@1").record(CallResult::Ok, Some(0.001));
+        let own = plugins.own("acme", "auth@1");
+        assert!(own.counter_add("hits", 1));
+        assert!(metrics.encode().contains("auth@1"));
+        plugins.forget("acme", "auth@1");
+        own.forget();
+        assert!(!metrics.encode().contains("auth@1"), "{}", metrics.encode());
     }
 }

@@ -1551,3 +1551,40 @@ impl wit_kv::Host for HostState {
         self.kv(|space, _| space.delete(&key));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    /// `on-log` calls beyond [`MAX_PENDING_LOGS`] waiting are dropped and counted: a burst of
+    /// logged responses cannot queue without bound.
+    #[tokio::test]
+    async fn on_log_calls_past_the_backlog_are_dropped_and_counted() {
+        let host = Arc::new(PluginHost::new().unwrap());
+        let request = || PluginRequest {
+            method: Method::GET,
+            authority: "a.test".into(),
+            path_and_query: "/".into(),
+            headers: HeaderMap::new(),
+            client_addr: ([127, 0, 0, 1], 1).into(),
+            request_id: "r".into(),
+            route: "a.test".into(),
+            account: AccountId(uuid::Uuid::nil()),
+        };
+        let entry = LogEntry {
+            status: 200,
+            bytes_sent: 0,
+            duration_us: 1,
+            completed: true,
+        };
+        let held: Vec<_> = (0..MAX_PENDING_LOGS)
+            .map(|_| host.pending_logs.clone().try_acquire_owned().unwrap())
+            .collect();
+        host.spawn_log(Arc::from(Vec::new()), request(), entry);
+        assert_eq!(host.metrics.logs_dropped(), 1);
+        drop(held);
+        host.spawn_log(Arc::from(Vec::new()), request(), entry);
+        assert_eq!(host.metrics.logs_dropped(), 1, "room again once the backlog drains");
+    }
+}

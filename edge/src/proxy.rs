@@ -310,7 +310,7 @@ async fn forward(
         on_upgrade,
     };
     let response = match destination {
-        Destination::Tunnel { id, name } => exchange(state, id, &name, &head_bytes, upstream).await?,
+        Destination::Tunnel { id, name } => exchange(state, id, &name, &head_bytes, upstream, false).await?,
         Destination::Pool { table, index } => {
             let retry = idempotent && !websocket;
             // Boxed: with its retry it is twice the tunnel exchange, and it would grow every
@@ -533,7 +533,9 @@ async fn to_pool(
             },
         );
         let started = Instant::now();
-        let mut result = exchange(state, tunnel, name, head, attempt).await;
+        // A first attempt that may be retried gives up on a connection that stops answering.
+        let hedge = retry && exclude.is_none();
+        let mut result = exchange(state, tunnel, name, head, attempt, hedge).await;
         if retry && exclude.is_none() {
             result = match result {
                 Ok(response) => buffer_small(state, response, name).await,
@@ -604,13 +606,16 @@ async fn buffer_small(
     ))
 }
 
-/// One request/response exchange over a stream of `tunnel`.
+/// One request/response exchange over a stream of `tunnel`. With `hedge`, waiting for the
+/// response head ends early (as a stream failure, which the caller retries elsewhere) when the
+/// connection stops answering: its connector is likely dead, and the request can be sent again.
 async fn exchange(
     state: &EdgeState,
     tunnel_id: TunnelId,
     tunnel_name: &str,
     head_bytes: &[u8],
     upstream: Upstream,
+    hedge: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // The origin timeout covers opening the stream too: a connection with no stream credit
     // left, or one whose connector just died, must not hold a request beyond it.
@@ -623,6 +628,7 @@ async fn exchange(
         tokio::time::timeout_at(deadline, open_stream(state, tunnel_id, tunnel_name, head_bytes))
             .await
             .map_err(|_| timed_out())??;
+    let connection = in_flight.connection().clone();
 
     // A WebSocket keeps its send half for the raw bytes after the 101.
     let mut upgrade_send = None;
@@ -692,6 +698,9 @@ async fn exchange(
         // No body, or the relay dropped the sender when the body went through: this branch then
         // disables itself.
         Some(stalled) = stalled => return Err(stalled),
+        () = connection.until_suspect(), if hedge => {
+            return Err(stream_failed("the tunnel connection stopped answering".into()));
+        }
         first = tokio::time::timeout_at(deadline, frames.next()) => first,
     }
     .map_err(|_| timed_out())?;

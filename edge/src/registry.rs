@@ -42,27 +42,80 @@ pub struct TunnelConnection {
     shard: usize,
     /// When a datagram last arrived, as [`Liveness`] saw it.
     liveness: std::sync::Mutex<Liveness>,
-    /// No datagram for [`SUSPECT_AFTER`] (or a stream that could not be opened): new requests
-    /// go to the tunnel's other connections while it has any.
+    /// See [`Verdict`] (or a stream could not be opened): new requests go to the tunnel's
+    /// other connections while it has any.
     suspect: std::sync::atomic::AtomicBool,
+    /// Wakes the requests waiting on this connection when it becomes suspect.
+    suspected: tokio::sync::Notify,
 }
 
-/// A connector pings every second ([`burrow_connector`]'s keep-alive); a connection silent for
-/// longer than this is avoided for new requests.
-pub const SUSPECT_AFTER: Duration = Duration::from_millis(1500);
-/// ... and silent for longer than this is dead: it is closed, which fails its requests at once
-/// (an idempotent pool request is retried on another origin) instead of after the idle timeout.
-pub const DEAD_AFTER: Duration = Duration::from_millis(2500);
+/// A live connector answers within a round trip (and its ack delay) whatever the edge sends,
+/// and pings every second when idle (`burrow_connector::tunnel_client::KEEP_ALIVE`). A connection
+/// is *suspect* when what the edge sent went unanswered for [`unanswered_suspect`], or it was
+/// silent for [`SILENT_SUSPECT`]: new requests go to the tunnel's other connections, and an
+/// idempotent pool request waiting on it moves to another origin. It is *dead* when unanswered
+/// for [`unanswered_dead`] or silent for [`SILENT_DEAD`]: it is closed, which fails its
+/// requests at once instead of after the idle timeout.
+pub const SILENT_SUSPECT: Duration = Duration::from_millis(1500);
+/// A connection with requests in flight that was silent this long is probed (a one-byte QUIC
+/// datagram, which the connector acknowledges like any packet and otherwise ignores).
+pub const PROBE_AFTER: Duration = Duration::from_millis(400);
+pub const SILENT_DEAD: Duration = Duration::from_millis(2500);
 
-struct Liveness {
-    rx_datagrams: u64,
-    heard: Instant,
+/// Sent data unanswered this long makes a connection suspect: a few round trips, at least 300 ms.
+pub fn unanswered_suspect(rtt: Duration) -> Duration {
+    (rtt * 4).max(Duration::from_millis(300))
+}
+
+/// Sent data unanswered this long means the connector is gone: at least 1.5 s.
+pub fn unanswered_dead(rtt: Duration) -> Duration {
+    (rtt * 10).max(Duration::from_millis(1500))
+}
+
+/// What [`TunnelConnection::check`] concluded, with how long the connection has been silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Alive,
+    Suspect(Duration),
+    Dead(Duration),
 }
 
 /// How many more streams a connection of this shard may carry than the least busy one of the
 /// same connector on another shard and still be chosen: the other costs a wake-up of its thread
 /// each way.
 const OTHER_SHARD_COST: usize = 8;
+
+struct Liveness {
+    /// Datagrams received, as of the last change.
+    rx_datagrams: u64,
+    /// Ack-eliciting frames sent, as of the last check.
+    tx_eliciting: u64,
+    /// When a datagram last arrived (as of a check).
+    heard: Instant,
+    /// The first check that saw something sent after the last datagram arrived.
+    unanswered_since: Option<Instant>,
+}
+
+/// Frames the connector must acknowledge (all but ACK and CONNECTION_CLOSE; padding is not
+/// counted).
+fn eliciting(f: &quinn::FrameStats) -> u64 {
+    f.stream
+        + f.ping
+        + f.max_data
+        + f.max_stream_data
+        + f.max_streams_bidi
+        + f.max_streams_uni
+        + f.reset_stream
+        + f.stop_sending
+        + f.crypto
+        + f.data_blocked
+        + f.stream_data_blocked
+        + f.streams_blocked_bidi
+        + f.streams_blocked_uni
+        + f.new_connection_id
+        + f.retire_connection_id
+        + f.datagram
+}
 
 impl TunnelConnection {
     /// Called on the thread of the shard that accepted the connection.
@@ -74,9 +127,12 @@ impl TunnelConnection {
             shard: crate::shards::current(),
             liveness: std::sync::Mutex::new(Liveness {
                 rx_datagrams: 0,
+                tx_eliciting: 0,
                 heard: Instant::now(),
+                unanswered_since: None,
             }),
             suspect: std::sync::atomic::AtomicBool::new(false),
+            suspected: tokio::sync::Notify::new(),
         }
     }
 
@@ -90,19 +146,55 @@ impl TunnelConnection {
 
     /// A stream could not be opened or answered on it in time.
     pub fn mark_suspect(&self) {
-        self.suspect.store(true, Ordering::Relaxed);
+        if !self.suspect.swap(true, Ordering::Relaxed) {
+            self.suspected.notify_waiters();
+        }
     }
 
-    /// How long the connection has been silent, as of now; clears `suspect` when it spoke.
-    fn check(&self, now: Instant) -> Duration {
-        let received = self.quic.stats().udp_rx.datagrams;
-        let mut liveness = self.liveness.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if received != liveness.rx_datagrams {
-            liveness.rx_datagrams = received;
-            liveness.heard = now;
-            self.suspect.store(false, Ordering::Relaxed);
+    /// Resolves when the connection becomes suspect (at once if it is).
+    pub async fn until_suspect(&self) {
+        let notified = self.suspected.notified();
+        if self.is_suspect() {
+            return;
         }
-        now.saturating_duration_since(liveness.heard)
+        notified.await;
+    }
+
+    /// Whether the connector still answers, as of now; clears `suspect` when it does.
+    fn check(&self, now: Instant) -> Verdict {
+        let stats = self.quic.stats();
+        let (received, sent) = (stats.udp_rx.datagrams, eliciting(&stats.frame_tx));
+        let mut l = self.liveness.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if received != l.rx_datagrams {
+            l.rx_datagrams = received;
+            l.heard = now;
+            l.unanswered_since = None;
+            self.suspect.store(false, Ordering::Relaxed);
+        } else if sent != l.tx_eliciting && l.unanswered_since.is_none() {
+            l.unanswered_since = Some(now);
+        }
+        l.tx_eliciting = sent;
+        let silent = now.saturating_duration_since(l.heard);
+        // A connection whose requests wait quietly (the edge sent them, the origin thinks) hears
+        // only the connector's pings: probe it, so that a dead one shows as unanswered soon.
+        if self.in_flight() > 0
+            && silent > PROBE_AFTER
+            && l.unanswered_since.is_none()
+            && self.quic.send_datagram(bytes::Bytes::from_static(b"?")).is_ok()
+        {
+            l.unanswered_since = Some(now);
+        }
+        let unanswered = l
+            .unanswered_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let rtt = stats.path.rtt;
+        if silent > SILENT_DEAD || unanswered > unanswered_dead(rtt) {
+            Verdict::Dead(silent)
+        } else if silent > SILENT_SUSPECT || unanswered > unanswered_suspect(rtt) {
+            Verdict::Suspect(silent)
+        } else {
+            Verdict::Alive
+        }
     }
 
     pub fn shard(&self) -> usize {
@@ -197,20 +289,29 @@ impl Registry {
             if !all && conn.in_flight() == 0 {
                 continue;
             }
-            let silent = conn.check(now);
-            if silent > DEAD_AFTER {
-                tracing::warn!(
-                    tunnel = %conn.info.tunnel, connection = %conn.info.connection_id, in_flight = conn.in_flight(),
-                    "tunnel connection silent for {silent:?}: the connector is gone; closing it"
-                );
-                self.remove(conn.info.tunnel, conn.info.connection_id);
-                conn.quic.close(
-                    burrow_protocol::error_code::CONNECTION_DEAD.into(),
-                    b"no packets from the connector",
-                );
-            } else if silent > SUSPECT_AFTER && !conn.is_suspect() {
-                tracing::info!(tunnel = %conn.info.tunnel, connection = %conn.info.connection_id, "tunnel connection silent for {silent:?}; avoiding it");
-                conn.mark_suspect();
+            match conn.check(now) {
+                Verdict::Alive => {}
+                Verdict::Suspect(silent) => {
+                    if !conn.is_suspect() {
+                        tracing::info!(
+                            tunnel = %conn.info.tunnel, connection = %conn.info.connection_id,
+                            "tunnel connection not answering (silent {silent:?}); avoiding it"
+                        );
+                    }
+                    conn.mark_suspect();
+                }
+                Verdict::Dead(silent) => {
+                    tracing::warn!(
+                        tunnel = %conn.info.tunnel, connection = %conn.info.connection_id, in_flight = conn.in_flight(),
+                        "tunnel connection not answering (silent {silent:?}): the connector is gone; closing it"
+                    );
+                    self.remove(conn.info.tunnel, conn.info.connection_id);
+                    conn.mark_suspect();
+                    conn.quic.close(
+                        burrow_protocol::error_code::CONNECTION_DEAD.into(),
+                        b"no answer from the connector",
+                    );
+                }
             }
         }
     }
@@ -245,18 +346,18 @@ impl Registry {
     }
 }
 
-/// How often [`Registry::check_liveness`] runs.
-pub const LIVENESS_TICK: Duration = Duration::from_millis(250);
+/// How often [`Registry::check_liveness`] looks at the connections carrying requests.
+pub const LIVENESS_TICK: Duration = Duration::from_millis(100);
 
 /// Check the connections carrying requests every [`LIVENESS_TICK`], and the idle ones every
-/// fourth tick (their silence is measured all the same: it counts from the last datagram seen),
+/// tenth tick (their silence is measured all the same: it counts from the last datagram seen),
 /// until `shutdown`.
 pub async fn watch_liveness(state: std::sync::Arc<crate::EdgeState>, shutdown: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(LIVENESS_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
         tokio::select! {
-            _ = tick.tick() => state.registry.check_liveness(n % 4 == 0),
+            _ = tick.tick() => state.registry.check_liveness(n % 10 == 0),
             () = shutdown.cancelled() => return,
         }
     }

@@ -38,6 +38,10 @@ pub fn endpoint(
     transport.stream_receive_window((4u32 * 1024 * 1024).into());
     transport.receive_window((16u32 * 1024 * 1024).into());
     transport.send_window(16 * 1024 * 1024);
+    // The edge sends liveness probes as datagrams ([`crate::registry::PROBE_AFTER`]) and reads
+    // none (quinn allows sending only with a receive buffer): a few bytes of it, so a connector
+    // cannot park memory here with datagrams.
+    transport.datagram_receive_buffer_size(Some(64));
     let server_config = config.tls.tunnel_server_config(transport)?;
     socket.set_nonblocking(true)?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;

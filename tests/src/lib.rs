@@ -197,6 +197,12 @@ impl TestEdge {
         (edge, control)
     }
 
+    /// An edge with a control plane (the API) that does not follow its store: its table changes
+    /// only when a test swaps one in (to hold it behind the store on purpose).
+    pub async fn start_behind(control: ControlPlane) -> Self {
+        Self::launch(None, Some(control), None, EdgeOptions::default()).await
+    }
+
     pub async fn start_with(file: &TunnelsFile, options: EdgeOptions) -> Self {
         Self::launch(Some(file.to_table().unwrap()), None, None, options).await
     }
@@ -298,6 +304,11 @@ impl TestEdge {
         self.task.await.unwrap().unwrap();
     }
 
+    /// Start the drain (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Serve a tunnel created in this edge's store (`ControlPlane::create_tunnel`) from `origin`
     /// with a connector of `connections` connections, once the edge's table holds the tunnel (a
     /// connector refused at its first registration gives up, as with wrong credentials).
@@ -390,6 +401,8 @@ impl Load {
 /// A connector running in this process.
 pub struct TestConnector {
     pub status: Arc<Status>,
+    /// Its ingress and origin clients (to count the streams it serves).
+    pub origins: Arc<Origins>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<()>>,
 }
@@ -416,12 +429,17 @@ impl TestConnector {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(tunnel_client::run(
             credentials,
-            origins,
+            origins.clone(),
             options,
             status.clone(),
             shutdown.clone(),
         ));
-        Self { status, shutdown, task }
+        Self {
+            status,
+            origins,
+            shutdown,
+            task,
+        }
     }
 
     /// One catch-all rule to `url` (like `--url`).

@@ -844,3 +844,298 @@ async fn a_node_token_reports_only_for_its_own_node() {
     assert!(body.contains("created for node \\\"node-a\\\""), "{body}");
     edge.stop().await;
 }
+
+/// Start `burrow tunnel run NAME` for alice and wait until `host` serves `text`.
+async fn run_connector(alice: &Path, ports: &Ports, name: &str, host: &str, text: &'static str) -> Process {
+    let origin = named_origin(text).await;
+    let url = format!("http://{origin}");
+    let connector = Process::spawn(
+        BURROW,
+        &["tunnel", "run", name, "--url", &url],
+        &[("BURROW_HOME", alice)],
+    );
+    eventually(Duration::from_secs(20), &format!("{host} to be served"), || async {
+        served(ports, host).await == Some((StatusCode::OK, text.into()))
+    })
+    .await;
+    connector
+}
+
+/// An edge with alice logged in, her tunnel "web" routed from web.test and served by a connector.
+async fn alice_serving_web(dir: &Path) -> (Ports, std::path::PathBuf, Process, Process) {
+    let (ports, alice, edge) = edge_with_alice(dir).await;
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
+    let connector = run_connector(&alice, &ports, "web", "web.test", "web").await;
+    (ports, alice, edge, connector)
+}
+
+/// A store.db that is lost (missing, emptied, or made anew) next to a good snapshot.json is an
+/// error that says what happened, never an empty config that overwrites the snapshot.
+#[tokio::test]
+async fn a_lost_store_is_refused_and_the_snapshot_kept() {
+    init_logging();
+    let dir = TempDir::new();
+    let (ports, _alice, first, connector) = alice_serving_web(dir.path()).await;
+    let data = dir.path().join("edge");
+    let (store, snapshot) = (data.join("store.db"), data.join("snapshot.json"));
+    eventually(Duration::from_secs(5), "the snapshot to hold the route", || async {
+        std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("web.test"))
+    })
+    .await;
+    let _ = first.kill9().await;
+    let saved = std::fs::read(&snapshot).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(data.join(format!("store.db{suffix}")));
+    }
+
+    // Emptied, then missing: the edge refuses to start and says how to proceed.
+    std::fs::write(&store, b"").unwrap();
+    let (code, output) = edge(dir.path(), &ports).wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("is missing or empty"), "{output}");
+    assert!(output.contains("Restore store.db from a backup"), "{output}");
+    std::fs::remove_file(&store).unwrap();
+    let (code, output) = edge(dir.path(), &ports).wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("is missing or empty"), "{output}");
+    // `account create` would make a new, empty store there: refused too.
+    let (code, output) = cli(
+        BURROW_EDGE,
+        dir.path(),
+        &["account", "create", "bob", "--data-dir", data.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("is missing or empty"), "{output}");
+    assert!(!store.exists() || std::fs::metadata(&store).unwrap().len() == 0);
+
+    // A store made anew (older than the snapshot): refused as well.
+    let other = TempDir::new();
+    ok(
+        BURROW_EDGE,
+        other.path(),
+        &["account", "create", "bob", "--data-dir", other.path().to_str().unwrap()],
+    )
+    .await;
+    std::fs::copy(other.path().join("store.db"), &store).unwrap();
+    let (code, output) = edge(dir.path(), &ports).wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("behind the config snapshot"), "{output}");
+    assert_eq!(std::fs::read(&snapshot).unwrap(), saved, "the snapshot is untouched");
+    drop(connector);
+}
+
+/// The store holds token hashes and tunnel records: readable by its owner only.
+#[tokio::test]
+async fn the_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new();
+    ok(
+        BURROW_EDGE,
+        dir.path(),
+        &["account", "create", "alice", "--data-dir", dir.path().to_str().unwrap()],
+    )
+    .await;
+    for file in ["store.db", "store.db-wal", "store.db-shm"] {
+        let path = dir.path().join(file);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+    }
+}
+
+/// An edge-only node with no readable snapshot and no control plane has no config: it is not
+/// ready (it would answer 404 for every host).
+#[tokio::test]
+async fn an_edge_without_config_is_not_ready() {
+    init_logging();
+    let dir = TempDir::new();
+    let ports = Ports::new();
+    std::fs::create_dir_all(dir.path().join("edge")).unwrap();
+    std::fs::write(dir.path().join("edge").join("snapshot.json"), b"{not json").unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", free_tcp_port());
+    let node = edge_with(
+        dir.path(),
+        &ports,
+        &["--control-plane", &nowhere, "--node-token", "burrow_0_x"],
+    );
+    node.wait_for_output("tunnel listener ready").await;
+    let ready = get(
+        &http1_client(),
+        ([127, 0, 0, 1], ports.admin).into(),
+        "localhost",
+        "/ready",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.text());
+    assert!(ready.text().contains("no config yet"), "{}", ready.text());
+}
+
+/// `tunnel cleanup` removes only the records of connections that are gone: the live ones stay in
+/// `tunnel info`, and a plain delete is still refused.
+#[tokio::test]
+async fn cleanup_keeps_the_records_of_live_connections() {
+    init_logging();
+    let dir = TempDir::new();
+    let (ports, alice, _edge, _connector) = alice_serving_web(dir.path()).await;
+    eventually(Duration::from_secs(10), "4 connections in `tunnel list`", || async {
+        ok(BURROW, &alice, &["tunnel", "list"]).await.contains("4x")
+    })
+    .await;
+    let cleaned = ok(BURROW, &alice, &["tunnel", "cleanup", "web"]).await;
+    assert!(cleaned.contains("Removed 0 connection record(s)"), "{cleaned}");
+    let info = ok(BURROW, &alice, &["tunnel", "info", "web", "--output", "json"]).await;
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["connections"].as_array().unwrap().len(), 4, "{info}");
+    let (code, refused) = cli(BURROW, &alice, &["tunnel", "delete", "web"]).await;
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(refused.contains("live connection"), "{refused}");
+    assert_eq!(served(&ports, "web.test").await, Some((StatusCode::OK, "web".into())));
+}
+
+/// `tunnel delete` removes the local credentials file; `tunnel run NAME` asks the API which
+/// tunnel the name means, so a stale file of a deleted namesake never wins.
+#[tokio::test]
+async fn a_recreated_tunnel_runs_by_name_despite_a_stale_credentials_file() {
+    init_logging();
+    let dir = TempDir::new();
+    let (ports, alice, _edge) = edge_with_alice(dir.path()).await;
+    let created = ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    let old_id = created
+        .split("with id ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let old_file = alice.join(format!("{old_id}.json"));
+    // A copy of the old credentials stays behind (a backup, another tool's copy).
+    std::fs::copy(&old_file, alice.join("0-stale-web.json")).unwrap();
+    let deleted = ok(BURROW, &alice, &["tunnel", "delete", "web"]).await;
+    assert!(deleted.contains("Removed its credentials file"), "{deleted}");
+    assert!(!old_file.exists());
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
+    let _connector = run_connector(&alice, &ports, "web", "web.test", "web").await;
+
+    // `tunnel token` without local credentials says where the secret is, and the flag it names
+    // exists.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(alice.join("cert.json"), elsewhere.join("cert.json")).unwrap();
+    let (code, output) = cli(BURROW, &elsewhere, &["tunnel", "token", "web"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("--credentials-file"), "{output}");
+    let file = std::fs::read_dir(&alice)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().len() == 41)
+        .unwrap();
+    let token = ok(
+        BURROW,
+        &elsewhere,
+        &["tunnel", "token", "--credentials-file", file.to_str().unwrap()],
+    )
+    .await;
+    assert!(token.trim().len() > 100, "{token}");
+}
+
+/// `burrow pool show web | head` closes the CLI's stdout early: it stops quietly, no panic.
+#[tokio::test]
+async fn a_closed_stdout_stops_the_cli_quietly() {
+    init_logging();
+    let dir = TempDir::new();
+    let (_ports, alice, _edge) = edge_with_alice(dir.path()).await;
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["pool", "create", "web", "--origin", "web"]).await;
+    let mut child = std::process::Command::new(BURROW)
+        .args(["pool", "show", "web"])
+        .env("BURROW_HOME", &alice)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "{stderr}");
+}
+
+/// Operators revoke tokens and delete accounts from the command line beside a running edge; a
+/// revoked token stops working at once, a deleted account's routes stop serving and its
+/// connector is told its tunnel is gone.
+#[tokio::test]
+async fn revoked_tokens_and_deleted_accounts_stop_working_at_once() {
+    init_logging();
+    let dir = TempDir::new();
+    let (ports, alice, _edge) = edge_with_alice(dir.path()).await;
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
+    let data = dir.path().join("edge");
+    let data = data.to_str().unwrap();
+    let created = ok(
+        BURROW_EDGE,
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "--account",
+            "alice",
+            "--name",
+            "ci",
+            "--data-dir",
+            data,
+        ],
+    )
+    .await;
+    let ci = shown_once(&created);
+    let client = http1_client();
+    let api: SocketAddr = ([127, 0, 0, 1], ports.admin).into();
+    let account = |token: String| {
+        let client = client.clone();
+        async move {
+            api_call(&client, api, &token, "GET", "/v1/account", serde_json::Value::Null)
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(account(ci.clone()).await, StatusCode::OK);
+    let listed = ok(BURROW_EDGE, dir.path(), &["token", "list", "--data-dir", data]).await;
+    assert!(listed.contains("ci") && listed.contains("admin"), "{listed}");
+    assert!(!listed.contains(&ci), "no secret in the listing: {listed}");
+    ok(BURROW_EDGE, dir.path(), &["token", "revoke", &ci, "--data-dir", data]).await;
+    assert_eq!(account(ci).await, StatusCode::UNAUTHORIZED);
+
+    let connector = run_connector(&alice, &ports, "web", "web.test", "web").await;
+    let admin_token: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(alice.join("cert.json")).unwrap()).unwrap();
+    let admin_token = admin_token["token"].as_str().unwrap().to_owned();
+    let (code, output) = cli(
+        BURROW_EDGE,
+        dir.path(),
+        &["account", "delete", "alice", "--data-dir", data],
+    )
+    .await;
+    assert_eq!(code, Some(1), "asks for --yes first: {output}");
+    assert!(output.contains("--yes"), "{output}");
+    ok(
+        BURROW_EDGE,
+        dir.path(),
+        &["account", "delete", "alice", "--yes", "--data-dir", data],
+    )
+    .await;
+    assert_eq!(account(admin_token).await, StatusCode::UNAUTHORIZED);
+    eventually(Duration::from_secs(5), "web.test to stop serving", || async {
+        matches!(served(&ports, "web.test").await, Some((StatusCode::NOT_FOUND, _)))
+    })
+    .await;
+    let (code, output) = connector.wait(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("was deleted"), "{output}");
+}

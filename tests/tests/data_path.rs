@@ -2,6 +2,7 @@
 //! to real HTTP origins.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -504,6 +505,122 @@ async fn slow_origin_gets_a_504() {
     let response = get(&http1_client(), edge.http, "slow.test", "/").await.unwrap();
     assert_eq!(response.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(response.headers.get("burrow-error").unwrap(), "origin_timeout");
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// A hung origin: accepts HTTP connections, reads the request, never answers. Counts the
+/// connections still open.
+async fn hung_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicIsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(std::sync::atomic::AtomicIsize::new(0));
+    let counter = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                counter.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+/// Requests the edge gives up on (504) or the visitor abandons are dropped by the connector too:
+/// with a hung origin, no connector task and no origin connection is left for them.
+#[tokio::test]
+async fn abandoned_requests_leave_no_connector_task_or_origin_connection() {
+    init_logging();
+    let (origin, open) = hung_origin().await;
+    let tunnel = TestTunnel::new("hung");
+    let options = EdgeOptions {
+        origin_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("hung.test", "hung")]), options).await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 2);
+    connector.wait_ready(2).await;
+    edge.wait_connections(&tunnel, 2).await;
+    let client = http1_client();
+    let requests = (0..200).map(|i| {
+        let client = client.clone();
+        let http = edge.http;
+        async move {
+            let request = get(&client, http, "hung.test", "/");
+            if i % 2 == 0 {
+                // The edge answers 504 after its origin timeout.
+                let response = request.await.unwrap();
+                assert_eq!(response.status, StatusCode::GATEWAY_TIMEOUT, "{}", response.text());
+            } else {
+                // The visitor gives up first.
+                assert!(tokio::time::timeout(Duration::from_millis(200), request).await.is_err());
+            }
+        }
+    });
+    futures_util::future::join_all(requests).await;
+    assert!(open.load(Ordering::SeqCst) > 0, "the origin saw the requests");
+    eventually(Duration::from_secs(5), "no stream left on the connector", || async {
+        connector.origins.streams_in_flight() == 0
+    })
+    .await;
+    eventually(Duration::from_secs(5), "no origin connection left open", || async {
+        open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// Once an edge drains, a new visitor connection is refused (or answered) at once: none waits
+/// on a listen socket nobody accepts from any more.
+#[tokio::test]
+async fn a_draining_edge_leaves_no_new_visitor_hanging() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_logging();
+    let origin = serve_origin(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    let (edge, connector, _tunnel) = tunnel_to(&format!("http://{origin}"), 1).await;
+    let http = edge.http;
+    let in_flight = tokio::spawn(async move { get(&http1_client(), http, "app.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    edge.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..10 {
+        let attempt = async {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else {
+                return "refused".to_owned();
+            };
+            if stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return "reset".to_owned();
+            }
+            let mut answer = Vec::new();
+            match stream.read_to_end(&mut answer).await {
+                Ok(_) => String::from_utf8_lossy(&answer)
+                    .lines()
+                    .next()
+                    .unwrap_or("closed")
+                    .to_owned(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(1), attempt).await;
+        assert!(outcome.is_ok(), "new connection {i} during the drain hung");
+    }
+    let answered = in_flight.await.unwrap().unwrap();
+    assert_eq!(answered.text(), "slow", "the request in flight finishes");
     connector.stop().await.unwrap();
     edge.stop().await;
 }

@@ -584,3 +584,79 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Credentials that pin another edge's certificate: the connector stops at once and says what
+/// mismatches, instead of retrying forever on "invalid peer certificate".
+#[tokio::test]
+async fn credentials_pinning_another_certificate_say_so() {
+    init_logging();
+    let tunnel = TestTunnel::new("pinned");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("pinned.test", "pinned")])).await;
+    let mut credentials = edge.credentials(&tunnel);
+    let other = burrow_edge::tls::TlsIdentity::generate_self_signed(&["localhost".to_owned()]).unwrap();
+    credentials.edge_ca = other.self_signed_pem;
+    let connector = TestConnector::to_url(credentials, "http://127.0.0.1:9", 1);
+    let result = tokio::time::timeout(Duration::from_secs(15), connector.join())
+        .await
+        .expect("the connector stops by itself");
+    let error = format!("{:#}", result.unwrap_err());
+    assert!(error.contains("not the one pinned in the credentials"), "{error}");
+    assert!(error.contains("--data-dir"), "{error}");
+    edge.stop().await;
+}
+
+/// A connector registering a tunnel that the store has but the edge's table does not hold yet
+/// (its config is behind) is told to retry, and keeps at it until the table catches up; a wrong
+/// secret for it stays a final refusal.
+#[tokio::test]
+async fn a_tunnel_the_table_does_not_hold_yet_is_pending_not_refused() {
+    init_logging();
+    let control =
+        burrow_edge::resources::ControlPlane::new(burrow_edge::store::sqlite::SqliteStore::open_in_memory().unwrap());
+    let (account, _) = control.create_account("acme").await.unwrap();
+    let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
+    control
+        .route(
+            account.id,
+            "web.test",
+            burrow_edge::resources::RouteTo::Tunnel("web"),
+            false,
+            None,
+        )
+        .await
+        .unwrap();
+    let edge = TestEdge::start_behind(control.clone()).await;
+    let test_tunnel = TestTunnel {
+        id: tunnel.id,
+        name: tunnel.name.clone(),
+        account: account.id,
+        secret,
+    };
+
+    // A wrong secret: refused for good, although the table does not hold the tunnel either.
+    let mut wrong = edge.credentials(&test_tunnel);
+    wrong.secret = burrow_protocol::TunnelSecret::generate();
+    let intruder = TestConnector::to_url(wrong, "http://127.0.0.1:9", 1);
+    let refused = tokio::time::timeout(Duration::from_secs(20), intruder.join())
+        .await
+        .unwrap();
+    let refused = format!("{:#}", refused.unwrap_err());
+    assert!(refused.contains("unknown or its credentials are wrong"), "{refused}");
+
+    let origin = named_origin("web").await;
+    let connector = TestConnector::to_url(edge.credentials(&test_tunnel), &format!("http://{origin}"), 1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        connector.status.ready_connections(),
+        0,
+        "not registered while the table is behind"
+    );
+    // The table catches up: the connector, still retrying, registers and serves.
+    let snapshot = control.snapshot(&control.read_config().await.unwrap()).await.unwrap();
+    edge.state.swap_routes(snapshot.to_table(None).unwrap());
+    connector.wait_ready(1).await;
+    let response = get(&http1_client(), edge.http, "web.test", "/").await.unwrap();
+    assert_eq!(response.text(), "web");
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}

@@ -527,3 +527,101 @@ async fn killing_a_connector_under_load_fails_no_idempotent_request() {
     );
     tracing::info!(?marked_down, since_return = ?returned.elapsed(), ?served, "kill -9 under load");
 }
+
+/// A connector killed with kill -9 while its origin takes a share of a pool's traffic: with the
+/// edge's usual idle timeout (10 s), no request waits more than 3 s, none fails, and the pool
+/// never stalls as a whole — the edge notices the silent connection, steers around it and moves
+/// the requests waiting on it to the other origin.
+#[tokio::test]
+async fn a_killed_connector_stalls_neither_its_requests_nor_the_pool() {
+    init_logging();
+    let dir = TempDir::new();
+    let tunnels = same_account(&["a", "b"]);
+    let mut file = tunnels_file(&tunnels.iter().collect::<Vec<_>>(), &[]);
+    file.pools = vec![PoolEntry {
+        name: "web".into(),
+        spec: spec(&[("a", 1), ("b", 1)], Steering::RoundRobin),
+    }];
+    file.routes = vec![RouteEntry {
+        hostname: "lb.test".into(),
+        tunnel: None,
+        pool: Some("web".into()),
+        plugins: Vec::new(),
+    }];
+    let options = EdgeOptions {
+        tunnel_idle_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&file, options).await;
+    let mut processes = Vec::new();
+    for tunnel in &tunnels {
+        let name: &'static str = Box::leak(tunnel.name.clone().into_boxed_str());
+        let (addr, _) = slow_origin(name, Duration::from_millis(20)).await;
+        processes.push(Some(connector_process(
+            dir.path(),
+            &edge,
+            tunnel,
+            &format!("http://{addr}"),
+        )));
+    }
+    for tunnel in &tunnels {
+        edge.wait_connections(tunnel, 1).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, http) = (stop.clone(), edge.http);
+        load.push(tokio::spawn(async move {
+            let client = http1_client();
+            // (sent, took, answer) per request
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = started.elapsed();
+                let answer = match get(&client, http, "lb.test", "/").await {
+                    Ok(r) if r.status == StatusCode::OK => r.text(),
+                    Ok(r) => format!("{} {}", r.status, r.text()),
+                    Err(e) => e.to_string(),
+                };
+                seen.push((sent, started.elapsed() - sent, answer));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = started.elapsed();
+    let _ = processes[1].take().unwrap().kill9().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in load {
+        seen.extend(task.await.unwrap());
+    }
+    let failed: Vec<_> = seen.iter().filter(|(_, _, a)| a != "a" && a != "b").collect();
+    assert!(failed.is_empty(), "idempotent requests never fail: {failed:?}");
+    let slowest = seen.iter().map(|(_, took, _)| *took).max().unwrap();
+    assert!(slowest <= Duration::from_secs(3), "a request waited {slowest:?}");
+    // Completions in every second after the kill: the pool never stalls as a whole.
+    for second in 0..4 {
+        let (from, to) = (
+            killed + Duration::from_secs(second),
+            killed + Duration::from_secs(second + 1),
+        );
+        let done = seen
+            .iter()
+            .filter(|(sent, took, _)| (from..to).contains(&(*sent + *took)))
+            .count();
+        assert!(done > 0, "nothing completed between {from:?} and {to:?}");
+    }
+    let waited: Vec<_> = seen
+        .iter()
+        .filter(|(_, took, _)| *took > Duration::from_millis(200))
+        .collect();
+    tracing::info!(
+        ?slowest,
+        ?waited,
+        requests = seen.len(),
+        "a connector killed under load"
+    );
+    edge.stop().await;
+}

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_connector::credentials::Credentials;
@@ -68,7 +69,7 @@ async fn replicas_share_traffic_and_survive_a_kill_9() {
     );
 
     let _ = replica_a.kill9().await;
-    // The edge notices through the QUIC idle timeout (3 s in tests; keep-alives every 2 s).
+    // The edge notices the silence (see the next test) or the QUIC idle timeout (3 s in tests).
     edge.wait_connections(&tunnel, 1).await;
     let after = texts(&edge, "rep.test", 50).await;
     assert!(
@@ -76,6 +77,58 @@ async fn replicas_share_traffic_and_survive_a_kill_9() {
         "every new request succeeds on the survivor: {after:?}"
     );
     drop(replica_b);
+    edge.stop().await;
+}
+
+/// Requests in flight on a replica killed with kill -9 end within 3 s (502: the origin's answer
+/// is lost with the connector), with the edge's usual 10 s idle timeout: the edge probes the
+/// quiet connection and closes it when nothing answers.
+#[tokio::test]
+async fn requests_on_a_killed_replica_end_within_3_s() {
+    init_logging();
+    let dir = TempDir::new();
+    let tunnel = TestTunnel::new("replicated");
+    let options = EdgeOptions {
+        tunnel_idle_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("rep.test", "replicated")]), options).await;
+    let slow = serve_origin(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    let credentials = edge.credentials(&tunnel);
+    let url = format!("http://{slow}");
+    let replica_a = connector_process(dir.path(), "a", &credentials, &url, &[]);
+    let _replica_b = connector_process(dir.path(), "b", &credentials, &url, &[]);
+    edge.wait_connections(&tunnel, 2).await;
+    let http = edge.http;
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(async move {
+                let response = get(&http1_client(), http, "rep.test", "/").await.unwrap();
+                (response.status, std::time::Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::time::Instant::now();
+    let _ = replica_a.kill9().await;
+    let mut statuses = Vec::new();
+    for request in requests {
+        let (status, done) = request.await.unwrap();
+        let waited = done.saturating_duration_since(killed);
+        assert!(
+            waited <= Duration::from_secs(3),
+            "a request ended {waited:?} after the kill ({status})"
+        );
+        statuses.push(status);
+    }
+    assert!(
+        statuses.contains(&StatusCode::OK),
+        "the survivor's requests succeed: {statuses:?}"
+    );
     edge.stop().await;
 }
 
@@ -282,6 +335,7 @@ async fn edge_restart_connectors_come_back_and_bad_secrets_never_leak() {
         served,
     )
     .await;
+    tracing::info!(back = ?back.elapsed(), "serving again after the edge's return");
     // 0.6-0.7 s here (7 s before the edge kept its reset secret: the connector's idle timeout).
     // The bound leaves room for the connector's probe backoff and a slow CI machine, and still
     // fails if the connector waits for its idle timeout.
@@ -593,4 +647,131 @@ async fn memory_bombs_fail_their_requests_and_leave_the_edge_flat() {
         after.iter().all(|&rss| rss < before + 48 * 1024),
         "memory is given back: {before} → {after:?} KiB"
     );
+}
+
+/// `burrow-edge dev` on free ports, as the README runs it.
+fn dev_process(http: u16, admin: u16, tunnel: u16) -> Process {
+    Process::spawn(
+        BURROW_EDGE,
+        &[
+            "dev",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--tunnel",
+            &format!("127.0.0.1:{tunnel}"),
+        ],
+        &[],
+    )
+}
+
+/// The dev store directory `dev` says it removes on exit.
+fn dev_store(output: &str) -> std::path::PathBuf {
+    let line = output.lines().find(|l| l.contains("the dev store in")).unwrap();
+    let path = line
+        .split("the dev store in ")
+        .nth(1)
+        .unwrap()
+        .split(" is removed")
+        .next()
+        .unwrap();
+    std::path::PathBuf::from(path)
+}
+
+/// Start `dev`, get the hello page through its tunnel, stop it with SIGTERM: it exits 0 and
+/// leaves no store behind.
+async fn quickstart_once(round: &str) {
+    let (http, admin, tunnel) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+    let dev = dev_process(http, admin, tunnel);
+    dev.wait_for_output("Try:").await;
+    let client = http1_client();
+    let page = get(&client, ([127, 0, 0, 1], http).into(), "hello.localhost", "/").await;
+    let page = page.unwrap_or_else(|e| panic!("{round}: {e}\n{}", dev.output()));
+    assert_eq!(
+        page.status,
+        StatusCode::OK,
+        "{round}: {}\n{}",
+        page.text(),
+        dev.output()
+    );
+    assert!(
+        page.text().starts_with("Hello from burrow!"),
+        "{round}: {}",
+        page.text()
+    );
+    let store = dev_store(&dev.output());
+    assert!(store.exists(), "{round}: the dev store exists while dev runs");
+    dev.signal("TERM");
+    let (code, output) = dev.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{round}: {output}");
+    assert!(
+        !store.exists(),
+        "{round}: SIGTERM removes the dev store {}",
+        store.display()
+    );
+}
+
+/// The README's main command, started ten times on an idle machine and ten times while two busy
+/// loops hold both cores: every start serves the hello page (it once lost a race between the
+/// built-in connector's registration and the edge's first table most of the time).
+#[tokio::test]
+async fn the_quickstart_serves_the_hello_page_every_time_even_on_a_busy_machine() {
+    init_logging();
+    for i in 0..10 {
+        quickstart_once(&format!("idle start {i}")).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    for i in 0..10 {
+        quickstart_once(&format!("busy start {i}")).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in busy {
+        thread.join().unwrap();
+    }
+}
+
+/// When the built-in connector stops (here: its tunnel is deleted through the API), `dev` exits
+/// at once, non-zero, saying why, and removes its store.
+#[tokio::test]
+async fn dev_exits_with_the_error_when_its_connector_stops() {
+    init_logging();
+    let (http, admin, tunnel) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+    let dev = dev_process(http, admin, tunnel);
+    dev.wait_for_output("Try:").await;
+    let output = dev.output();
+    let token = output
+        .lines()
+        .find_map(|l| l.split("--token ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let store = dev_store(&output);
+    let deleted = api_call(
+        &http1_client(),
+        ([127, 0, 0, 1], admin).into(),
+        &token,
+        "DELETE",
+        "/v1/tunnels/dev?force=true",
+        serde_json::Value::Null,
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text());
+    let (code, output) = dev.wait(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("error: the dev connector stopped"), "{output}");
+    assert!(output.contains("was deleted"), "{output}");
+    assert!(!store.exists(), "the dev store is removed: {}", store.display());
 }

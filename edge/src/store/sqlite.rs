@@ -1065,6 +1065,32 @@ mod tests {
         assert!(gone(s.lease_keep_alive(short).await));
     }
 
+    /// Another process writing the same file (`burrow-edge account delete` beside a running
+    /// edge): this process's watchers get its changes, in order.
+    #[tokio::test]
+    async fn watchers_see_another_process_writes() {
+        let dir = TempDir::new();
+        let ours = SqliteStore::open(&dir.db()).unwrap();
+        let theirs = SqliteStore::open(&dir.db()).unwrap();
+        put1(&ours, "a", "1").await;
+        let mut rx = ours.watch("", 1).await.unwrap();
+        put1(&theirs, "b", "2").await;
+        txn(&theirs, vec![], vec![Op::Delete { key: "a".into() }]).await;
+        let first = next(&mut rx).await;
+        assert_eq!(first.len(), 1);
+        assert!(
+            matches!(&first[0], Event::Put(kv) if kv.key == "b" && kv.mod_revision == 2),
+            "{first:?}"
+        );
+        assert_eq!(next(&mut rx).await, [del("a", 3)]);
+        put1(&ours, "c", "3").await;
+        let own = next(&mut rx).await;
+        assert!(
+            matches!(&own[0], Event::Put(kv) if kv.key == "c" && kv.mod_revision == 4),
+            "{own:?}"
+        );
+    }
+
     #[tokio::test]
     async fn dropping_the_store_ends_watches() {
         let s = SqliteStore::open_in_memory().unwrap();
