@@ -6,7 +6,7 @@
 set -eu
 SECONDS_EACH="${1:-300}"
 cd "$(dirname "$0")"
-for target in frame_decode ingress_config tunnels_file request_head pool_spec; do
+for target in frame_decode ingress_config tunnels_file request_head pool_spec origin_uri; do
     mkdir -p "work/$target"
     echo "== $target for ${SECONDS_EACH}s"
     cargo +nightly fuzz run --sanitizer none "$target" "work/$target" "seeds/$target" -- \

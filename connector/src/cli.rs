@@ -76,6 +76,28 @@ enum Command {
     /// Hostname routes: their plugin chains.
     #[command(subcommand)]
     Route(crate::plugins::RouteCommand),
+    /// Zones: the domains your account may route hostnames under.
+    #[command(subcommand)]
+    Zone(ZoneCommand),
+}
+
+#[derive(Subcommand)]
+enum ZoneCommand {
+    /// Your zones, and the claims waiting for their DNS TXT record.
+    List {
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Claim a zone (where the edge allows it): prints the TXT record that proves it is yours.
+    Add { zone: String },
+    /// Check a claim's TXT record: the zone becomes yours.
+    Verify { zone: String },
+    /// Give a zone up (refused while it routes hostnames, unless --force).
+    Delete {
+        zone: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +247,10 @@ pub fn main() -> ExitCode {
         Command::Pool(command) => crate::pools::run(command),
         Command::Plugin(command) => crate::plugins::run(command),
         Command::Route(command) => crate::plugins::run_route(command),
+        Command::Zone(ZoneCommand::List { output }) => manage::zones(output),
+        Command::Zone(ZoneCommand::Add { zone }) => manage::zone_add(&zone),
+        Command::Zone(ZoneCommand::Verify { zone }) => manage::zone_verify(&zone),
+        Command::Zone(ZoneCommand::Delete { zone, force }) => manage::zone_delete(&zone, force),
         Command::Tunnel(TunnelCommand::Run(args)) => run_tunnel(args),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Validate { config })) => validate(config),
         Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Rule { url, config })) => rule(&url, config),

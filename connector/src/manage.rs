@@ -147,6 +147,64 @@ pub fn route_dns(tunnel: &str, hostname: &str, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn zones(output: Output) -> Result<()> {
+    let body = runtime()?.block_on(client()?.call(Method::GET, "/v1/zones", None))?;
+    if !matches!(output, Output::Table) {
+        return print_value(output, &body);
+    }
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    let claims = body["claims"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() && claims.is_empty() {
+        println!("No zones: ask the edge's operator for one, or claim one with `burrow zone add example.com`");
+        return Ok(());
+    }
+    print_items(output, &items, &["ZONE", "SOURCE", "CREATED"], |z| {
+        vec![text(&z["zone"]), text(&z["source"]), created(&z["created"])]
+    })?;
+    for claim in &claims {
+        println!(
+            "pending: {} — publish TXT {} = {:?}, then `burrow zone verify {0}`",
+            text(&claim["zone"]),
+            text(&claim["txt_name"]),
+            text(&claim["txt_value"])
+        );
+    }
+    Ok(())
+}
+
+pub fn zone_add(zone: &str) -> Result<()> {
+    let body = json!({ "zone": zone });
+    let claim = runtime()?.block_on(client()?.call(Method::POST, "/v1/zones", Some(body)))?;
+    println!(
+        "Claimed {}. Prove it is yours with this DNS record:",
+        text(&claim["zone"])
+    );
+    println!("  {}  TXT  \"{}\"", text(&claim["txt_name"]), text(&claim["txt_value"]));
+    println!("then run `burrow zone verify {}`.", text(&claim["zone"]));
+    Ok(())
+}
+
+pub fn zone_verify(zone: &str) -> Result<()> {
+    let path = format!("/v1/zones/{}/verify", path_segment("zone", zone)?);
+    let zone = runtime()?.block_on(client()?.call(Method::POST, &path, None))?;
+    println!(
+        "Zone {} is yours: route its hostnames with `burrow tunnel route dns`",
+        text(&zone["zone"])
+    );
+    Ok(())
+}
+
+pub fn zone_delete(zone: &str, force: bool) -> Result<()> {
+    let path = format!(
+        "/v1/zones/{}{}",
+        path_segment("zone", zone)?,
+        if force { "?force=true" } else { "" }
+    );
+    runtime()?.block_on(client()?.call(Method::DELETE, &path, None))?;
+    println!("Removed zone {zone}");
+    Ok(())
+}
+
 /// What the API says of a tunnel name, when logged in.
 pub enum Resolved {
     /// Not logged in, or the API cannot be reached (the error): fall back to local files.

@@ -186,7 +186,7 @@ impl Origins {
         body: RequestBody,
         send: &mut quinn::SendStream,
     ) -> Result<(), Failure> {
-        let request = origin_request(rule, head, body)?;
+        let request = origin_request(rule, head, body, origin.client.is_some())?;
         let response = match (&origin.client, &rule.service) {
             (Some(client), _) => client
                 .request(request)
@@ -218,7 +218,7 @@ impl Origins {
         frames: FramedRead<TunnelRecv, TunnelCodec>,
         send: &mut quinn::SendStream,
     ) -> Result<(), Failure> {
-        let request = origin_request(rule, head, Empty::<Bytes>::new())?;
+        let request = origin_request(rule, head, Empty::<Bytes>::new(), false)?;
         let io = dial(rule, origin).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
@@ -314,16 +314,14 @@ fn http_client(settings: &OriginRequest, tls: Arc<rustls::ClientConfig>, https: 
 }
 
 /// The request as the origin receives it: the rule's base path prefixed, Host kept from the
-/// visitor unless `httpHostHeader` overrides it (what cloudflared does).
-fn origin_request<B>(rule: &Rule, head: RequestHead, body: B) -> Result<Request<B>, Failure> {
-    let uri = match &rule.service {
-        Service::Http {
-            scheme,
-            authority,
-            base_path,
-        } => format!("{}://{authority}{base_path}{}", scheme.as_str(), head.path),
-        _ => head.path,
-    };
+/// visitor unless `httpHostHeader` overrides it (what cloudflared does). `absolute`: for the
+/// pooled client, which connects by the URI's authority and sends origin-form itself; dialled
+/// connections (WebSocket, Unix sockets) get origin-form, as a server expects.
+fn origin_request<B>(rule: &Rule, head: RequestHead, body: B, absolute: bool) -> Result<Request<B>, Failure> {
+    let uri = origin_uri(&rule.service, &head.path, absolute).map_err(|e| Failure {
+        code: StreamErrorCode::Unsupported,
+        message: format!("{}: {e}", rule.describe()),
+    })?;
     let mut request = Request::builder()
         .method(head.method)
         .uri(uri)
@@ -339,6 +337,30 @@ fn origin_request<B>(rule: &Rule, head: RequestHead, body: B) -> Result<Request<
         headers.insert(header::HOST, host);
     }
     Ok(request)
+}
+
+/// The target of a request to `service`'s origin: built from parts, so that nothing a visitor
+/// sends can name another host or port than the one configured. `path` must be origin-form (it
+/// starts with `/`; the edge answers `OPTIONS *` itself).
+pub fn origin_uri(service: &Service, path: &str, absolute: bool) -> Result<http::Uri, String> {
+    if !path.starts_with('/') {
+        return Err(format!("the request target {path:?} is not a path"));
+    }
+    let base = match service {
+        Service::Http { base_path, .. } => base_path.as_str(),
+        _ => "",
+    };
+    let path_and_query = http::uri::PathAndQuery::try_from(format!("{base}{path}"))
+        .map_err(|e| format!("the request target {path:?} is not a valid path: {e}"))?;
+    match service {
+        Service::Http { scheme, authority, .. } if absolute => http::Uri::builder()
+            .scheme(scheme.as_str())
+            .authority(authority.as_str())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| format!("building the origin's URI: {e}")),
+        _ => Ok(http::Uri::from(path_and_query)),
+    }
 }
 
 /// Open a raw connection to the rule's origin (for WebSockets and Unix sockets).
@@ -488,4 +510,30 @@ fn hello_world(head: &RequestHead) -> Bytes {
         page.push_str(&format!("  {name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
     }
     Bytes::from(page)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    /// Whatever the target, the origin's URI names the configured host and port, and dialled
+    /// connections get origin-form.
+    #[test]
+    fn origin_uris_keep_the_configured_authority() {
+        let service = Service::parse("http://127.0.0.1:48001/base").unwrap();
+        for path in ["/x?y=1", "//evil.test/x", "/@evil.test:80/", "/..%2f..", "/a#frag"] {
+            let uri = origin_uri(&service, path, true).unwrap();
+            assert_eq!(uri.authority().unwrap().as_str(), "127.0.0.1:48001", "{path}");
+            assert!(
+                uri.path().starts_with("/base/") || uri.path().starts_with("/base"),
+                "{uri}"
+            );
+            let dialled = origin_uri(&service, path, false).unwrap();
+            assert!(dialled.authority().is_none(), "{dialled}");
+        }
+        for target in ["*", "", "http://evil.test/", "evil.test:80", "@evil.test"] {
+            assert!(origin_uri(&service, target, true).is_err(), "{target:?}");
+        }
+    }
 }

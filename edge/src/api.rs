@@ -16,6 +16,9 @@
 //! | PUT | /v1/plugins/{name} | upload a component (body: the `.wasm`) as the next version |
 //! | DELETE | /v1/plugins/{name}[/{version}] | delete every version, or one (refused while bound) |
 //! | GET | /v1/plugin-wasm/{account}/{name}/{version} | node token: a plugin version's component, for edge-only nodes |
+//! | GET, POST | /v1/zones | the caller's zones and pending claims; claim a zone `{"zone"}` (with `--self-service-zones`) → the TXT record to publish |
+//! | POST | /v1/zones/{zone}/verify | prove a claim by its TXT record: the zone becomes the caller's |
+//! | DELETE | /v1/zones/{zone} | give a zone up (`?force=true` deletes its routes with it) |
 //! | GET | /v1/pools | the caller's pools |
 //! | GET, PUT, DELETE | /v1/pools/{name} | one pool with each origin's health on this edge; create or replace (body: the pool spec; `If-Match: "REV"`, or `If-None-Match: *` to only create); delete |
 //! | GET | /v1/watch | node token: NDJSON stream of routing snapshots, for edge-only nodes |
@@ -76,6 +79,8 @@ impl From<CpError> for ApiError {
         match e {
             CpError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             CpError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            CpError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            CpError::Unavailable(_) => ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()),
             CpError::Invalid { field, reason } => ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "invalid",
@@ -494,6 +499,55 @@ async fn dispatch(state: &EdgeState, cp: &ControlPlane, account: AccountId, req:
             cp.delete_route(account, hostname).await?;
             tracing::info!(%account, %hostname, "route deleted");
             Ok((StatusCode::OK, json!({ "deleted": hostname })))
+        }
+        (&Method::GET, ["zones"]) => {
+            let zones = cp.list_zones(Some(account)).await?;
+            let claims: Vec<Value> = cp
+                .zone_claims(account)
+                .await?
+                .iter()
+                .map(|c| json!({ "zone": c.zone, "txt_name": c.record_name(), "txt_value": c.record_value() }))
+                .collect();
+            Ok((StatusCode::OK, json!({ "items": zones, "claims": claims })))
+        }
+        (&Method::POST, ["zones"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Claim {
+                zone: String,
+            }
+            let body: Claim = json_body(req).await?;
+            if !state.config.self_service_zones {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "zones are assigned by this edge's operator: ask them to run \
+                         `burrow-edge zone add --account {account} {}`",
+                        body.zone
+                    ),
+                ));
+            }
+            let claim = cp.claim_zone(account, &body.zone).await?;
+            tracing::info!(%account, zone = %claim.zone, "zone claimed; waiting for its TXT record");
+            let answer = json!({
+                "zone": claim.zone,
+                "status": "pending",
+                "txt_name": claim.record_name(),
+                "txt_value": claim.record_value(),
+            });
+            Ok((StatusCode::ACCEPTED, answer))
+        }
+        (&Method::POST, ["zones", zone, "verify"]) => {
+            let zone = cp.verify_zone(account, zone, state.config.dns_server).await?;
+            tracing::info!(%account, zone = %zone.zone, "zone verified by its TXT record");
+            Ok((StatusCode::OK, json!(zone)))
+        }
+        (&Method::DELETE, ["zones", zone]) => {
+            let force = param(&query, "force") == Some("true");
+            let zone = cp.remove_zone(Some(account), zone, force).await?;
+            tracing::info!(%account, zone = %zone.zone, force, "zone removed");
+            Ok((StatusCode::OK, json!({ "deleted": zone.zone })))
         }
         (&Method::GET, ["pools"]) => {
             let pools = cp.list_pools(account).await?;

@@ -21,6 +21,7 @@ use crate::shards;
 use crate::store::sqlite::SqliteStore;
 use crate::tls::TlsIdentity;
 use crate::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
+use crate::zones::ZoneSource;
 use crate::{ConnectionTimeouts, EdgeConfig, EdgeState, Listeners};
 
 #[derive(Parser)]
@@ -49,6 +50,9 @@ enum Command {
     /// Manage accounts' API tokens in the edge's store.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage which account may route which hostnames.
+    #[command(subcommand)]
+    Zone(ZoneCommand),
     /// Manage tokens of edge-only nodes.
     #[command(subcommand)]
     NodeToken(NodeTokenCommand),
@@ -153,6 +157,13 @@ struct RunArgs {
     /// Load a plugin component routes can bind by name: NAME=PATH.wasm (repeatable).
     #[arg(long = "plugin", value_name = "NAME=PATH")]
     plugins: Vec<String>,
+    /// Let accounts claim zones themselves (`burrow zone add`), proven by a DNS TXT record;
+    /// otherwise only the operator assigns zones (`burrow-edge zone add`).
+    #[arg(long)]
+    self_service_zones: bool,
+    /// DNS server (IP:PORT) to look zone claims' TXT records up with [default: the system's].
+    #[arg(long, value_name = "ADDR")]
+    dns_server: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +171,10 @@ enum AccountCommand {
     /// Create an account and print its admin API token (shown once).
     Create {
         name: String,
+        /// A zone the account may route hostnames under, e.g. example.com (repeatable; more
+        /// with `zone add`).
+        #[arg(long = "zone", value_name = "ZONE")]
+        zones: Vec<String>,
         /// The edge's data dir, holding store.db [default: $BURROW_HOME/edge].
         #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -177,6 +192,36 @@ enum AccountCommand {
         /// Confirm: the account's tunnels, routes, pools and plugins are deleted for good.
         #[arg(long)]
         yes: bool,
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ZoneCommand {
+    /// Give an account a zone: it may then route the zone's hostnames (ZONE, *.ZONE, x.ZONE…).
+    Add {
+        zone: String,
+        /// Account name or id.
+        #[arg(long)]
+        account: String,
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List zones and the accounts that hold them.
+    List {
+        /// Only this account's (name or id).
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Take a zone from its account (refused while it routes hostnames, unless --force, which
+    /// deletes those routes).
+    Remove {
+        zone: String,
+        #[arg(long)]
+        force: bool,
         #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
@@ -281,6 +326,7 @@ pub fn main() -> ExitCode {
         }
         Command::Account(command) => runtime().and_then(|rt| rt.block_on(manage_accounts(command))),
         Command::Token(command) => runtime().and_then(|rt| rt.block_on(manage_tokens(command))),
+        Command::Zone(command) => runtime().and_then(|rt| rt.block_on(manage_zones(command))),
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev(args))),
     };
     match result {
@@ -333,6 +379,8 @@ async fn run(args: RunArgs) -> Result<()> {
         (None, Some(_)) => (snapshot_table(&dir, plugins.as_ref()).await?, None),
         (None, None) => open_control_plane(&dir, plugins.as_ref()).await?,
     };
+    // No tenant routes a name of this edge itself.
+    let control = control.map(|cp| cp.with_own_names(self_signed_names(&names)));
     let mut config = EdgeConfig::new(node_name, tls);
     config.data_dir = Some(dir.clone());
     config.location = args.location;
@@ -352,6 +400,8 @@ async fn run(args: RunArgs) -> Result<()> {
     config.registration_timeout = args.registration_timeout;
     config.registrations_per_minute = args.registrations_per_minute;
     config.plugins = plugins;
+    config.self_service_zones = args.self_service_zones;
+    config.dns_server = args.dns_server;
     let addresses = shards::Addresses {
         http: parse_optional(&args.listen.http, "--http")?,
         https: parse_optional(&args.listen.https, "--https")?,
@@ -507,9 +557,23 @@ async fn create_node_token(name: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn create_account(name: &str, dir: &Path) -> Result<()> {
+async fn create_account(name: &str, zones: &[String], dir: &Path) -> Result<()> {
     let store = open_store_for_cli(dir).await?;
-    let (account, token) = ControlPlane::new(store).create_account(name).await?;
+    let cp = ControlPlane::new(store);
+    // Zones are checked before the account exists: a bad one creates nothing.
+    for zone in zones {
+        if let Some(held) = cp.zone_of(zone).await? {
+            anyhow::bail!(
+                "zone {zone}: {} is held by another account; nothing was created",
+                held.zone
+            );
+        }
+    }
+    let (account, token) = cp.create_account(name).await?;
+    for zone in zones {
+        let zone = cp.add_zone(account.id, zone, ZoneSource::Operator).await?;
+        println!("Zone {} is the account's", zone.zone);
+    }
     println!("Created account {} ({})", account.name, account.id);
     println!("API token (shown once, keep it secret): {token}");
     println!("Log in with:  burrow login --api http://ADMIN_ADDR --token {token}");
@@ -518,7 +582,11 @@ async fn create_account(name: &str, dir: &Path) -> Result<()> {
 
 async fn manage_accounts(command: AccountCommand) -> Result<()> {
     match command {
-        AccountCommand::Create { name, data_dir: dir } => create_account(&name, &data_dir(dir)).await,
+        AccountCommand::Create {
+            name,
+            zones,
+            data_dir: dir,
+        } => create_account(&name, &zones, &data_dir(dir)).await,
         AccountCommand::List { data_dir: dir } => {
             let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
             let mut table = comfy_table::Table::new();
@@ -593,6 +661,61 @@ async fn manage_tokens(command: TokenCommand) -> Result<()> {
             let id = crate::resources::token_id(&id).unwrap_or(&id).to_owned();
             let doc = cp.revoke_token(&id).await?;
             println!("Revoked token {} ({})", doc.id, doc.name);
+            Ok(())
+        }
+    }
+}
+
+async fn manage_zones(command: ZoneCommand) -> Result<()> {
+    match command {
+        ZoneCommand::Add {
+            zone,
+            account,
+            data_dir: dir,
+        } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let account = cp.find_account(&account).await?;
+            let zone = cp.add_zone(account.id, &zone, ZoneSource::Operator).await?;
+            println!(
+                "Zone {} is account {}'s: it may route {0} and the names under it",
+                zone.zone, account.name
+            );
+            Ok(())
+        }
+        ZoneCommand::List { account, data_dir: dir } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let only = match account {
+                Some(a) => Some(cp.find_account(&a).await?.id),
+                None => None,
+            };
+            let names: std::collections::HashMap<_, _> =
+                cp.list_accounts().await?.into_iter().map(|a| (a.id, a.name)).collect();
+            let mut table = comfy_table::Table::new();
+            table
+                .load_preset(comfy_table::presets::NOTHING)
+                .set_header(["ZONE", "ACCOUNT", "SOURCE", "CREATED"]);
+            for zone in cp.list_zones(only).await? {
+                let account = names
+                    .get(&zone.account)
+                    .cloned()
+                    .unwrap_or_else(|| zone.account.to_string());
+                let source = match zone.source {
+                    ZoneSource::Operator => "operator",
+                    ZoneSource::Dns => "dns",
+                };
+                table.add_row([zone.zone, account, source.to_owned(), rfc3339(zone.created)]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+        ZoneCommand::Remove {
+            zone,
+            force,
+            data_dir: dir,
+        } => {
+            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+            let removed = cp.remove_zone(None, &zone, force).await?;
+            println!("Removed zone {}", removed.zone);
             Ok(())
         }
     }
@@ -761,6 +884,8 @@ async fn dev(args: DevArgs) -> Result<()> {
         SqliteStore::open(&dir.0.join("store.db")).map_err(|e| anyhow::anyhow!("opening the dev store: {e}"))?;
     let control = ControlPlane::new(store);
     let (account, token) = control.create_account("dev").await?;
+    // The dev account routes anything under localhost (hello.localhost, app.localhost…).
+    control.add_zone(account.id, "localhost", ZoneSource::Operator).await?;
     let (tunnel, secret) = control.create_tunnel(account.id, "dev").await?;
     control
         .route(account.id, "hello.localhost", RouteTo::Tunnel("dev"), false, None)

@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod breaker;
 pub mod cli;
 pub mod config_sync;
 pub mod health;
@@ -49,6 +50,7 @@ pub mod store;
 pub mod tls;
 pub mod tunnel_server;
 pub mod tunnels_file;
+pub mod zones;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -101,6 +103,10 @@ pub struct EdgeConfig {
     pub registrations_per_minute: u32,
     /// Where the edge keeps state (config snapshot); `None` keeps nothing on disk.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Accounts may claim zones themselves, proven by a DNS TXT record.
+    pub self_service_zones: bool,
+    /// The DNS server those TXT records are asked of; `None`: the system's resolvers.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl EdgeConfig {
@@ -123,6 +129,8 @@ impl EdgeConfig {
             connection_timeouts: ConnectionTimeouts::default(),
             plugins: None,
             registrations_per_minute: 600,
+            self_service_zones: false,
+            dns_server: None,
         }
     }
 }

@@ -19,7 +19,10 @@ use crate::{ConnectionTimeouts, EdgeState};
 
 /// Request heads above these are refused (431).
 const MAX_HEADERS: usize = 100;
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// What hyper buffers of an HTTP/1 head: room for a target up to hyper's own limit (64 KiB,
+/// then 414) beside small headers, so an over-long target gets a 414, not a 431.
+/// [`crate::request_checks`] holds headers to [`crate::request_checks::MAX_HEADER_BYTES`].
+const MAX_HEAD_BYTES: usize = 80 * 1024;
 /// Idle HTTP/2 connections are pinged; one that does not answer is closed.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -140,7 +143,7 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(250)
-        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_header_list_size(crate::request_checks::MAX_HEADER_BYTES as u32)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)
         .initial_stream_window_size(1 << 20)

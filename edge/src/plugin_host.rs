@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -84,9 +84,6 @@ pub const MAX_PENDING_LOGS: usize = 1024;
 const MAX_IDLE_PER_BINDING: usize = 8;
 /// Most requests one instance may serve in reuse mode.
 pub const MAX_REUSE: u32 = 100_000;
-/// After this many failures in a row a plugin is tripped: its requests fail without running it
-/// until a later call succeeds (one probe call per 100 requests).
-const TRIP_AFTER: u32 = 20;
 
 /// What a plugin sees of the request during a hook.
 #[derive(Clone)]
@@ -243,7 +240,8 @@ struct LoadedPlugin {
     declared: Declared,
     /// Its own counters and histograms (the `metrics` import).
     own_metrics: Arc<OwnMetrics>,
-    consecutive_failures: AtomicU32,
+    /// Trips when the plugin fails for most clients ([`crate::breaker`]).
+    breaker: crate::breaker::Breaker,
     metrics: PluginCallMetrics,
 }
 
@@ -505,7 +503,7 @@ impl PluginHost {
             sha256,
             world,
             declared,
-            consecutive_failures: AtomicU32::new(0),
+            breaker: Default::default(),
         })
     }
 
@@ -905,6 +903,7 @@ impl PluginHost {
         if let Some(reason) = self.tripped(plugin) {
             return Err(failed(reason));
         }
+        let source = request.client_addr.ip();
         let _slot = self.slot().await;
         let started = Instant::now();
         let (mut store, instance, served) = match warm(binding, Exports::balancer) {
@@ -932,7 +931,8 @@ impl PluginHost {
         };
         // The request is lent for this call only: a kept instance must not accumulate them.
         let _ = store.data_mut().table.delete(Resource::<PluginRequest>::new_own(rep));
-        self.record(plugin, started, result.as_ref().err()).map_err(failed)?;
+        self.record(plugin, source, started, result.as_ref().err())
+            .map_err(failed)?;
         // An instance that failed (trap, deadline, limit) may be in any state: never reused.
         if let (Some(balancer), Ok(_)) = (kept, &result) {
             self.keep_warm(binding, store, Exports::Balancer(balancer), served);
@@ -950,18 +950,22 @@ impl PluginHost {
 
     /// `Some(reason)` when the plugin is tripped and this call should not run it.
     fn tripped(&self, plugin: &LoadedPlugin) -> Option<String> {
-        let failures = plugin.consecutive_failures.load(Ordering::Relaxed);
-        if failures >= TRIP_AFTER && !failures.is_multiple_of(100) {
-            plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-            plugin.metrics.record(CallResult::Tripped, None);
-            return Some(format!("tripped after {failures} failures in a row"));
-        }
-        None
+        let Err(reason) = plugin.breaker.admit(Instant::now()) else {
+            return None;
+        };
+        plugin.metrics.record(CallResult::Tripped, None);
+        Some(reason)
     }
 
-    /// Count a call that started at `started` in the metrics, and its failure (tripping the
-    /// plugin after too many in a row) or success (resetting the count).
-    fn record(&self, plugin: &LoadedPlugin, started: Instant, error: Option<&wasmtime::Error>) -> Result<(), String> {
+    /// Count a call for the client at `source` that started at `started`, in the metrics and the
+    /// plugin's breaker; a failure becomes its reason.
+    fn record(
+        &self,
+        plugin: &LoadedPlugin,
+        source: std::net::IpAddr,
+        started: Instant,
+        error: Option<&wasmtime::Error>,
+    ) -> Result<(), String> {
         let result = match error.map(|e| e.downcast_ref::<wasmtime::Trap>()) {
             None => CallResult::Ok,
             Some(Some(wasmtime::Trap::Interrupt)) => CallResult::Deadline,
@@ -969,14 +973,11 @@ impl PluginHost {
             Some(None) => CallResult::Error,
         };
         plugin.metrics.record(result, Some(started.elapsed().as_secs_f64()));
-        let Some(e) = error else {
-            plugin.consecutive_failures.store(0, Ordering::Relaxed);
-            return Ok(());
-        };
-        let n = plugin.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let tripped = plugin.breaker.record(error.is_none(), source, Instant::now());
+        let Some(e) = error else { return Ok(()) };
         let reason = describe_trap(e);
-        if n == TRIP_AFTER {
-            tracing::error!(plugin = %plugin.name, "plugin tripped after {n} failures in a row: {reason}");
+        if tripped {
+            tracing::error!(plugin = %plugin.name, "plugin tripped: it fails for most calls from several clients: {reason}");
         }
         Err(reason)
     }
@@ -1047,6 +1048,7 @@ impl PluginHost {
             return Err(Box::new((Some(exchange), reason)));
         }
         let started = Instant::now();
+        let source = exchange.request.client_addr.ip();
         let Warm {
             mut store,
             exports: hooks,
@@ -1062,7 +1064,7 @@ impl PluginHost {
                         served: 0,
                     },
                     Err(e) => {
-                        let reason = self.record(plugin, started, Some(&e)).err().unwrap_or_default();
+                        let reason = self.record(plugin, source, started, Some(&e)).err().unwrap_or_default();
                         return Err(Box::new((Some(exchange), reason)));
                     }
                 }
@@ -1112,7 +1114,7 @@ impl PluginHost {
             response,
             body: kept_body,
         });
-        let recorded = self.record(plugin, started, result.as_ref().err());
+        let recorded = self.record(plugin, source, started, result.as_ref().err());
         // An instance that failed (trap, deadline, limit) may be in any state: never reused.
         if result.is_ok() {
             self.keep_warm(binding, store, Exports::Hooks(hooks), served);

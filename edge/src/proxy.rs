@@ -208,6 +208,14 @@ async fn forward(
         (destination, plugins, scope.unwrap_or_default())
     };
 
+    if request_checks::is_asterisk(&req) {
+        // `OPTIONS *` asks the server, not a resource: the edge answers for it.
+        let mut response = Response::new(Either::Right(Full::default()));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        return Ok(response);
+    }
     let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
@@ -556,8 +564,9 @@ async fn to_pool(
                 return Ok(response);
             }
             Err(e) => {
-                // A client's stalled upload says nothing about the origin.
-                if !matches!(e, ProxyError::RequestTimeout(_)) {
+                // Only what the origin or its tunnel did counts against it: a visitor can send a
+                // bad body, abort, or ask for what the connector cannot serve at will.
+                if e.blames_origin() {
                     health.record_request(false, started.elapsed());
                 }
                 let before_response = matches!(
@@ -638,9 +647,9 @@ async fn exchange(
     if upstream.on_upgrade.is_some() {
         upgrade_send = Some(send);
     } else if let Some(body) = upstream.body {
-        let (body_timeout_tx, body_timeout) = tokio::sync::oneshot::channel::<ProxyError>();
+        let (body_failed_tx, body_failed) = tokio::sync::oneshot::channel::<ProxyError>();
         let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
-        upload = Some((body_timeout, answered_tx));
+        upload = Some((body_failed, answered_tx));
         let limits = state.config.limits;
         let (idle, total) = (
             state.config.request_body_idle_timeout,
@@ -659,21 +668,27 @@ async fn exchange(
                 relayed = send_body(body, &mut send, &limits, Some(idle)) => Some(relayed),
                 () = limit => None,
             };
-            let stalled = match relayed {
+            // What the visitor did to the upload, if the visitor is to blame.
+            let visitor = match relayed {
                 Some(Ok(())) => {
                     let _ = send.finish();
                     return;
                 }
-                Some(Err(BodyError::Idle(idle))) => Some(format!("sent nothing for {idle:?}")),
-                None => Some(format!("did not arrive within {total:?}")),
+                Some(Err(BodyError::Idle(idle))) => {
+                    Some(ProxyError::RequestTimeout(format!("sent nothing for {idle:?}")))
+                }
+                None => Some(ProxyError::RequestTimeout(format!("did not arrive within {total:?}"))),
+                // Reading the visitor's body failed: bad chunked framing, or the visitor left.
+                Some(Err(BodyError::Source(e))) => Some(ProxyError::BadBody(e.to_string())),
                 Some(Err(e)) => {
                     tracing::debug!("request body relay stopped: {e}");
                     None
                 }
             };
-            // Tell the waiting exchange first, so the 408 wins over the connector's reaction.
-            if let Some(why) = stalled {
-                let _ = body_timeout_tx.send(ProxyError::RequestTimeout(why));
+            // Tell the waiting exchange first, so the visitor's error wins over the connector's
+            // reaction to the reset (which would look like the tunnel's fault).
+            if let Some(error) = visitor {
+                let _ = body_failed_tx.send(error);
             }
             // Reset, not finish: the origin must not take a cut upload as complete.
             let _ = send.reset(error_code::REQUEST_CANCELLED.into());
@@ -689,7 +704,7 @@ async fn exchange(
     };
     let stalled = async {
         match upload.as_mut() {
-            Some((body_timeout, _)) => body_timeout.await.ok(),
+            Some((body_failed, _)) => body_failed.await.ok(),
             None => None,
         }
     };
@@ -851,11 +866,7 @@ fn forwarded_headers(
     websocket: bool,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut h, websocket);
-    let spoofed: Vec<_> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("burrow-"))
-        .cloned()
-        .collect();
+    let spoofed: Vec<_> = h.keys().filter(|k| set_by_edge(k.as_str())).cloned().collect();
     for name in spoofed {
         h.remove(name);
     }
@@ -876,6 +887,26 @@ fn forwarded_headers(
         }
     }
     h
+}
+
+/// Whether a client header is one the edge sets, in any spelling: `burrow-*`, and with `_` for
+/// `-` the forwarding headers too (CGI and WSGI origins read `Burrow_Connecting_IP` as
+/// `Burrow-Connecting-IP`). The visitor's own `X-Forwarded-For` is kept and appended to.
+fn set_by_edge(name: &str) -> bool {
+    let spelled = |canonical: &str| {
+        name.len() >= canonical.len()
+            && name
+                .bytes()
+                .zip(canonical.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    let underscored = name.contains('_');
+    spelled("burrow-")
+        || underscored
+            && name.len() <= "x-forwarded-proto".len()
+            && ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+                .iter()
+                .any(|h| h.len() == name.len() && spelled(h))
 }
 
 /// After a 101: raw bytes between the client's upgraded connection and the tunnel stream.
@@ -917,5 +948,34 @@ impl Body for TunnelBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_edges_headers_is_stripped() {
+        for name in [
+            "burrow-connecting-ip",
+            "burrow_connecting_ip",
+            "burrow_request-id",
+            "burrow-anything",
+            "x_forwarded_for",
+            "x_forwarded-proto",
+            "x-forwarded_host",
+        ] {
+            assert!(set_by_edge(name), "{name}");
+        }
+        for name in [
+            "x-forwarded-for",
+            "burrowing",
+            "x_forwarded_fork",
+            "content-type",
+            "my_header",
+        ] {
+            assert!(!set_by_edge(name), "{name}");
+        }
     }
 }

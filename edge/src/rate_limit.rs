@@ -5,6 +5,18 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+/// The network a client address counts as for limits: an IPv4 address, or an IPv6 /64 (one
+/// IPv6 host may hold a whole /64, so counting single addresses would limit nothing).
+pub fn network(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u64::from(u32::from(v4)),
+            None => ((u128::from(v6) >> 64) as u64) | (1 << 63),
+        },
+    }
+}
+
 /// Addresses tracked before old windows are pruned (bounds memory under a spray of sources).
 const MAX_TRACKED: usize = 100_000;
 

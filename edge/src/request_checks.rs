@@ -4,33 +4,82 @@
 //! hyper accepts HTTP/1.1 without Host, with two Host headers, `Transfer-Encoding: chunked,
 //! chunked`, and HTTP/2 whose `:authority` differs from `Host`; each is a 400 here.
 
-use http::{HeaderMap, Request, Version, header};
+use http::{HeaderMap, Method, Request, Version, header};
 
 use crate::respond::ProxyError;
 use crate::route_table::RouteTable;
 
 /// Longest path + query accepted (414 above).
 pub const MAX_URI_LEN: usize = 8 * 1024;
+/// Most bytes of request headers accepted (431 above).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Longest Host accepted.
 const MAX_HOST_LEN: usize = 255;
+/// Longest method accepted (the standard ones are at most 16 bytes; WebDAV's too).
+pub const MAX_METHOD_LEN: usize = 32;
 
 /// The host the request is for (lowercase, port kept), or why the request is refused.
 pub fn check<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    let method = req.method();
+    if method == Method::CONNECT {
+        // HTTP/1's parser refuses it too: both get the same answer.
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not served: this edge forwards HTTP requests to tunnels".into(),
+        ));
+    }
+    if method.as_str().len() > MAX_METHOD_LEN {
+        return Err(ProxyError::BadRequest(format!(
+            "the method is {} bytes long; at most {MAX_METHOD_LEN} are accepted",
+            method.as_str().len()
+        )));
+    }
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI_LEN {
         return Err(ProxyError::UriTooLong(uri_len));
     }
+    if is_asterisk(req) && method != Method::OPTIONS {
+        return Err(ProxyError::BadRequest("only OPTIONS may ask for \"*\"".into()));
+    }
+    let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(ProxyError::HeadersTooLarge(header_bytes));
+    }
     check_framing(req.headers())?;
     let host = request_host(req)?;
-    if host.is_empty()
-        || host.len() > MAX_HOST_LEN
-        || !host
+    let valid = !host.is_empty()
+        && host.len() <= MAX_HOST_LEN
+        && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
-    {
-        return Err(ProxyError::BadRequest("the Host is not a valid host name".into()));
+        && valid_port(&host);
+    if !valid {
+        return Err(ProxyError::BadRequest(
+            "the Host is not a valid host name (and port)".into(),
+        ));
     }
     Ok(host.to_ascii_lowercase())
+}
+
+/// Whatever follows the host name (or the bracketed IPv6 literal) is nothing, or `:` and a port.
+fn valid_port(host: &str) -> bool {
+    let port = match host.strip_prefix('[') {
+        Some(literal) => match literal.split_once(']') {
+            Some((ip, "")) => return ip.parse::<std::net::Ipv6Addr>().is_ok(),
+            Some((ip, rest)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => rest.strip_prefix(':'),
+            _ => return false,
+        },
+        None => match host.split_once(':') {
+            None => return true,
+            Some((_, port)) => Some(port),
+        },
+    };
+    port.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+}
+
+/// `OPTIONS *`: a question to the server as a whole, which the edge answers itself (no origin
+/// is asked, so no tunnel owner sees a request it could not have configured for).
+pub fn is_asterisk<B>(req: &Request<B>) -> bool {
+    req.uri().path() == "*"
 }
 
 /// The Host: `:authority` for HTTP/2 (a `Host` header, if any, must agree), exactly one `Host`
@@ -137,6 +186,10 @@ mod tests {
             (V::HTTP_2, "https://a.test/", &[], Ok("a.test")),
             (V::HTTP_2, "https://a.test/", &[("host", "b.test")], Err("bad_request")),
             (V::HTTP_11, "/", &[("host", "a b")], Err("bad_request")),
+            (V::HTTP_11, "/", &[("host", "a:abc")], Err("bad_request")),
+            (V::HTTP_11, "/", &[("host", "a:99999")], Err("bad_request")),
+            (V::HTTP_11, "/", &[("host", "[::1]:8080")], Ok("[::1]:8080")),
+            (V::HTTP_11, "*", &[("host", "a.test")], Err("bad_request")),
             (
                 V::HTTP_11,
                 "/",

@@ -132,6 +132,12 @@ pub enum CpError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (a hostname outside its zones).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Something outside the store the call needs did not answer (DNS for a zone claim).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
     #[error(transparent)]
@@ -290,6 +296,8 @@ impl Snapshot {
 #[derive(Clone)]
 pub struct ControlPlane {
     store: Arc<dyn Store>,
+    /// The edge's own names (node name, advertised and certificate names): never a tenant's.
+    own_names: Arc<[String]>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -351,7 +359,20 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<(), CpError> {
 
 impl ControlPlane {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            own_names: Arc::from(Vec::new()),
+        }
+    }
+
+    /// This control plane with the edge's own names, which no tenant may route.
+    pub fn with_own_names(mut self, names: Vec<String>) -> Self {
+        self.own_names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        self
+    }
+
+    pub fn own_names(&self) -> &[String] {
+        &self.own_names
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -462,7 +483,7 @@ impl ControlPlane {
     }
 
     /// Delete an account with everything it owns: tokens (they stop working at once), tunnels
-    /// (edges close their connections), routes, pools and plugins. One transaction.
+    /// (edges close their connections), routes, pools, plugins and zones. One transaction.
     pub async fn delete_account(&self, reference: &str) -> Result<Account, CpError> {
         let account = self.find_account(reference).await?;
         let a = account.id;
@@ -473,6 +494,7 @@ impl ControlPlane {
             format!("plugins/{a}/"),
             format!("plugin-counters/{a}/"),
             format!("{}plugin-wasm/{a}/", crate::store::BULK_PREFIX),
+            format!("zone-claims/{a}/"),
         ]
         .into_iter()
         .map(|prefix| Op::DeletePrefix { prefix })
@@ -486,6 +508,9 @@ impl ControlPlane {
         }));
         ops.extend(self.list_tokens(Some(a)).await?.iter().map(|t| Op::Delete {
             key: format!("tokens/{}", t.id),
+        }));
+        ops.extend(self.list_zones(Some(a)).await?.iter().map(|z| Op::Delete {
+            key: format!("zones/{}", z.zone),
         }));
         ops.push(Op::Delete { key: references_key(a) });
         let key = format!("accounts/{a}");
@@ -760,6 +785,7 @@ impl ControlPlane {
             field: "hostname",
             reason,
         })?;
+        self.check_routable(account, &hostname).await?;
         let (tunnel, pool, target) = match to {
             RouteTo::Tunnel(reference) => {
                 let id = self.find_tunnel(account, reference).await?.id;
@@ -1288,6 +1314,9 @@ mod tests {
         let cp = ControlPlane::new(SqliteStore::open_in_memory().unwrap());
         let (account, _) = cp.create_account("acme").await.unwrap();
         let a = account.id;
+        cp.add_zone(a, "test", crate::zones::ZoneSource::Operator)
+            .await
+            .unwrap();
         let mut outcomes = std::collections::BTreeSet::new();
         for i in 0..20 {
             let (tunnel, pool) = (format!("t{i}"), format!("p{i}"));
@@ -1328,6 +1357,9 @@ mod tests {
         let cp = ControlPlane::new(store.clone());
         let (account, _) = cp.create_account("acme").await.unwrap();
         let a = account.id;
+        cp.add_zone(a, "test", crate::zones::ZoneSource::Operator)
+            .await
+            .unwrap();
         cp.create_tunnel(a, "web").await.unwrap();
         cp.route(a, "a.test", RouteTo::Tunnel("web"), false, None)
             .await

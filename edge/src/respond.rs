@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// The request target is longer than the limit.
     #[error("the request target is {0} bytes long")]
     UriTooLong(usize),
+    /// The request's headers are larger than the limit.
+    #[error("the request headers are {0} bytes")]
+    HeadersTooLarge(usize),
     /// A plugin bound to the route trapped, timed out or misbehaved (fail-closed).
     #[error("{0}")]
     PluginFailed(crate::plugin_host::PluginError),
@@ -51,6 +54,9 @@ pub enum ProxyError {
     /// The client's request body stalled or took too long (a slow-upload defence).
     #[error("the request body {0}")]
     RequestTimeout(String),
+    /// The client's request body could not be read: bad chunked framing, or the client left.
+    #[error("the request body could not be read: {0}")]
+    BadBody(String),
     /// The connector refused the request (unsupported service, draining).
     #[error("tunnel {name:?}: connector refused the request: {message}")]
     ConnectorRefused { name: String, message: String },
@@ -59,8 +65,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,12 +83,30 @@ impl ProxyError {
         }
     }
 
+    /// Whether the origin or its tunnel caused this, so that it counts against the origin's
+    /// health. Nothing a visitor can cause at will does (a bad or aborted body, a stalled upload,
+    /// a request the connector's rules cannot serve).
+    pub fn blames_origin(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::TunnelStream { .. } | ProxyError::OriginUnreachable { .. } | ProxyError::OriginTimeout { .. }
+        )
+    }
+
+    /// Whether the connection must close after this answer: the request's framing cannot be
+    /// trusted, so whatever follows it on the connection cannot either.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::BadRequest(_) | ProxyError::BadBody(_))
+    }
+
     /// Machine-readable code, sent as `Burrow-Error`.
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "missing_host",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadBody(_) => "bad_request_body",
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::Busy(_) => "busy",
@@ -97,44 +122,29 @@ impl ProxyError {
         }
     }
 
-    /// What the person reading the error page should check next.
-    fn advice(&self) -> String {
+    /// The sentence the visitor reads: generic on purpose. Which tunnel, rule, origin address or
+    /// plugin failed, and why, is the tenant's and the operator's business: it goes to the log
+    /// (with the request id the visitor sees), never onto the page. (A 4xx page also says what
+    /// was wrong with the visitor's own request.)
+    fn sentence(&self) -> &'static str {
         match self {
-            ProxyError::MissingHost => "Send a Host header naming the site.".into(),
-            ProxyError::BadRequest(_) => "Fix the request; it can be read more than one way.".into(),
-            ProxyError::UriTooLong(_) => {
-                format!(
-                    "Request targets are limited to {} bytes.",
-                    crate::request_checks::MAX_URI_LEN
-                )
-            }
-            ProxyError::Misdirected { .. } => "Open a new connection for this site.".into(),
-            ProxyError::RequestTimeout(_) => "Send the request body without long pauses.".into(),
-            ProxyError::PayloadTooLarge(limit) => format!("This site reads request bodies of at most {limit} bytes."),
-            ProxyError::Busy(_) => "The edge is under heavy load; retry in a moment.".into(),
-            ProxyError::PluginFailed(_) => {
-                "A plugin of this site failed; its owner can see why in the edge logs.".into()
-            }
-            ProxyError::UnknownHost(host) => {
-                format!("No tunnel is routed for {host}. Route it with \"burrow tunnel route dns TUNNEL {host}\".")
-            }
-            ProxyError::TunnelUnavailable { name, .. } => {
-                format!("Is \"burrow tunnel run {name}\" running, and can it reach this edge on its tunnel port?")
-            }
-            ProxyError::TunnelStream { name, .. } => {
-                format!("The connection to tunnel {name} broke; retry. If it persists, check the connector's logs.")
-            }
-            ProxyError::OriginUnreachable { .. } => {
-                "The connector is running but could not reach the origin service named in its ingress rules. \
-                 Is the origin up?"
-                    .into()
-            }
-            ProxyError::OriginTimeout { .. } => "The origin is too slow to answer; check its load and logs.".into(),
-            ProxyError::ConnectorRefused { .. } => "Check the connector's ingress rules for this hostname.".into(),
-            ProxyError::NoHealthyOrigin { pool } => format!(
-                "Every origin of pool {pool} is down or disabled, and so is its fallback. \
-                 \"burrow pool show {pool}\" says why."
-            ),
+            ProxyError::MissingHost => "The request names no site: send a Host header.",
+            ProxyError::BadRequest(_) => "The request is malformed or can be read more than one way.",
+            ProxyError::BadBody(_) => "The request body could not be read.",
+            ProxyError::UriTooLong(_) => "The request target is too long.",
+            ProxyError::HeadersTooLarge(_) => "The request headers are too large.",
+            ProxyError::Misdirected { .. } => "This connection was opened for another site: open a new one.",
+            ProxyError::RequestTimeout(_) => "The request body did not arrive in time.",
+            ProxyError::PayloadTooLarge(_) => "The request body is too large for this site.",
+            ProxyError::Busy(_) => "The edge is under heavy load; retry in a moment.",
+            ProxyError::PluginFailed(_) => "This site's edge configuration failed to handle the request.",
+            ProxyError::UnknownHost(_) => "No site is served under this name here.",
+            ProxyError::TunnelUnavailable { .. } => "This site's tunnel is not connected right now.",
+            ProxyError::TunnelStream { .. } => "The connection to this site broke; retry.",
+            ProxyError::OriginUnreachable { .. } => "This site's server could not be reached.",
+            ProxyError::OriginTimeout { .. } => "This site's server did not answer in time.",
+            ProxyError::ConnectorRefused { .. } => "This site is not set up to serve this request.",
+            ProxyError::NoHealthyOrigin { .. } => "None of this site's servers can take the request right now.",
         }
     }
 }
@@ -147,11 +157,17 @@ pub fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes
     } else {
         tracing::debug!(request_id, code = err.code(), "{err}");
     }
+    // What the visitor got wrong is theirs to read (which header, which limit); what failed
+    // behind the edge (5xx) stays in the log.
+    let detail = match status.is_client_error() {
+        true => format!("{err}.\n"),
+        false => String::new(),
+    };
     let body = format!(
-        "{} {}\n\n{err}.\n{}\n\nBurrow-Error: {}\nRequest id: {request_id}\n",
+        "{} {}\n\n{}\n{detail}\nBurrow-Error: {}\nRequest id: {request_id}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        err.advice(),
+        err.sentence(),
         err.code(),
     );
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -163,6 +179,9 @@ pub fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(headers::ERROR, HeaderValue::from_static(err.code()));
+    if err.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -170,16 +189,34 @@ pub fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes
 mod tests {
     use super::*;
 
+    /// A visitor's page says what happened in general terms and nothing of the tenant's setup:
+    /// no tunnel or plugin name, no rule, no origin address, no error text from inside.
     #[test]
-    fn unavailable_tunnel_page_names_the_tunnel_and_the_fix() {
-        let err = ProxyError::TunnelUnavailable {
-            name: "web".into(),
-            id: "6ff4".into(),
-        };
-        let resp = error_response(&err, "r1");
-        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(resp.headers()[headers::ERROR], "tunnel_unavailable");
-        let body = format!("{:?}", resp.body());
-        assert!(body.contains("burrow tunnel run web"), "{body}");
+    fn error_pages_name_nothing_internal() {
+        let errors = [
+            ProxyError::TunnelUnavailable {
+                name: "secret-tunnel".into(),
+                id: "6ff4".into(),
+            },
+            ProxyError::OriginUnreachable {
+                name: "secret-tunnel".into(),
+                message: "rule #12 (hostname a.test) → http://localhost:38009: tcp connect error".into(),
+            },
+            ProxyError::PluginFailed(crate::plugin_host::PluginError {
+                plugin: "secret-plugin".into(),
+                reason: "wasm trap: unreachable".into(),
+            }),
+            ProxyError::NoHealthyOrigin {
+                pool: "secret-pool".into(),
+            },
+        ];
+        for err in &errors {
+            let resp = error_response(err, "r1");
+            let body = format!("{:?}", resp.body());
+            for internal in ["secret", "6ff4", "rule", "38009", "localhost", "trap"] {
+                assert!(!body.contains(internal), "{internal:?} on the page: {body}");
+            }
+            assert!(body.contains(err.code()) && body.contains("r1"), "{body}");
+        }
     }
 }

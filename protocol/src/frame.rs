@@ -166,34 +166,8 @@ impl Encoder<Frame> for TunnelCodec {
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
         let start = dst.len();
         dst.put_bytes(0, FRAME_HEADER_LEN);
-        let kind = match &frame {
-            Frame::Control(msg) => {
-                let json =
-                    serde_json::to_vec(msg).map_err(|e| FrameError::Malformed(format!("control message: {e}")))?;
-                dst.put_slice(&json);
-                TYPE_CONTROL
-            }
-            Frame::RequestHead(head) => {
-                head.encode(dst);
-                TYPE_REQUEST_HEAD
-            }
-            Frame::ResponseHead(head) => {
-                head.encode(dst);
-                TYPE_RESPONSE_HEAD
-            }
-            Frame::Data(data) => {
-                dst.put_slice(data);
-                TYPE_DATA
-            }
-            Frame::Trailers(headers) => {
-                encode_headers(headers, dst);
-                TYPE_TRAILERS
-            }
-            Frame::Error(err) => {
-                err.encode(dst);
-                TYPE_ERROR
-            }
-        };
+        // A frame that cannot be encoded leaves nothing of itself behind.
+        let kind = encode_payload(&frame, dst).inspect_err(|_| dst.truncate(start))?;
         let len = dst.len() - start - FRAME_HEADER_LEN;
         let limit = if kind == TYPE_DATA {
             self.limits.max_data_frame
@@ -212,6 +186,37 @@ impl Encoder<Frame> for TunnelCodec {
         dst[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
+}
+
+/// Write `frame`'s payload after its header; returns its type.
+fn encode_payload(frame: &Frame, dst: &mut BytesMut) -> Result<u8, FrameError> {
+    Ok(match frame {
+        Frame::Control(msg) => {
+            let json = serde_json::to_vec(msg).map_err(|e| FrameError::Malformed(format!("control message: {e}")))?;
+            dst.put_slice(&json);
+            TYPE_CONTROL
+        }
+        Frame::RequestHead(head) => {
+            head.encode(dst)?;
+            TYPE_REQUEST_HEAD
+        }
+        Frame::ResponseHead(head) => {
+            head.encode(dst)?;
+            TYPE_RESPONSE_HEAD
+        }
+        Frame::Data(data) => {
+            dst.put_slice(data);
+            TYPE_DATA
+        }
+        Frame::Trailers(headers) => {
+            encode_headers(headers, dst)?;
+            TYPE_TRAILERS
+        }
+        Frame::Error(err) => {
+            err.encode(dst)?;
+            TYPE_ERROR
+        }
+    })
 }
 
 /// The header of a data frame carrying `len` bytes, for senders that write the payload
@@ -401,6 +406,29 @@ mod tests {
             codec.decode(&mut buf),
             Err(FrameError::TooLarge { kind: "data", .. })
         ));
+    }
+
+    /// A field longer than its length prefix holds is an error, never cut short (a 300-byte
+    /// method once reached the origin as another, 255-byte one), and leaves nothing behind.
+    #[test]
+    fn fields_too_long_to_frame_are_refused_not_cut() {
+        let mut codec = TunnelCodec::new(Limits::default());
+        let mut dst = BytesMut::from(&b"before"[..]);
+        let mut head = sample_request();
+        head.method = http::Method::from_bytes("M".repeat(300).as_bytes()).unwrap();
+        let err = codec.encode(Frame::RequestHead(Box::new(head)), &mut dst).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    kind: "method",
+                    size: 300,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(&dst[..], b"before");
     }
 
     #[test]

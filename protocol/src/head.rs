@@ -96,13 +96,15 @@ impl StreamErrorCode {
 }
 
 impl RequestHead {
-    pub(crate) fn encode(&self, dst: &mut BytesMut) {
+    /// Fails on a field too long for its length prefix: nothing is ever cut short, which would
+    /// make the connector serve another request than the visitor sent.
+    pub(crate) fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
         dst.put_u8(self.kind as u8);
         dst.put_u8(self.flags);
         dst.put_u8(self.scheme as u8);
-        put_str8(dst, self.method.as_str());
-        put_str16(dst, &self.authority);
-        put_str16(dst, &self.path);
+        put_str8(dst, "method", self.method.as_str())?;
+        put_bytes16(dst, "authority", self.authority.as_bytes())?;
+        put_bytes16(dst, "path", self.path.as_bytes())?;
         match self.client_addr.ip() {
             IpAddr::V4(ip) => {
                 dst.put_u8(4);
@@ -114,8 +116,8 @@ impl RequestHead {
             }
         }
         dst.put_u16(self.client_addr.port());
-        put_str8(dst, &self.request_id);
-        encode_headers(&self.headers, dst);
+        put_str8(dst, "request id", &self.request_id)?;
+        encode_headers(&self.headers, dst)
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self, FrameError> {
@@ -157,9 +159,9 @@ impl RequestHead {
 }
 
 impl ResponseHead {
-    pub(crate) fn encode(&self, dst: &mut BytesMut) {
+    pub(crate) fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
         dst.put_u16(self.status.as_u16());
-        encode_headers(&self.headers, dst);
+        encode_headers(&self.headers, dst)
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self, FrameError> {
@@ -170,9 +172,14 @@ impl ResponseHead {
 }
 
 impl StreamError {
-    pub(crate) fn encode(&self, dst: &mut BytesMut) {
+    pub(crate) fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
         dst.put_u16(self.code as u16);
-        put_str16(dst, &self.message);
+        // A message is ours to shorten: at most 1 KiB, cut at a character boundary.
+        let mut end = self.message.len().min(1024);
+        while !self.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        put_bytes16(dst, "error message", &self.message.as_bytes()[..end])
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, FrameError> {
@@ -185,13 +192,18 @@ impl StreamError {
 }
 
 /// Headers travel as a count and then name/value byte pairs, so repeated names keep their order.
-pub(crate) fn encode_headers(headers: &HeaderMap, dst: &mut BytesMut) {
+pub(crate) fn encode_headers(headers: &HeaderMap, dst: &mut BytesMut) -> Result<(), FrameError> {
     // HeaderMap::len counts values, which is what we write.
-    dst.put_u16(u16::try_from(headers.len()).unwrap_or(u16::MAX));
-    for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
-        put_bytes16(dst, name.as_str().as_bytes());
-        put_bytes16(dst, value.as_bytes());
+    let count = u16::try_from(headers.len()).map_err(|_| FrameError::TooManyHeaders {
+        count: headers.len(),
+        limit: usize::from(u16::MAX),
+    })?;
+    dst.put_u16(count);
+    for (name, value) in headers {
+        put_bytes16(dst, "header name", name.as_str().as_bytes())?;
+        put_bytes16(dst, "header value", value.as_bytes())?;
     }
+    Ok(())
 }
 
 pub(crate) fn decode_headers(r: &mut Reader<'_>, limits: &Limits) -> Result<HeaderMap, FrameError> {
@@ -213,19 +225,20 @@ pub(crate) fn decode_headers(r: &mut Reader<'_>, limits: &Limits) -> Result<Head
     Ok(headers)
 }
 
-fn put_str8(dst: &mut BytesMut, s: &str) {
-    // Methods and request ids are short; anything longer is cut rather than mis-framed.
-    let bytes = &s.as_bytes()[..s.len().min(255)];
-    dst.put_u8(bytes.len() as u8);
-    dst.put_slice(bytes);
+fn put_str8(dst: &mut BytesMut, what: &'static str, s: &str) -> Result<(), FrameError> {
+    let len = u8::try_from(s.len()).map_err(|_| too_long(what, s.len(), usize::from(u8::MAX)))?;
+    dst.put_u8(len);
+    dst.put_slice(s.as_bytes());
+    Ok(())
 }
 
-fn put_str16(dst: &mut BytesMut, s: &str) {
-    put_bytes16(dst, s.as_bytes());
+fn too_long(kind: &'static str, size: usize, limit: usize) -> FrameError {
+    FrameError::TooLarge { kind, size, limit }
 }
 
-fn put_bytes16(dst: &mut BytesMut, bytes: &[u8]) {
-    let bytes = &bytes[..bytes.len().min(usize::from(u16::MAX))];
-    dst.put_u16(bytes.len() as u16);
+fn put_bytes16(dst: &mut BytesMut, what: &'static str, bytes: &[u8]) -> Result<(), FrameError> {
+    let len = u16::try_from(bytes.len()).map_err(|_| too_long(what, bytes.len(), usize::from(u16::MAX)))?;
+    dst.put_u16(len);
     dst.put_slice(bytes);
+    Ok(())
 }

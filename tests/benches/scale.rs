@@ -65,7 +65,15 @@ async fn run(tunnels: usize) {
     .await;
     let (code, output) = Process::spawn(
         BURROW_EDGE,
-        &["account", "create", "scale", "--data-dir", data.to_str().unwrap()],
+        &[
+            "account",
+            "create",
+            "scale",
+            "--zone",
+            "test",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
         &[("BURROW_HOME", dir.path())],
     )
     .wait(Duration::from_secs(30))

@@ -335,6 +335,16 @@ impl TestEdge {
     }
 }
 
+/// A new account of `control` holding the zone `test`: it may route any `*.test` hostname.
+pub async fn account_in_test_zone(control: &ControlPlane, name: &str) -> (burrow_edge::resources::Account, String) {
+    let (account, token) = control.create_account(name).await.unwrap();
+    control
+        .add_zone(account.id, "test", burrow_edge::zones::ZoneSource::Operator)
+        .await
+        .unwrap();
+    (account, token)
+}
+
 /// Clients sending GET / to one hostname in a loop until [`Load::finish`]: how many got a 200,
 /// and what the others got.
 pub struct Load {
@@ -738,6 +748,53 @@ fn free_port(bindable: impl Fn(u16) -> bool) -> u16 {
         }
     }
     panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
+}
+
+/// A DNS server on a loopback UDP port that answers TXT queries for the names in `records`
+/// (name → value) and NXDOMAIN for everything else, until the test ends.
+pub async fn txt_dns_server(records: Arc<Mutex<Vec<(String, String)>>>) -> SocketAddr {
+    use hickory_resolver::proto::op::{Message, ResponseCode};
+    use hickory_resolver::proto::rr::{RData, Record, RecordType, rdata::TXT};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
+            let Ok(query) = Message::from_vec(&buf[..len]) else {
+                continue;
+            };
+            let Some(question) = query.queries.first().cloned() else {
+                continue;
+            };
+            let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+            answer.metadata.authoritative = true;
+            answer.metadata.recursion_desired = query.metadata.recursion_desired;
+            let asked = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+            let values: Vec<String> = records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(name, _)| *name == asked)
+                .map(|(_, value)| value.clone())
+                .collect();
+            if values.is_empty() {
+                answer.metadata.response_code = ResponseCode::NXDomain;
+            } else if question.query_type() == RecordType::TXT {
+                for value in values {
+                    answer.add_answer(Record::from_rdata(
+                        question.name().clone(),
+                        60,
+                        RData::TXT(TXT::new(vec![value])),
+                    ));
+                }
+            }
+            answer.add_query(question);
+            if let Ok(bytes) = answer.to_vec() {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    addr
 }
 
 /// A fresh directory under the system temp dir, removed when dropped.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_edge::resources::RouteTo;
@@ -84,8 +85,8 @@ async fn ok(bin: &str, home: &Path, args: &[&str]) -> String {
     output
 }
 
-/// `burrow-edge account create` then `burrow login` into `home`.
-async fn account(dir: &Path, ports: &Ports, name: &str, home: &Path) {
+/// `burrow-edge account create --zone ZONE` then `burrow login` into `home`.
+async fn account(dir: &Path, ports: &Ports, name: &str, zone: &str, home: &Path) {
     let output = ok(
         BURROW_EDGE,
         dir,
@@ -93,6 +94,8 @@ async fn account(dir: &Path, ports: &Ports, name: &str, home: &Path) {
             "account",
             "create",
             name,
+            "--zone",
+            zone,
             "--data-dir",
             dir.join("edge").to_str().unwrap(),
         ],
@@ -109,7 +112,7 @@ async fn edge_with_alice(dir: &Path) -> (Ports, std::path::PathBuf, Process) {
     let alice = dir.join("alice");
     let edge = edge(dir, &ports);
     edge.wait_for_output("tunnel listener ready").await;
-    account(dir, &ports, "alice", &alice).await;
+    account(dir, &ports, "alice", "test", &alice).await;
     (ports, alice, edge)
 }
 
@@ -237,8 +240,8 @@ async fn accounts_are_isolated() {
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     let edge = edge(dir.path(), &ports);
     edge.wait_for_output("tunnel listener ready").await;
-    account(dir.path(), &ports, "alice", &alice).await;
-    account(dir.path(), &ports, "bob", &bob).await;
+    account(dir.path(), &ports, "alice", "test", &alice).await;
+    account(dir.path(), &ports, "bob", "example", &bob).await;
     ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
     ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "shop.test"]).await;
     ok(BURROW, &bob, &["tunnel", "create", "other"]).await;
@@ -254,8 +257,8 @@ async fn accounts_are_isolated() {
     let (code, output) = cli(BURROW, &bob, &["tunnel", "route", "dns", "other", "shop.test"]).await;
     assert_eq!(code, Some(1));
     assert!(
-        output.contains("another account"),
-        "a hostname routed by alice cannot be taken: {output}"
+        output.contains("not under a zone of your account"),
+        "a hostname in alice's zone cannot be taken: {output}"
     );
 
     // Bob cannot serve alice's tunnel with his own account and a forged secret.
@@ -303,7 +306,7 @@ async fn accounts_are_isolated() {
     assert!(
         audit
             .iter()
-            .any(|l| l.contains("/v1/routes/shop.test") && l.contains("status=409")),
+            .any(|l| l.contains("/v1/routes/shop.test") && l.contains("status=403")),
         "refused calls too: {log}"
     );
     for home in [&alice, &bob] {
@@ -321,7 +324,7 @@ async fn api_token_guessing_is_rate_limited() {
     init_logging();
     let dir = TempDir::new();
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
-    let (_account, token) = control.create_account("alice").await.unwrap();
+    let (_account, token) = account_in_test_zone(&control, "alice").await;
     let client = http1_client();
     let call = |token: String| {
         let client = client.clone();
@@ -355,7 +358,7 @@ async fn oversized_api_bodies_get_a_413_and_change_nothing() {
     init_logging();
     let dir = TempDir::new();
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
-    let (account, token) = control.create_account("alice").await.unwrap();
+    let (account, token) = account_in_test_zone(&control, "alice").await;
     let client = http1_client();
     let (client, token, admin) = (&client, &token, edge.admin);
     let create = move |name: String| async move {
@@ -487,7 +490,7 @@ async fn a_deleted_tunnels_connector_stops_whichever_stream_sees_the_close() {
     init_logging();
     let dir = TempDir::new();
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
-    let (account, _token) = control.create_account("alice").await.unwrap();
+    let (account, _token) = account_in_test_zone(&control, "alice").await;
     let origin = named_origin("ok").await;
     // One connection per round, so each round is one draw of the race.
     for round in 0..8 {
@@ -511,7 +514,7 @@ async fn route_changes_apply_live_without_failing_requests() {
     init_logging();
     let dir = TempDir::new();
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
-    let (account, _token) = control.create_account("alice").await.unwrap();
+    let (account, _token) = account_in_test_zone(&control, "alice").await;
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
     control
         .route(account.id, "stable.test", RouteTo::Tunnel("web"), false, None)
@@ -558,7 +561,7 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     let alice = dir.path().join("alice");
     let control_plane = edge(&cp_dir, &cp_ports);
     control_plane.wait_for_output("tunnel listener ready").await;
-    account(&cp_dir, &cp_ports, "alice", &alice).await;
+    account(&cp_dir, &cp_ports, "alice", "test", &alice).await;
     let output = ok(
         BURROW_EDGE,
         &cp_dir,
@@ -1138,4 +1141,115 @@ async fn revoked_tokens_and_deleted_accounts_stop_working_at_once() {
     let (code, output) = connector.wait(Duration::from_secs(10)).await;
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("was deleted"), "{output}");
+}
+
+/// Hostnames are claimed through zones: an account routes only under its own zones; nobody
+/// routes IP literals, localhost or public suffixes, nor nests a zone in another account's. With
+/// `--self-service-zones`, an account claims a zone itself and proves it with a DNS TXT record.
+#[tokio::test]
+async fn hostnames_are_claimed_through_zones() {
+    init_logging();
+    let dir = TempDir::new();
+    let ports = Ports::new();
+    let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let dns = txt_dns_server(records.clone()).await.to_string();
+    let edge = edge_with(dir.path(), &ports, &["--self-service-zones", "--dns-server", &dns]);
+    edge.wait_for_output("tunnel listener ready").await;
+    let (alice, bob, carol) = (
+        dir.path().join("alice"),
+        dir.path().join("bob"),
+        dir.path().join("carol"),
+    );
+    account(dir.path(), &ports, "alice", "test", &alice).await;
+    account(dir.path(), &ports, "bob", "example", &bob).await;
+    ok(BURROW, &bob, &["tunnel", "create", "other"]).await;
+    ok(BURROW, &bob, &["tunnel", "route", "dns", "other", "shop.example"]).await;
+    for squat in ["*.test", "a.test", "localhost", "127.0.0.1", "*.com", "co.uk"] {
+        let (code, output) = cli(BURROW, &bob, &["tunnel", "route", "dns", "other", squat]).await;
+        assert_eq!(code, Some(1), "{squat}: {output}");
+        assert!(
+            output.contains("zone")
+                || output.contains("nobody")
+                || output.contains("IP")
+                || output.contains("public suffix"),
+            "{squat}: {output}"
+        );
+    }
+    let data = dir.path().join("edge");
+    let data = data.to_str().unwrap();
+    for (zone, why) in [
+        ("a.test", "another account"),
+        ("com", "public suffix"),
+        ("10.0.0.1", "IP address"),
+    ] {
+        let (code, output) = cli(
+            BURROW_EDGE,
+            dir.path(),
+            &["zone", "add", zone, "--account", "bob", "--data-dir", data],
+        )
+        .await;
+        assert_eq!(code, Some(1), "{zone}: {output}");
+        assert!(output.contains(why), "{zone}: {output}");
+    }
+
+    // Self-service: carol claims a zone, publishes the TXT record, verifies, routes under it.
+    let output = ok(
+        BURROW_EDGE,
+        dir.path(),
+        &["account", "create", "carol", "--data-dir", data],
+    )
+    .await;
+    std::fs::create_dir_all(&carol).unwrap();
+    ok(
+        BURROW,
+        &carol,
+        &["login", "--api", &ports.api(), "--token", &shown_once(&output)],
+    )
+    .await;
+    let claimed = ok(BURROW, &carol, &["zone", "add", "carol.example.org"]).await;
+    let value = claimed.split('"').nth(1).unwrap().to_owned();
+    assert!(claimed.contains("_burrow-challenge.carol.example.org"), "{claimed}");
+    let (code, output) = cli(BURROW, &carol, &["zone", "verify", "carol.example.org"]).await;
+    assert_eq!(code, Some(1), "no TXT record yet: {output}");
+    assert!(output.contains("no TXT record"), "{output}");
+    records
+        .lock()
+        .unwrap()
+        .push(("_burrow-challenge.carol.example.org".into(), value));
+    ok(BURROW, &carol, &["zone", "verify", "carol.example.org"]).await;
+    ok(BURROW, &carol, &["tunnel", "create", "site"]).await;
+    ok(
+        BURROW,
+        &carol,
+        &["tunnel", "route", "dns", "site", "www.carol.example.org"],
+    )
+    .await;
+    let listed = ok(BURROW, &carol, &["zone", "list"]).await;
+    assert!(
+        listed.contains("carol.example.org") && listed.contains("dns"),
+        "{listed}"
+    );
+    // Nobody nests a zone in carol's, by claim or by the operator.
+    let (code, output) = cli(BURROW, &bob, &["zone", "add", "shop.carol.example.org"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("another account"), "{output}");
+    // Alice's zone holds routes: removing it is refused unless forced.
+    ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "web.test"]).await;
+    let (code, output) = cli(BURROW_EDGE, dir.path(), &["zone", "remove", "test", "--data-dir", data]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("web.test"), "{output}");
+}
+
+/// Without `--self-service-zones`, zones are the operator's to give: a claim says whom to ask.
+#[tokio::test]
+async fn zones_are_the_operators_unless_self_service_is_on() {
+    init_logging();
+    let dir = TempDir::new();
+    let (_ports, alice, _edge) = edge_with_alice(dir.path()).await;
+    let (code, output) = cli(BURROW, &alice, &["zone", "add", "alice.example.org"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("burrow-edge zone add --account"), "{output}");
+    let listed = ok(BURROW, &alice, &["zone", "list", "--output", "json"]).await;
+    assert!(listed.contains("\"test\""), "{listed}");
 }

@@ -613,7 +613,7 @@ async fn a_tunnel_the_table_does_not_hold_yet_is_pending_not_refused() {
     init_logging();
     let control =
         burrow_edge::resources::ControlPlane::new(burrow_edge::store::sqlite::SqliteStore::open_in_memory().unwrap());
-    let (account, _) = control.create_account("acme").await.unwrap();
+    let (account, _) = account_in_test_zone(&control, "acme").await;
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
     control
         .route(
@@ -658,5 +658,160 @@ async fn a_tunnel_the_table_does_not_hold_yet_is_pending_not_refused() {
     let response = get(&http1_client(), edge.http, "web.test", "/").await.unwrap();
     assert_eq!(response.text(), "web");
     connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// Send raw bytes (without `Connection: close`) and return the answer and whether the edge
+/// closed the connection after it, within 2 s.
+async fn raw_and_closed(edge: std::net::SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+/// Statuses that say what was wrong, and connections closed when the framing cannot be trusted.
+#[tokio::test]
+async fn malformed_requests_get_the_status_that_fits() {
+    init_logging();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_origin(move |req| {
+        let seen = seen_tx.clone();
+        async move {
+            let _ = seen.send(format!("{} {}", req.method(), req.uri()));
+            // Read the body first, as most origins do: a broken one then fails before an answer.
+            match http_body_util::BodyExt::collect(req.into_body()).await {
+                Ok(_) => http::Response::new(full("ok")),
+                Err(_) => http::Response::builder().status(500).body(full("bad body")).unwrap(),
+            }
+        }
+    })
+    .await;
+    let (edge, _connector) = edge_to(origin, EdgeOptions::default()).await;
+    let long_method = format!("{} / HTTP/1.1\r\nHost: app.test\r\n\r\n", "M".repeat(300));
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: app.test\r\n\r\n", "a".repeat(70 * 1024));
+    let cases: Vec<(&str, Vec<u8>, &str, bool)> = vec![
+        ("a 300-byte method", long_method.into_bytes(), "400", true),
+        (
+            "a non-numeric port in Host",
+            b"GET / HTTP/1.1\r\nHost: app.test:abc\r\n\r\n".to_vec(),
+            "400",
+            true,
+        ),
+        (
+            "gzip, chunked",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            "400",
+            true,
+        ),
+        (
+            "an invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(),
+            "400",
+            true,
+        ),
+        ("a 70 KiB target", long_uri.into_bytes(), "414", true),
+        (
+            "GET *",
+            b"GET * HTTP/1.1\r\nHost: app.test\r\n\r\n".to_vec(),
+            "400",
+            true,
+        ),
+        (
+            "CONNECT",
+            b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n".to_vec(),
+            "400",
+            true,
+        ),
+    ];
+    for (name, request, status, closes) in cases {
+        let (answer, closed) = raw_and_closed(edge.http, &request).await;
+        assert!(status_line(&answer).contains(status), "{name}: {answer}");
+        assert_eq!(closed, closes, "{name}: connection closed after the answer? {answer}");
+    }
+    // `OPTIONS *` is the edge's to answer: the origin never sees a request for `*`.
+    let (answer, _) = raw_and_closed(
+        edge.http,
+        b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status_line(&answer).contains("200"), "{answer}");
+    // Only the chunked request's head went on (its body broke on the way): nothing else did.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(reached) = seen.try_recv() {
+        assert_eq!(reached, "POST /", "reached the origin");
+    }
+    edge.stop().await;
+}
+
+/// HTTP/2 CONNECT is refused with a 400 as HTTP/1's is, and never reaches the origin.
+#[tokio::test]
+async fn http2_connect_is_refused_like_http1() {
+    init_logging();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_origin(move |req| {
+        let seen = seen_tx.clone();
+        async move {
+            let _ = seen.send(format!("{} {}", req.method(), req.uri()));
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let (edge, _connector) = edge_to(origin, EdgeOptions::default()).await;
+    let tcp = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("app.test:80")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.expect("an answer, not a reset");
+    assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()["burrow-error"], "bad_request");
+    assert_no_more(&mut seen, "CONNECT reached the origin").await;
+    edge.stop().await;
+}
+
+/// The origin receives WebSocket upgrades in origin-form, and none of the spellings of the
+/// headers the edge sets that a visitor may send (CGI and WSGI map `_` to `-`).
+#[tokio::test]
+async fn origins_get_origin_form_and_no_spoofed_edge_headers() {
+    init_logging();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_origin(move |req| {
+        let seen = seen_tx.clone();
+        async move {
+            let names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+            let _ = seen.send((
+                req.uri().to_string(),
+                names,
+                req.headers().get("burrow-connecting-ip").cloned(),
+            ));
+            http::Response::builder().status(400).body(full("no upgrade")).unwrap()
+        }
+    })
+    .await;
+    let (edge, _connector) = edge_to(origin, EdgeOptions::default()).await;
+    let upgrade = b"GET /ws?x=1 HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nBurrow_Connecting_IP: 7.7.7.7\r\n\
+X_Forwarded_For: 7.7.7.7\r\nburrow-request-id: forged\r\nConnection: close\r\n\r\n";
+    let _ = raw(edge.http, upgrade).await;
+    let (target, names, connecting_ip) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(target, "/ws?x=1", "origin-form");
+    for spoofed in ["burrow_connecting_ip", "x_forwarded_for"] {
+        assert!(
+            !names.iter().any(|n| n == spoofed),
+            "{spoofed} reached the origin: {names:?}"
+        );
+    }
+    assert_eq!(connecting_ip.unwrap(), "127.0.0.1", "the edge's own value");
     edge.stop().await;
 }

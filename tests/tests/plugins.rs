@@ -289,8 +289,8 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
         .unwrap();
     assert_eq!(spun.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
-        spun.text().contains("deadline exceeded") || spun.text().contains("test-spin"),
-        "{}",
+        !spun.text().contains("deadline") && !spun.text().contains("test-spin"),
+        "nothing of the plugin on the visitor's page: {}",
         spun.text()
     );
     assert_eq!(
@@ -304,7 +304,7 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
     // A binding to a plugin this edge does not have fails closed, with the reason.
     let missing = get(&client, edge.http, "missing.test", "/").await.unwrap();
     assert_eq!(missing.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(missing.text().contains("not-loaded"), "{}", missing.text());
+    assert!(!missing.text().contains("not-loaded"), "{}", missing.text());
     assert_eq!(
         hits.load(Ordering::Relaxed),
         5,
@@ -320,6 +320,39 @@ async fn a_trap_or_a_runaway_plugin_fails_only_its_request() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// A visitor who makes a fail-closed plugin trap on purpose fails its own requests only: the
+/// breaker trips on failures from several clients, not a burst from one, so everyone else's
+/// requests keep passing.
+#[tokio::test]
+async fn crafted_failures_cannot_trip_a_plugin_for_everyone() {
+    let (edge, connector, _hits) = setup().await;
+    let client = http1_client();
+    let status = |path: &'static str| {
+        let client = client.clone();
+        let http = edge.http;
+        async move { get(&client, http, "trap.test", path).await.unwrap().status }
+    };
+    for _ in 0..25 {
+        assert_eq!(status("/trap").await, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let mut normal_ok = 0;
+    for _ in 0..100 {
+        normal_ok += usize::from(status("/fine").await == StatusCode::OK);
+    }
+    assert_eq!(normal_ok, 100, "normal requests after a burst of crafted failures");
+    let mut normal_ok = 0;
+    for _ in 0..100 {
+        assert_eq!(status("/trap").await, StatusCode::INTERNAL_SERVER_ERROR);
+        normal_ok += usize::from(status("/fine").await == StatusCode::OK);
+    }
+    assert!(
+        normal_ok >= 99,
+        "normal requests interleaved with crafted ones: {normal_ok} of 100"
+    );
     connector.stop().await.unwrap();
     edge.stop().await;
 }
@@ -364,7 +397,7 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
         ..Default::default()
     };
     let (edge, control) = TestEdge::start_with_store_options(dir.path(), options).await;
-    let (account, token) = control.create_account("alice").await.unwrap();
+    let (account, token) = account_in_test_zone(&control, "alice").await;
     control.create_tunnel(account.id, "web").await.unwrap();
     let client = http1_client();
     let api = |method: &str, path: &str, body: serde_json::Value| {
@@ -725,7 +758,7 @@ async fn swapping_plugins_under_load_fails_no_request() {
         ..Default::default()
     };
     let (edge, control) = TestEdge::start_with_store_options(dir.path(), options).await;
-    let (account, _token) = control.create_account("alice").await.unwrap();
+    let (account, _token) = account_in_test_zone(&control, "alice").await;
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
     // Every chain lets a request with key k2 through, each in its own way.
     let tag = r#"{"rules": [{"set-header": {"name": "x-user", "value": "tagged"}}]}"#;
@@ -795,7 +828,7 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     init_logging();
     let dir = TempDir::new();
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
-    let (account, token) = control.create_account("alice").await.unwrap();
+    let (account, token) = account_in_test_zone(&control, "alice").await;
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
     let routes = burrow_edge::resources::RouteTo::Tunnel("web");
     control.route(account.id, "up.test", routes, false, None).await.unwrap();
@@ -943,7 +976,7 @@ async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() 
     init_logging();
     let dir = TempDir::new();
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
-    let (account, token) = control.create_account("alice").await.unwrap();
+    let (account, token) = account_in_test_zone(&control, "alice").await;
     control.create_tunnel(account.id, "web").await.unwrap();
     let web = burrow_edge::resources::RouteTo::Tunnel("web");
     control.route(account.id, "race.test", web, false, None).await.unwrap();
@@ -1090,7 +1123,6 @@ async fn body_and_response_hooks_see_and_rewrite_whole_bodies() {
     let big = call("body.test", "GET", "/big", Vec::new()).await.unwrap();
     assert_eq!(big.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(big.headers["burrow-error"], "plugin_failed");
-    assert!(big.text().contains("over 1024 bytes"), "{}", big.text());
 
     let trapped = call("body.test", "GET", "/trap-response", Vec::new()).await.unwrap();
     assert_eq!(trapped.status, StatusCode::INTERNAL_SERVER_ERROR);

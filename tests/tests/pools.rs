@@ -238,7 +238,11 @@ async fn failing_monitor_takes_origins_out_then_fallback_then_503() {
     .await;
     let response = get(&client, lab.edge.http, "lb.test", "/").await.unwrap();
     assert_eq!(response.headers["burrow-error"], "no_healthy_origin");
-    assert!(response.text().contains("pool main"), "{}", response.text());
+    assert!(
+        !response.text().contains("main"),
+        "the pool's name stays off the page: {}",
+        response.text()
+    );
 
     // a recovers → it serves again (healthy threshold 1).
     lab.health["a"].store(200, Ordering::Relaxed);
@@ -624,4 +628,60 @@ async fn a_killed_connector_stalls_neither_its_requests_nor_the_pool() {
         "a connector killed under load"
     );
     edge.stop().await;
+}
+
+/// Send raw bytes to `edge` and read until it closes (at most 2 s); with `abort`, leave without
+/// reading (an upload left unfinished).
+async fn raw_request(edge: SocketAddr, request: &[u8], abort: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    if abort {
+        // The visitor leaves in the middle of its upload.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+}
+
+/// Nothing a visitor can send at will counts against a pool's origins: after ten of each of a
+/// malformed chunked body, `GET *`, `OPTIONS *` and an aborted upload, both origins of the pool still serve (5 failures in a row would eject
+/// one for 10 s).
+#[tokio::test]
+async fn visitors_cannot_eject_a_pools_origins() {
+    let lab = lab(
+        &["a", "b"],
+        vec![("web", spec(&[("a", 1), ("b", 1)], Steering::RoundRobin))],
+        &[("lb.test", "web")],
+    )
+    .await;
+    let http = lab.edge.http;
+    let chunked =
+        b"POST / HTTP/1.1\r\nHost: lb.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec();
+    let aborted = b"POST / HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 100000\r\n\r\npartial upload".to_vec();
+    let triggers: Vec<(Vec<u8>, bool)> = vec![
+        (chunked, false),
+        (b"GET * HTTP/1.1\r\nHost: lb.test\r\n\r\n".to_vec(), false),
+        (
+            b"OPTIONS * HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n".to_vec(),
+            false,
+        ),
+        (aborted, true),
+    ];
+    for (request, abort) in &triggers {
+        for _ in 0..10 {
+            raw_request(http, request, *abort).await;
+        }
+    }
+    let metrics = lab.edge.state.metrics.encode();
+    assert!(!metrics.contains(r#"pool="web",origin="a"} 0"#), "{metrics}");
+    assert!(!metrics.contains(r#"pool="web",origin="b"} 0"#), "{metrics}");
+    let seen = spread(http, "lb.test", 20, 1).await;
+    assert_eq!(
+        (seen.get("a"), seen.get("b")),
+        (Some(&10), Some(&10)),
+        "both still serve: {seen:?}"
+    );
+    lab.edge.stop().await;
 }
