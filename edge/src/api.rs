@@ -107,19 +107,54 @@ pub type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
 /// Edge-only nodes reconnect when the watch stream is silent for longer than this.
 pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// Serve one `/v1/...` request.
-pub async fn handle(state: &EdgeState, req: Request<Incoming>, client: IpAddr) -> Response<ApiBody> {
-    // Brute-force defence: an address with too many failed logins waits out its window.
-    if state.auth_failures.is_limited(client) {
-        let wait = state.auth_failures.retry_after(client);
-        let message = format!("too many failed authentications; retry in {}s", wait.as_secs() + 1);
-        return error_response(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message));
+/// Serve one `/v1/...` request from `peer`.
+pub async fn handle(state: &EdgeState, req: Request<Incoming>, peer: IpAddr) -> Response<ApiBody> {
+    let client = client_address(&state.config.trusted_proxies, peer, req.headers());
+    let token_id = bearer(&req).and_then(crate::resources::token_id).map(str::to_owned);
+    // Someone is guessing this token's secret: it waits out a cool-down, checked or not.
+    if let Some(wait) = state.auth_failures.cooling(token_id.as_deref()) {
+        return too_many_failures(wait);
     }
     let response = serve(state, req).await;
-    if response.status() == StatusCode::UNAUTHORIZED {
-        state.auth_failures.hit(client);
+    if response.status() == StatusCode::UNAUTHORIZED
+        && let Some(wait) = state.auth_failures.failed(client, token_id.as_deref())
+    {
+        tracing::warn!(%client, "too many failed API authentications");
+        return too_many_failures(wait);
     }
     response
+}
+
+fn too_many_failures(wait: Duration) -> Response<ApiBody> {
+    let message = format!("too many failed authentications; retry in {}s", wait.as_secs() + 1);
+    let mut response = error_response(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message));
+    if let Ok(value) = http::HeaderValue::from_str(&(wait.as_secs() + 1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The client a request is from: the peer, unless the peer is a trusted proxy, then the
+/// nearest address in `X-Forwarded-For` that is not one (what a proxy in front of the API saw).
+pub fn client_address(trusted: &[ipnet::IpNet], peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    forwarded
+        .iter()
+        .rev()
+        .take(16)
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
 }
 
 async fn serve(state: &EdgeState, req: Request<Incoming>) -> Response<ApiBody> {

@@ -164,6 +164,13 @@ struct RunArgs {
     /// DNS server (IP:PORT) to look zone claims' TXT records up with [default: the system's].
     #[arg(long, value_name = "ADDR")]
     dns_server: Option<SocketAddr>,
+    /// A proxy in front of the API (CIDR, repeatable): its X-Forwarded-For names the client
+    /// that failed authentications are counted against. Never trust an address you do not run.
+    #[arg(long = "api-trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Live connections one tunnel may hold on this edge (connectors × --ha-connections).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_connections_per_tunnel: u32,
 }
 
 #[derive(Subcommand)]
@@ -402,6 +409,8 @@ async fn run(args: RunArgs) -> Result<()> {
     config.plugins = plugins;
     config.self_service_zones = args.self_service_zones;
     config.dns_server = args.dns_server;
+    config.trusted_proxies = args.trusted_proxies;
+    config.max_connections_per_tunnel = args.max_connections_per_tunnel as usize;
     let addresses = shards::Addresses {
         http: parse_optional(&args.listen.http, "--http")?,
         https: parse_optional(&args.listen.https, "--https")?,

@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::plugin_host::PluginHost;
-use crate::rate_limit::WindowLimiter;
+use crate::rate_limit::{AuthFailures, Limiter};
 use crate::registry::Registry;
 use crate::resources::ControlPlane;
 use crate::route_table::RouteTable;
@@ -107,6 +107,10 @@ pub struct EdgeConfig {
     pub self_service_zones: bool,
     /// The DNS server those TXT records are asked of; `None`: the system's resolvers.
     pub dns_server: Option<std::net::SocketAddr>,
+    /// Proxies in front of the API whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Live connections one tunnel may hold on this edge.
+    pub max_connections_per_tunnel: usize,
 }
 
 impl EdgeConfig {
@@ -131,6 +135,8 @@ impl EdgeConfig {
             registrations_per_minute: 600,
             self_service_zones: false,
             dns_server: None,
+            trusted_proxies: Vec::new(),
+            max_connections_per_tunnel: 100,
         }
     }
 }
@@ -177,10 +183,10 @@ pub struct EdgeState {
     pub control: Option<ControlPlane>,
     /// This edge's store lease (0 = none yet); connection records are attached to it.
     pub node_lease: AtomicU64,
-    /// Failed API authentications per client address (brute-force defence).
-    pub auth_failures: WindowLimiter,
-    /// Tunnel registrations per source address.
-    pub registrations: WindowLimiter,
+    /// Failed API authentications per client network and per token id.
+    pub auth_failures: AuthFailures,
+    /// Tunnel registrations per source network.
+    pub registrations: Limiter,
     /// Writes applied config snapshots to the data directory (started on the first one).
     pub snapshot_writer: std::sync::OnceLock<config_sync::SnapshotWriter>,
     /// Public connections open, over every listener and shard (`max_connections`).
@@ -202,7 +208,7 @@ impl EdgeState {
     /// An edge that starts from `table` (the last snapshot, if any: `None` means it has no
     /// config until its control plane answers) and follows `control`.
     pub fn with_control(config: EdgeConfig, table: Option<RouteTable>, control: Option<ControlPlane>) -> Arc<Self> {
-        let registrations = WindowLimiter::new(config.registrations_per_minute, Duration::from_secs(60));
+        let registrations = Limiter::per_minute(config.registrations_per_minute);
         let metrics = Metrics::new(config.plugins.as_ref().map(|host| &host.metrics));
         let configured = table.is_some();
         Arc::new(Self {
@@ -211,7 +217,7 @@ impl EdgeState {
             metrics,
             control,
             node_lease: AtomicU64::new(0),
-            auth_failures: WindowLimiter::new(10, Duration::from_secs(60)),
+            auth_failures: AuthFailures::default(),
             registrations,
             snapshot_writer: Default::default(),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
@@ -309,6 +315,7 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
     }
     tasks.spawn(never_fails(health::run(state.clone(), shutdown.clone())));
     tasks.spawn(never_fails(registry::watch_liveness(state.clone(), shutdown.clone())));
+    tasks.spawn(never_fails(prune_limits(state.clone(), shutdown.clone())));
     if let (Some(_), Some(dir)) = (&state.control, state.config.data_dir.clone()) {
         tasks.spawn(never_fails(config_sync::follow(state.clone(), dir, shutdown.clone())));
     }
@@ -319,6 +326,19 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
     let result = burrow_connector::threads::first_error(tasks, &shutdown).await;
     drop(group);
     result
+}
+
+/// Forget rate-limit state that no longer limits anyone, once a minute.
+async fn prune_limits(state: Arc<EdgeState>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {
+                state.registrations.prune();
+                state.auth_failures.prune();
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn never_fails(task: impl Future<Output = ()>) -> Result<()> {

@@ -243,8 +243,14 @@ async fn register(
         version,
         ..
     } = request;
-    if !state.registrations.hit(conn.remote_address().ip()) {
-        let msg = "too many registrations from this address; retry later".to_owned();
+    if let Err(wait) = state
+        .registrations
+        .hit(crate::rate_limit::network(conn.remote_address().ip()))
+    {
+        let msg = format!(
+            "too many registrations from this address; retry in {}s",
+            wait.as_secs() + 1
+        );
         reject(&conn, &mut send, RejectCode::RateLimited, msg.clone(), &limits).await;
         return Err(msg);
     }
@@ -260,6 +266,14 @@ async fn register(
             return Err(msg);
         }
     };
+    // Every connection is a store write and a slot in the registry: a tunnel gets a bounded number.
+    let cap = state.config.max_connections_per_tunnel;
+    if state.registry.connections(&tunnel_id).len() >= cap {
+        let msg =
+            format!("tunnel {tunnel_id} already has {cap} connections on this edge (the most it takes); retry later");
+        reject(&conn, &mut send, RejectCode::TooManyConnections, msg.clone(), &limits).await;
+        return Err(msg);
+    }
     let info = ConnectionInfo {
         connection_id: Uuid::new_v4(),
         tunnel: tunnel_id,
@@ -344,6 +358,7 @@ async fn reject(
 ) {
     let retry_after_ms = match code {
         RejectCode::Unauthorized | RejectCode::RateLimited => Some(5_000),
+        RejectCode::TooManyConnections => Some(30_000),
         RejectCode::Pending => Some(500),
         _ => None,
     };

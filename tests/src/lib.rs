@@ -159,6 +159,9 @@ pub struct EdgeOptions {
     pub registration_timeout: Duration,
     /// Serving threads (each with its own listeners and QUIC endpoint).
     pub shards: usize,
+    /// Proxies in front of the API whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub max_connections_per_tunnel: usize,
 }
 
 impl Default for EdgeOptions {
@@ -176,6 +179,8 @@ impl Default for EdgeOptions {
             registration_timeout: Duration::from_secs(5),
             // Two, so every test crosses the threads a multi-core edge runs.
             shards: 2,
+            trusted_proxies: Vec::new(),
+            max_connections_per_tunnel: 100,
         }
     }
 }
@@ -227,6 +232,8 @@ impl TestEdge {
         config.data_dir = data_dir;
         config.max_connections = options.max_connections;
         config.registrations_per_minute = options.registrations_per_minute;
+        config.trusted_proxies = options.trusted_proxies;
+        config.max_connections_per_tunnel = options.max_connections_per_tunnel;
         // As `burrow-edge run`: a host for the operator's plugins, and for uploaded ones when
         // the edge has a store.
         if !options.plugins.is_empty() || control.is_some() {

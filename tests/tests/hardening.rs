@@ -815,3 +815,49 @@ X_Forwarded_For: 7.7.7.7\r\nburrow-request-id: forged\r\nConnection: close\r\n\r
     assert_eq!(connecting_ip.unwrap(), "127.0.0.1", "the edge's own value");
     edge.stop().await;
 }
+
+/// A tunnel holds at most `--max-connections-per-tunnel` connections on an edge (each is a store
+/// write and a registry slot): more are refused with a retryable "too many connections".
+#[tokio::test]
+async fn connections_per_tunnel_are_capped() {
+    init_logging();
+    let tunnel = TestTunnel::new("capped");
+    let options = EdgeOptions {
+        max_connections_per_tunnel: 2,
+        ..Default::default()
+    };
+    let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("capped.test", "capped")]), options).await;
+    let origin = named_origin("capped").await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), &format!("http://{origin}"), 4);
+    connector.wait_ready(2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(edge.connections(&tunnel), 2);
+    assert_eq!(connector.status.ready_connections(), 2, "the others wait to retry");
+    let response = get(&http1_client(), edge.http, "capped.test", "/").await.unwrap();
+    assert_eq!(response.text(), "capped");
+    connector.stop().await.unwrap();
+    edge.stop().await;
+}
+
+/// A tunnel whose secret changes (a tunnels file edited and reloaded) loses the connections made
+/// with the old secret at once; their connector stops and says why.
+#[tokio::test]
+async fn a_changed_secret_closes_the_connections_made_with_the_old_one() {
+    init_logging();
+    let tunnel = TestTunnel::new("rotated");
+    let routes = [("rotated.test", "rotated")];
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &routes)).await;
+    let connector = TestConnector::to_url(edge.credentials(&tunnel), "http://127.0.0.1:9", 2);
+    connector.wait_ready(2).await;
+    let mut rotated = tunnel.clone();
+    rotated.secret = burrow_protocol::TunnelSecret::generate();
+    edge.state
+        .swap_routes(tunnels_file(&[&rotated], &routes).to_table().unwrap());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), connector.join())
+        .await
+        .expect("the connector stops");
+    let error = format!("{:#}", stopped.unwrap_err());
+    assert!(error.contains("secret changed"), "{error}");
+    assert_eq!(edge.connections(&tunnel), 0);
+    edge.stop().await;
+}
