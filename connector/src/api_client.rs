@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::credentials::{burrow_home, write_private};
+use burrow_shared::files::{burrow_home, write_private};
 
 /// Answers bigger than this are not what the API sends.
 const MAX_RESPONSE: usize = 8 * 1024 * 1024;
@@ -63,7 +63,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(login: Login) -> Result<Self> {
-        let tls = crate::tls::origin_tls_config(&Default::default())?;
+        let tls = burrow_tunnel::tls::origin_tls_config(&Default::default())?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*tls).clone())
             .https_or_http()

@@ -12,11 +12,12 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config_file::ConfigFile;
-use crate::credentials::{Credentials, burrow_home};
-use crate::ingress::{Ingress, Service};
 use crate::manage::{self, Output};
-use crate::origin::Origins;
-use crate::tunnel_client::{self, Status, TunnelOptions};
+use burrow_shared::files::burrow_home;
+use burrow_tunnel::credentials::Credentials;
+use burrow_tunnel::ingress::{Ingress, Service};
+use burrow_tunnel::origin::Origins;
+use burrow_tunnel::tunnel_client::{self, Status, TunnelOptions};
 
 #[derive(Parser)]
 #[command(
@@ -26,31 +27,9 @@ use crate::tunnel_client::{self, Status, TunnelOptions};
 )]
 struct Cli {
     #[command(flatten)]
-    log: LogArgs,
+    log: burrow_shared::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Logging flags shared by both binaries.
-#[derive(Args)]
-pub struct LogArgs {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", env = "BURROW_LOG_LEVEL")]
-    log_level: String,
-}
-
-impl LogArgs {
-    /// Log to stderr; `RUST_LOG` wins over the flag.
-    pub fn init(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&self.log_level));
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(ansi)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
 }
 
 #[derive(Subcommand)]
@@ -334,33 +313,12 @@ fn run_tunnel(args: RunArgs) -> Result<()> {
 
 /// First SIGINT/SIGTERM: drain gracefully. Second: exit now.
 async fn on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
+    burrow_shared::signals::wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight requests (signal again to exit now)");
     shutdown.cancel();
-    wait_for_signal().await;
+    burrow_shared::signals::wait_for_signal().await;
     tracing::warn!("second signal: exiting without waiting");
     std::process::exit(130);
-}
-
-/// The first SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// `$BURROW_HOME/config.yml`, if present.

@@ -2,7 +2,7 @@
 //!
 //! Loading is strict: unknown keys are rejected (a typo like `credential-file` would otherwise be silently
 //! ignored and the tunnel would start with the wrong settings), and the file is size-capped because it is
-//! read whole into memory before parsing. Ingress validation lives in [`crate::ingress`]; this module only
+//! read whole into memory before parsing. Ingress validation lives in [`burrow_tunnel::ingress`]; this module only
 //! hands it the raw rules and the top-level `originRequest` defaults.
 
 use std::fs::File;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ingress::{Ingress, IngressError, RawOriginRequest, RawRule};
+use burrow_tunnel::ingress::{Ingress, IngressError, RawOriginRequest, RawRule};
 
 /// Real configs are a few KiB; anything near this is the wrong file or a runaway generator.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -117,7 +117,7 @@ pub enum ConfigError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::ingress::{HostPattern, Service};
+    use burrow_tunnel::ingress::{HostPattern, Service};
 
     const EXAMPLE: &str = r#"
 # A typical cloudflared config.

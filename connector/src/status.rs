@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::tunnel_client::Status;
+use burrow_tunnel::tunnel_client::Status;
 
 /// Serve until `shutdown`. Readiness is "at least one connection registered with an edge".
 pub async fn serve(listener: TcpListener, status: Arc<Status>, connector: String, shutdown: CancellationToken) {

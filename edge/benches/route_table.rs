@@ -5,11 +5,11 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use burrow_edge::pool::{self, PoolOrigin, PoolSpec, Steering};
-use burrow_edge::resources::ControlPlane;
+use burrow_edge::control::resources::ControlPlane;
+use burrow_edge::control::store::sqlite::SqliteStore;
+use burrow_edge::control::store::{Event, KeyValue, Op, Store};
+use burrow_edge::pools::pool::{self, PoolOrigin, PoolSpec, Steering};
 use burrow_edge::route_table::{PoolDef, Route, RouteTable, Target, TunnelRecord};
-use burrow_edge::store::sqlite::SqliteStore;
-use burrow_edge::store::{Event, KeyValue, Op, Store};
 use burrow_protocol::{AccountId, TunnelId};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderMap;

@@ -33,7 +33,7 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
                 let state = state.clone();
                 async move {
                     let response = if req.uri().path().starts_with("/v1/") {
-                        crate::api::handle(&state, req, client.ip()).await
+                        crate::control::api::handle(&state, req, client.ip()).await
                     } else {
                         answer(&state, &req).map(|body| body.map_err(|never| match never {}).boxed_unsync())
                     };

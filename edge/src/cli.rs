@@ -7,21 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use burrow_connector::credentials::{Credentials, burrow_home};
 use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
+use burrow_shared::files::burrow_home;
+use burrow_tunnel::credentials::Credentials;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config_sync;
-use crate::plugin_host::PluginHost;
-use crate::resources::{ControlPlane, RouteTo};
+use crate::control::config_sync;
+use crate::control::resources::{ControlPlane, RouteTo};
+use crate::control::store::sqlite::SqliteStore;
+use crate::control::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
+use crate::control::zones::ZoneSource;
+use crate::dataplane::shards;
+use crate::dataplane::tls::TlsIdentity;
+use crate::plugins::host::PluginHost;
 use crate::route_table::{RouteTable, hash_secret};
-use crate::shards;
-use crate::store::sqlite::SqliteStore;
-use crate::tls::TlsIdentity;
-use crate::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
-use crate::zones::ZoneSource;
 use crate::{ConnectionTimeouts, EdgeConfig, EdgeState, Listeners};
 
 #[derive(Parser)]
@@ -32,7 +33,7 @@ use crate::{ConnectionTimeouts, EdgeConfig, EdgeState, Listeners};
 )]
 struct Cli {
     #[command(flatten)]
-    log: burrow_connector::cli::LogArgs,
+    log: burrow_shared::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -358,10 +359,7 @@ fn data_dir(explicit: Option<PathBuf>) -> PathBuf {
 fn self_signed_names(extra: &[String]) -> Vec<String> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     for name in extra {
-        let host = name
-            .rsplit_once(':')
-            .map_or(name.as_str(), |(h, _)| h)
-            .trim_matches(['[', ']']);
+        let host = burrow_shared::host_port::unbracket(burrow_shared::host_port::split(name).0);
         if !host.is_empty() && !names.iter().any(|n| n == host) {
             names.push(host.to_owned());
         }
@@ -432,7 +430,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(state.clone(), args.tunnels.clone(), shutdown.clone()));
     if let (Some(url), Some(token)) = (args.control_plane, args.node_token) {
-        tokio::spawn(crate::remote_sync::follow_remote(
+        tokio::spawn(crate::control::remote_sync::follow_remote(
             state.clone(),
             url,
             token,
@@ -494,7 +492,7 @@ async fn open_store(dir: &Path) -> Result<Arc<SqliteStore>, StoreOpen> {
     }
     let store = SqliteStore::open(&path)
         .map_err(|e| StoreOpen::Failed(anyhow::anyhow!("opening the store {}: {e}", path.display())))?;
-    let revision = crate::store::Store::revision(&*store)
+    let revision = crate::control::store::Store::revision(&*store)
         .await
         .map_err(|e| StoreOpen::Failed(anyhow::anyhow!("reading the store {}: {e}", path.display())))?;
     if let Some(snapshot) = holds_config.filter(|s| s.revision > revision) {
@@ -667,7 +665,7 @@ async fn manage_tokens(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::Revoke { id, data_dir: dir } => {
             let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
-            let id = crate::resources::token_id(&id).unwrap_or(&id).to_owned();
+            let id = crate::control::resources::token_id(&id).unwrap_or(&id).to_owned();
             let doc = cp.revoke_token(&id).await?;
             println!("Revoked token {} ({})", doc.id, doc.name);
             Ok(())
@@ -884,9 +882,9 @@ impl Drop for DevDir {
 /// tunnel routed from hello.localhost, and a connector serving it. Stops on Ctrl-C or SIGTERM,
 /// and at once, with the error, if the edge or the connector stops by itself.
 async fn dev(args: DevArgs) -> Result<()> {
-    use burrow_connector::ingress::{Ingress, OriginRequest, Service};
-    use burrow_connector::origin::Origins;
-    use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
+    use burrow_tunnel::ingress::{Ingress, OriginRequest, Service};
+    use burrow_tunnel::origin::Origins;
+    use burrow_tunnel::tunnel_client::{self, Status, TunnelOptions};
 
     let dir = DevDir(std::env::temp_dir().join(format!("burrow-dev-{}", uuid::Uuid::new_v4())));
     let store =
@@ -989,7 +987,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     println!("            burrow tunnel route dns dev app.localhost && burrow tunnel list");
     println!("Ctrl-C to stop (the dev store in {} is removed).", dir.0.display());
     tokio::select! {
-        () = burrow_connector::cli::wait_for_signal() => {}
+        () = burrow_shared::signals::wait_for_signal() => {}
         result = &mut edge => {
             shutdown.cancel();
             return Err(stopped("edge", result));

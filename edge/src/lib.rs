@@ -1,56 +1,34 @@
 //! `burrow-edge`: terminates public HTTP and forwards each request over a live tunnel connection.
 //!
-//! # Layout — in the order a request meets it
+//! # Layout — in layers, lowest first (a layer names only the ones below it)
 //!
-//! - [`shards`]: one thread per core, each with its own listeners and QUIC endpoint on shared ports.
-//! - [`listener`]: public HTTP/1.1 + HTTP/2 listener (cleartext and TLS), one task per connection.
-//! - [`request_checks`]: refuse ambiguous request heads (Host, framing, URI length) up front.
-//! - [`proxy`]: per request: route lookup → plugins → pick a connection → open a QUIC stream → relay.
-//! - [`plugin_host`]: the route's WebAssembly plugins (wasmtime components, `wit/plugin.wit`);
-//!   [`plugin_crypto`]: the signature checks they ask it for.
-//! - [`route_table`]: the immutable hostname → tunnel snapshot behind one `ArcSwap`.
-//! - [`registry`]: live tunnel connections per tunnel (least in-flight streams wins).
-//! - [`tunnel_server`]: the QUIC listener where connectors register.
-//! - [`respond`]: the one place errors become HTTP answers.
-//! - [`admin`], [`metrics`]: `/metrics` and `/ready` for operators; [`api`]: the `/v1` REST API.
-//! - [`resources`], [`store`], [`config_sync`]: the control plane — accounts, tunnels, routes in a
-//!   store with watches; edges rebuild their table from it and keep a snapshot on disk;
-//!   [`remote_sync`]: edge-only nodes follow another node's API.
-//! - [`tls`], [`tunnels_file`]: the edge's certificate and the file provider of tunnel records.
-//! - [`cli`]: the `burrow-edge` command line.
+//! - [`metrics`], [`rate_limit`]: counters and limits every layer uses.
+//! - [`control::store`]: the key-value store (revisions, watches, leases).
+//! - [`plugins`]: the WebAssembly plugin host (wasmtime components, `wit/plugin.wit`).
+//! - [`pools`]: load-balanced pools: steering and origin health.
+//! - [`route_table`]: the immutable hostname → tunnel or pool snapshot behind one `ArcSwap`.
+//! - [`dataplane`]: what a visitor's request meets, in order: shards → listener → request
+//!   checks → proxy phases → registry → tunnel stream; errors answered by `respond`.
+//! - [`control`]: accounts, tunnels, routes, zones, plugins in the store; the `/v1` API; config
+//!   sync (watch → build the table off the hot path → swap).
+//! - [`admin`]: `/metrics` and `/ready` for operators; [`cli`]: the `burrow-edge` command line.
+//!
+//! [`EdgeState`] (below) is what every task of one edge shares; [`run`] serves until shutdown.
 
 // The public connection future (hyper auto + upgrades + TLS inside select!) is deep enough that
 // proving it Send exceeds the default limit on newer compilers.
 #![recursion_limit = "256"]
 
 pub mod admin;
-pub mod api;
-pub mod breaker;
 pub mod cli;
-pub mod config_sync;
-pub mod health;
-pub mod listener;
+pub mod control;
+pub mod dataplane;
+pub mod hostname;
 pub mod metrics;
-pub mod plugin_catalog;
-pub mod plugin_crypto;
-pub mod plugin_host;
-pub mod plugin_kv;
-pub mod plugin_ticker;
-pub mod pool;
-pub mod proxy;
+pub mod plugins;
+pub mod pools;
 pub mod rate_limit;
-pub mod registry;
-pub mod remote_sync;
-pub mod request_checks;
-pub mod resources;
-pub mod respond;
 pub mod route_table;
-pub mod shards;
-pub mod store;
-pub mod tls;
-pub mod tunnel_server;
-pub mod tunnels_file;
-pub mod zones;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -62,13 +40,15 @@ use burrow_protocol::Limits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::config_sync;
+use crate::control::resources::ControlPlane;
+use crate::dataplane::registry::Registry;
+use crate::dataplane::tls::TlsIdentity;
+use crate::dataplane::{listener, registry, shards, tunnel_server};
 use crate::metrics::Metrics;
-use crate::plugin_host::PluginHost;
+use crate::plugins::host::PluginHost;
 use crate::rate_limit::{AuthFailures, Limiter};
-use crate::registry::Registry;
-use crate::resources::ControlPlane;
 use crate::route_table::RouteTable;
-use crate::tls::TlsIdentity;
 
 /// Validated settings of one edge node.
 #[derive(Clone)]
@@ -227,6 +207,26 @@ impl EdgeState {
         })
     }
 
+    /// A tunnel as the store holds it, for a registration the table cannot answer yet.
+    pub async fn stored_tunnel(
+        &self,
+        account: burrow_protocol::AccountId,
+        tunnel: burrow_protocol::TunnelId,
+    ) -> tunnel_server::StoredTunnel {
+        use tunnel_server::StoredTunnel;
+        let Some(cp) = &self.control else {
+            return StoredTunnel::NoStore;
+        };
+        match cp.find_tunnel(account, &tunnel.to_string()).await {
+            Ok(stored) => match control::resources::Snapshot::tunnel_record(&stored) {
+                Ok(record) => StoredTunnel::Found(record),
+                Err(_) => StoredTunnel::Unknown,
+            },
+            Err(control::resources::CpError::NotFound(_)) => StoredTunnel::Unknown,
+            Err(e) => StoredTunnel::Unavailable(e.to_string()),
+        }
+    }
+
     /// Whether the edge serves a config yet (see [`EdgeState::with_control`]).
     pub fn is_configured(&self) -> bool {
         self.configured.load(std::sync::atomic::Ordering::Relaxed)
@@ -255,7 +255,12 @@ impl EdgeState {
             tunnels = table.tunnel_count(),
             "route table swapped"
         );
-        self.metrics.retain_pools(&table);
+        self.metrics.retain_pools(table.pools().iter().flat_map(|p| {
+            let account = p.account.to_string();
+            p.origin_names
+                .iter()
+                .map(move |o| (account.clone(), p.name.as_str(), o.as_str()))
+        }));
         self.routes.store(Arc::new(table));
         self.configured.store(true, std::sync::atomic::Ordering::Relaxed);
         self.table_swaps.send_modify(|n| *n += 1);
@@ -310,10 +315,13 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
             shards::enter(shard);
             serve.await
         };
-        let thread = burrow_connector::threads::spawn(format!("burrow-shard-{shard}"), serve);
+        let thread = burrow_shared::threads::spawn(format!("burrow-shard-{shard}"), serve);
         tasks.spawn(thread.inspect_err(|_| shutdown.cancel())?);
     }
-    tasks.spawn(never_fails(health::run(state.clone(), shutdown.clone())));
+    tasks.spawn(never_fails(control::health_monitor::run(
+        state.clone(),
+        shutdown.clone(),
+    )));
     tasks.spawn(never_fails(registry::watch_liveness(state.clone(), shutdown.clone())));
     tasks.spawn(never_fails(prune_limits(state.clone(), shutdown.clone())));
     if let (Some(_), Some(dir)) = (&state.control, state.config.data_dir.clone()) {
@@ -323,7 +331,7 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
         tasks.spawn(never_fails(admin::serve(admin, state.clone(), shutdown.clone())));
     }
     // A shard that cannot start stops the whole edge.
-    let result = burrow_connector::threads::first_error(tasks, &shutdown).await;
+    let result = burrow_shared::threads::first_error(tasks, &shutdown).await;
     drop(group);
     result
 }
@@ -368,4 +376,67 @@ async fn serve_shard(
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    /// The layers of the crate, lowest first, by the paths that name them.
+    const LAYERS: &[&[&str]] = &[
+        &["metrics", "rate_limit", "hostname"],
+        &["control::store"],
+        &["plugins"],
+        &["pools"],
+        &["route_table"],
+        &["dataplane"],
+        &["control"],
+        &["admin", "cli"],
+    ];
+
+    /// The layer of a module path under `crate::` (the longest match wins: `control::store`).
+    fn layer_of(path: &str) -> Option<usize> {
+        LAYERS
+            .iter()
+            .enumerate()
+            .flat_map(|(layer, names)| names.iter().map(move |name| (layer, *name)))
+            .filter(|(_, name)| path == *name || path.starts_with(&format!("{name}::")))
+            .max_by_key(|(_, name)| name.len())
+            .map(|(layer, _)| layer)
+    }
+
+    /// Lower layers never name higher ones (comments aside): the request path reads top-down and
+    /// there is no import circle between layers.
+    #[test]
+    fn lower_layers_never_name_higher_ones() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.clone()];
+        let mut violations = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let module = path.strip_prefix(&src).unwrap().with_extension("");
+            let module = module.to_str().unwrap().replace('/', "::").replace("::mod", "");
+            let Some(own) = layer_of(&module) else { continue };
+            for (n, line) in std::fs::read_to_string(&path).unwrap().lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                for used in line.split("crate::").skip(1) {
+                    let name: String = used
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                        .collect();
+                    if let Some(theirs) = layer_of(name.trim_end_matches(':')).filter(|l| *l > own) {
+                        violations.push(format!(
+                            "{module}:{} (layer {own}) names {name} (layer {theirs})",
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(violations.is_empty(), "{violations:#?}");
+    }
 }

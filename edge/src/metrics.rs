@@ -362,18 +362,9 @@ impl Metrics {
         }
     }
 
-    /// Drop the `pool_origin_healthy` series of pools and origins no longer in `table`.
-    pub fn retain_pools(&self, table: &crate::route_table::RouteTable) {
-        let current: std::collections::HashSet<(String, &str, &str)> = table
-            .pools()
-            .iter()
-            .flat_map(|p| {
-                let account = p.account.to_string();
-                p.origin_names
-                    .iter()
-                    .map(move |o| (account.clone(), p.name.as_str(), o.as_str()))
-            })
-            .collect();
+    /// Drop the `pool_origin_healthy` series of every (account, pool, origin) not in `current`.
+    pub fn retain_pools<'a>(&self, current: impl IntoIterator<Item = (String, &'a str, &'a str)>) {
+        let current: std::collections::HashSet<(String, &str, &str)> = current.into_iter().collect();
         let Ok(mut series) = self.pool_series.lock() else {
             return;
         };
@@ -409,7 +400,7 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains(r#"{account="acme",pool="web",origin="a"} 1"#), "{text}");
         assert!(text.contains(r#"{account="bob",pool="web",origin="a"} 0"#), "{text}");
-        metrics.retain_pools(&crate::route_table::RouteTable::default());
+        metrics.retain_pools([]);
         assert!(!metrics.encode().contains("pool=\"web\""), "{}", metrics.encode());
     }
 

@@ -13,7 +13,11 @@ use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::pool::{Pool, PoolSpec};
+use burrow_shared::host_port;
+
+use crate::hostname::validate_hostname;
+use crate::plugins::binding::PluginBinding;
+use crate::pools::pool::{Pool, PoolSpec};
 
 /// A tunnel as the edge knows it: enough to route to it and to check a connector's secret.
 #[derive(Clone)]
@@ -74,42 +78,6 @@ pub struct PoolDef {
     pub account: AccountId,
     pub name: String,
     pub spec: PoolSpec<TunnelId>,
-}
-
-/// A plugin bound to a route: which plugin, its configuration, and what a failure does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PluginBinding {
-    pub plugin: String,
-    /// The uploaded version this binding runs (pinned when bound); `None`: a plugin the
-    /// operator loads with `burrow-edge run --plugin`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u32>,
-    /// Handed to the plugin as-is (usually JSON).
-    #[serde(default)]
-    pub config: String,
-    /// On a trap or timeout, forward the request anyway instead of failing it.
-    #[serde(default)]
-    pub fail_open: bool,
-    /// Deadline per hook call in milliseconds (default 5, at most 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline_ms: Option<u64>,
-    /// Serve up to this many requests with one instance, one request at a time (0, the
-    /// default: a fresh instance per request). The plugin's memory then carries over between
-    /// this route's requests; an instance that fails is never reused.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub reuse: u32,
-    /// Idle instances of this binding (reuse mode). Owned by the binding, so never shared across
-    /// routes, accounts or configs.
-    #[serde(skip)]
-    pub warm: crate::plugin_host::WarmInstances,
-    /// The uploaded version's compiled plugin, attached when the table is built.
-    #[serde(skip)]
-    pub resolved: crate::plugin_host::ResolvedPlugin,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// One immutable snapshot of routes and tunnel records.
@@ -336,12 +304,12 @@ impl RouteTable {
             let mut next = pool.fallback;
             while let Some(j) = next {
                 hops += 1;
-                if j == i || hops > crate::pool::MAX_FALLBACK_DEPTH {
+                if j == i || hops > crate::pools::pool::MAX_FALLBACK_DEPTH {
                     errors.push(BuildError::BadPool {
                         pool: pool.name.clone(),
                         reason: format!(
                             "its fallback chain loops or is longer than {}",
-                            crate::pool::MAX_FALLBACK_DEPTH
+                            crate::pools::pool::MAX_FALLBACK_DEPTH
                         ),
                     });
                     break;
@@ -363,36 +331,7 @@ impl RouteTable {
 
 /// `host`, `host:port`, `[v6]:port` → host.
 fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
-}
-
-/// A route hostname: lowercase DNS labels, optionally starting with `*.`.
-pub fn validate_hostname(hostname: &str) -> Result<(), String> {
-    if hostname.is_empty() || hostname.len() > 253 {
-        return Err("must be 1 to 253 characters".into());
-    }
-    let name = hostname.strip_prefix("*.").unwrap_or(hostname);
-    if name.contains('*') {
-        return Err("only a leading \"*.\" wildcard is allowed".into());
-    }
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("labels must be 1 to 63 characters".into());
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(format!("label {label:?} may only hold a-z, 0-9 and '-'"));
-        }
-    }
-    Ok(())
+    host_port::unbracket(host_port::split(host).0)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! the configured origin — never another host or port. Input: the target, as sent by the edge.
 #![no_main]
 
-use burrow_connector::ingress::Service;
-use burrow_connector::origin::origin_uri;
+use burrow_tunnel::ingress::Service;
+use burrow_tunnel::origin::origin_uri;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! names a field, a valid pool builds into a table, and steering over it never panics.
 #![no_main]
 
-use burrow_edge::pool::{self, PoolSpec};
+use burrow_edge::pools::pool::{self, PoolSpec};
 use burrow_edge::route_table::{PoolDef, RouteTable, TunnelRecord};
 use burrow_protocol::{AccountId, TunnelId};
 use libfuzzer_sys::fuzz_target;

@@ -3,7 +3,7 @@
 //! then `name: value` lines.
 #![no_main]
 
-use burrow_edge::request_checks;
+use burrow_edge::dataplane::request_checks;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

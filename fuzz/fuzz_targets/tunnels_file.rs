@@ -2,7 +2,7 @@
 //! route table, or reports problems, never panics; lookups in a built table never panic.
 #![no_main]
 
-use burrow_edge::tunnels_file::TunnelsFile;
+use burrow_edge::control::tunnels_file::TunnelsFile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

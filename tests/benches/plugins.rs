@@ -6,8 +6,8 @@
 
 use std::hint::black_box;
 
-use burrow_edge::plugin_host::{Candidate, Exchange, Outcome, Phase, PluginHost, PluginRequest};
-use burrow_edge::route_table::PluginBinding;
+use burrow_edge::plugins::binding::PluginBinding;
+use burrow_edge::plugins::host::{Candidate, Exchange, Outcome, Phase, PluginHost, PluginRequest};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 

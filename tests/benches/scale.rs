@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_connector::api_client::{ApiClient, Login};
-use burrow_connector::credentials::Credentials;
 use burrow_protocol::{ConnectorId, ControlMessage, Frame, Limits, PROTOCOL_VERSION, Register, TunnelCodec};
 use burrow_tests::*;
+use burrow_tunnel::credentials::Credentials;
 use futures_util::StreamExt;
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -180,7 +180,7 @@ const SERVING: usize = 8;
 
 /// The client endpoint the idle connections share, configured like a connector's.
 fn idle_endpoint(credentials: &Credentials) -> quinn::Endpoint {
-    let mut quic = burrow_connector::tls::edge_client_config(credentials.edge_ca.as_deref()).unwrap();
+    let mut quic = burrow_tunnel::tls::edge_client_config(credentials.edge_ca.as_deref()).unwrap();
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(2)));
     transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));

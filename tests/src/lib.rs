@@ -19,18 +19,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use burrow_connector::credentials::Credentials;
-use burrow_connector::ingress::{Ingress, OriginRequest, Service};
-use burrow_connector::origin::Origins;
-use burrow_connector::tunnel_client::{self, Status, TunnelOptions};
 pub use burrow_edge::ConnectionTimeouts;
-use burrow_edge::resources::ControlPlane;
+use burrow_edge::control::resources::ControlPlane;
+use burrow_edge::control::store::sqlite::SqliteStore;
+use burrow_edge::control::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
+use burrow_edge::dataplane::shards;
+use burrow_edge::dataplane::tls::TlsIdentity;
 use burrow_edge::route_table::{RouteTable, hash_secret};
-use burrow_edge::store::sqlite::SqliteStore;
-use burrow_edge::tls::TlsIdentity;
-use burrow_edge::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
-use burrow_edge::{EdgeConfig, EdgeState, Listeners, shards};
+use burrow_edge::{EdgeConfig, EdgeState, Listeners};
 use burrow_protocol::{AccountId, ConnectorId, TunnelId, TunnelSecret};
+use burrow_tunnel::credentials::Credentials;
+use burrow_tunnel::ingress::{Ingress, OriginRequest, Service};
+use burrow_tunnel::origin::Origins;
+use burrow_tunnel::tunnel_client::{self, Status, TunnelOptions};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -237,7 +238,7 @@ impl TestEdge {
         // As `burrow-edge run`: a host for the operator's plugins, and for uploaded ones when
         // the edge has a store.
         if !options.plugins.is_empty() || control.is_some() {
-            let mut host = burrow_edge::plugin_host::PluginHost::new().unwrap();
+            let mut host = burrow_edge::plugins::host::PluginHost::new().unwrap();
             for (name, path) in &options.plugins {
                 host.load(name, &std::fs::read(path).unwrap()).await.unwrap();
             }
@@ -321,7 +322,7 @@ impl TestEdge {
     /// connector refused at its first registration gives up, as with wrong credentials).
     pub async fn serve_store_tunnel(
         &self,
-        tunnel: &burrow_edge::resources::Tunnel,
+        tunnel: &burrow_edge::control::resources::Tunnel,
         secret: TunnelSecret,
         origin: &str,
         connections: u8,
@@ -343,10 +344,13 @@ impl TestEdge {
 }
 
 /// A new account of `control` holding the zone `test`: it may route any `*.test` hostname.
-pub async fn account_in_test_zone(control: &ControlPlane, name: &str) -> (burrow_edge::resources::Account, String) {
+pub async fn account_in_test_zone(
+    control: &ControlPlane,
+    name: &str,
+) -> (burrow_edge::control::resources::Account, String) {
     let (account, token) = control.create_account(name).await.unwrap();
     control
-        .add_zone(account.id, "test", burrow_edge::zones::ZoneSource::Operator)
+        .add_zone(account.id, "test", burrow_edge::control::zones::ZoneSource::Operator)
         .await
         .unwrap();
     (account, token)

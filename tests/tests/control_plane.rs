@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow_edge::resources::RouteTo;
+use burrow_edge::control::resources::RouteTo;
 use burrow_tests::*;
 use http::StatusCode;
 
@@ -267,13 +267,13 @@ async fn accounts_are_isolated() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("cert.json"))
         .unwrap();
-    let mut forged = burrow_connector::credentials::Credentials::load(&alice_creds).unwrap();
+    let mut forged = burrow_tunnel::credentials::Credentials::load(&alice_creds).unwrap();
     let bob_creds = std::fs::read_dir(&bob)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("cert.json"))
         .unwrap();
-    forged.account = burrow_connector::credentials::Credentials::load(&bob_creds)
+    forged.account = burrow_tunnel::credentials::Credentials::load(&bob_creds)
         .unwrap()
         .account;
     let forged_path = bob.join("forged.json");

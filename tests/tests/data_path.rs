@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use burrow_connector::ingress::Ingress;
-use burrow_connector::ingress::RawRule;
 use burrow_tests::*;
+use burrow_tunnel::ingress::Ingress;
+use burrow_tunnel::ingress::RawRule;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Response, StatusCode};

@@ -228,11 +228,11 @@ async fn tls_server_name_of_another_tenant_is_misdirected() {
     connector.wait_ready(1).await;
     edge.wait_connections(&alice, 1).await;
 
-    let settings = burrow_connector::ingress::OriginRequest {
+    let settings = burrow_tunnel::ingress::OriginRequest {
         no_tls_verify: true,
         ..Default::default()
     };
-    let mut tls = (*burrow_connector::tls::origin_tls_config(&settings).unwrap()).clone();
+    let mut tls = (*burrow_tunnel::tls::origin_tls_config(&settings).unwrap()).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connect = |sni: &'static str| {
         let tls = Arc::new(tls.clone());
@@ -393,7 +393,7 @@ async fn a_tunnel_connection_that_never_registers_is_closed() {
         ..EdgeOptions::default()
     };
     let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("app.test", "app")]), options).await;
-    let config = burrow_connector::tls::edge_client_config(Some(&edge.ca_pem)).unwrap();
+    let config = burrow_tunnel::tls::edge_client_config(Some(&edge.ca_pem)).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
     let conn = endpoint.connect(edge.tunnel, "localhost").unwrap().await.unwrap();
@@ -593,7 +593,7 @@ async fn credentials_pinning_another_certificate_say_so() {
     let tunnel = TestTunnel::new("pinned");
     let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("pinned.test", "pinned")])).await;
     let mut credentials = edge.credentials(&tunnel);
-    let other = burrow_edge::tls::TlsIdentity::generate_self_signed(&["localhost".to_owned()]).unwrap();
+    let other = burrow_edge::dataplane::tls::TlsIdentity::generate_self_signed(&["localhost".to_owned()]).unwrap();
     credentials.edge_ca = other.self_signed_pem;
     let connector = TestConnector::to_url(credentials, "http://127.0.0.1:9", 1);
     let result = tokio::time::timeout(Duration::from_secs(15), connector.join())
@@ -611,15 +611,16 @@ async fn credentials_pinning_another_certificate_say_so() {
 #[tokio::test]
 async fn a_tunnel_the_table_does_not_hold_yet_is_pending_not_refused() {
     init_logging();
-    let control =
-        burrow_edge::resources::ControlPlane::new(burrow_edge::store::sqlite::SqliteStore::open_in_memory().unwrap());
+    let control = burrow_edge::control::resources::ControlPlane::new(
+        burrow_edge::control::store::sqlite::SqliteStore::open_in_memory().unwrap(),
+    );
     let (account, _) = account_in_test_zone(&control, "acme").await;
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
     control
         .route(
             account.id,
             "web.test",
-            burrow_edge::resources::RouteTo::Tunnel("web"),
+            burrow_edge::control::resources::RouteTo::Tunnel("web"),
             false,
             None,
         )

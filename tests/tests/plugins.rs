@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use burrow_edge::route_table::PluginBinding;
-use burrow_edge::tunnels_file::RouteEntry;
+use burrow_edge::control::tunnels_file::RouteEntry;
+use burrow_edge::plugins::binding::PluginBinding;
 use burrow_tests::*;
 use http::{Response, StatusCode};
 
@@ -774,7 +774,7 @@ async fn swapping_plugins_under_load_fails_no_request() {
             binding("header-auth", r#"{"keys": ["k2", "k3"]}"#, false),
         ],
     ];
-    let routes = burrow_edge::resources::RouteTo::Tunnel("web");
+    let routes = burrow_edge::control::resources::RouteTo::Tunnel("web");
     control
         .route(account.id, "swap.test", routes, false, Some(chains[0].clone()))
         .await
@@ -830,7 +830,7 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
     let (account, token) = account_in_test_zone(&control, "alice").await;
     let (tunnel, secret) = control.create_tunnel(account.id, "web").await.unwrap();
-    let routes = burrow_edge::resources::RouteTo::Tunnel("web");
+    let routes = burrow_edge::control::resources::RouteTo::Tunnel("web");
     control.route(account.id, "up.test", routes, false, None).await.unwrap();
     let origin = serve_origin(|req| {
         let user = req.headers().get("x-user").map(|v| v.to_str().unwrap().to_owned());
@@ -978,7 +978,7 @@ async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() 
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
     let (account, token) = account_in_test_zone(&control, "alice").await;
     control.create_tunnel(account.id, "web").await.unwrap();
-    let web = burrow_edge::resources::RouteTo::Tunnel("web");
+    let web = burrow_edge::control::resources::RouteTo::Tunnel("web");
     control.route(account.id, "race.test", web, false, None).await.unwrap();
     let api = account_api(&edge, token);
     let wasm = std::fs::read(HEADER_AUTH).unwrap();

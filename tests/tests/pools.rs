@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use burrow_edge::pool::{Monitor, PoolOrigin, PoolSpec, Steering};
-use burrow_edge::route_table::PluginBinding;
-use burrow_edge::tunnels_file::{PoolEntry, RouteEntry, TunnelsFile};
+use burrow_edge::control::tunnels_file::{PoolEntry, RouteEntry, TunnelsFile};
+use burrow_edge::plugins::binding::PluginBinding;
+use burrow_edge::pools::pool::{Monitor, PoolOrigin, PoolSpec, Steering};
 use burrow_tests::*;
 use http::{Response, StatusCode};
 

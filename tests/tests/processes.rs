@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow_connector::credentials::Credentials;
 use burrow_tests::*;
+use burrow_tunnel::credentials::Credentials;
 use http::{Response, StatusCode};
 
 const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");
@@ -446,7 +446,7 @@ async fn ingress_cli_validates_and_explains_matches() {
 #[tokio::test]
 async fn example_tunnels_file_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tunnels.yml");
-    let file = burrow_edge::tunnels_file::TunnelsFile::load(&path).unwrap();
+    let file = burrow_edge::control::tunnels_file::TunnelsFile::load(&path).unwrap();
     let table = file.to_table().unwrap();
     assert_eq!(
         (table.tunnel_count(), table.route_count(), table.pools().len()),
@@ -561,11 +561,11 @@ async fn memory_bombs_fail_their_requests_and_leave_the_edge_flat() {
     let dir = TempDir::new();
     let tunnel = TestTunnel::new("app");
     let mut file = tunnels_file(&[&tunnel], &[]);
-    file.routes.push(burrow_edge::tunnels_file::RouteEntry {
+    file.routes.push(burrow_edge::control::tunnels_file::RouteEntry {
         hostname: "bomb.test".into(),
         tunnel: Some("app".into()),
         pool: None,
-        plugins: vec![burrow_edge::route_table::PluginBinding {
+        plugins: vec![burrow_edge::plugins::binding::PluginBinding {
             plugin: "bomb".into(),
             deadline_ms: Some(100),
             ..Default::default()

@@ -1,0 +1,99 @@
+//! TLS identity of the edge, for the public HTTPS listener and the QUIC tunnel listener.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use burrow_shared::files::write_private;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate chain and its key.
+pub struct TlsIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// PEM of the chain's root when self-signed: connectors pin it (it goes into credentials).
+    pub self_signed_pem: Option<String>,
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            self_signed_pem: self.self_signed_pem.clone(),
+        }
+    }
+}
+
+impl TlsIdentity {
+    /// Load a PEM certificate chain and private key configured by the operator.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
+        let cert_pem = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
+        let key_pem = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+        let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {}", cert.display()))?;
+        anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", cert.display());
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .with_context(|| format!("parsing {}", key.display()))?
+            .with_context(|| format!("{} holds no PEM private key", key.display()))?;
+        Ok(Self {
+            chain,
+            key,
+            self_signed_pem: None,
+        })
+    }
+
+    /// The development identity: a self-signed certificate created once and kept in `dir`, so
+    /// that connectors which pinned it keep trusting the edge across restarts.
+    pub fn self_signed_in(dir: &Path, names: &[String]) -> Result<Self> {
+        let cert_path = dir.join("edge-cert.pem");
+        let key_path = dir.join("edge-key.pem");
+        if !cert_path.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let certified = rcgen::generate_simple_self_signed(names.to_vec()).context("generating a certificate")?;
+            write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
+            write_private(&cert_path, certified.cert.pem().as_bytes())?;
+            tracing::info!(cert = %cert_path.display(), "generated a self-signed edge certificate");
+        }
+        let mut identity = Self::from_pem_files(&cert_path, &key_path)?;
+        identity.self_signed_pem = Some(std::fs::read_to_string(&cert_path)?);
+        Ok(identity)
+    }
+
+    /// A fresh self-signed certificate for `names` (kept in memory only).
+    pub fn generate_self_signed(names: &[String]) -> Result<Self> {
+        let certified = rcgen::generate_simple_self_signed(names.to_vec()).context("generating a certificate")?;
+        let pem = certified.cert.pem();
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("encoding generated key: {e}"))?;
+        Ok(Self {
+            chain: vec![certified.cert.der().clone()],
+            key,
+            self_signed_pem: Some(pem),
+        })
+    }
+
+    /// rustls config for the public listener: HTTP/2 and HTTP/1.1 by ALPN.
+    pub fn public_server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .context("public TLS certificate and key do not match")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// QUIC server config for the tunnel listener (TLS 1.3, ALPN `burrow/1`).
+    pub fn tunnel_server_config(&self, transport: quinn::TransportConfig) -> Result<quinn::ServerConfig> {
+        let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .context("tunnel TLS certificate and key do not match")?;
+        tls.alpn_protocols = vec![burrow_protocol::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+}
