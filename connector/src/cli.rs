@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config_file::ConfigFile;
 use crate::manage::{self, Output};
 use burrow_shared::files::burrow_home;
-use burrow_tunnel::credentials::Credentials;
+use burrow_tunnel::credentials::{Credentials, CredentialsFile};
 use burrow_tunnel::ingress::{Ingress, Service};
 use burrow_tunnel::origin::Origins;
 use burrow_tunnel::tunnel_client::{self, Status, TunnelOptions};
@@ -261,7 +261,7 @@ fn run_tunnel(args: RunArgs) -> Result<()> {
         None => config.ingress()?,
     };
     let credentials = match &args.token {
-        Some(token) => Credentials::from_token(token)?,
+        Some(token) => Credentials::from_token(token).map_err(anyhow::Error::msg)?,
         None => {
             let tunnel = args.tunnel.or_else(|| config.tunnel.clone());
             let explicit = args.credentials_file.or(config.credentials_file.clone());

@@ -7,7 +7,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::api_client::{ApiClient, Login};
-use burrow_tunnel::credentials::Credentials;
+use burrow_tunnel::credentials::{Credentials, CredentialsFile};
 
 /// How list-like commands print.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -98,6 +98,7 @@ fn steering(c: &mut Criterion) {
             account,
             name: "p".into(),
             spec,
+            balancer: None,
         };
         let table = RouteTable::build(tunnels.clone(), vec![], vec![def]).expect("builds");
         let load = |_: &TunnelId| Some(3usize);

@@ -1,11 +1,12 @@
-//! Admin listener: `/metrics` (Prometheus) and `/ready`.
+//! The operator's listener: `/metrics` (Prometheus) and `/ready`. Tenants use the API listener
+//! (`--api`); nothing here is theirs to see.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::EdgeState;
 
 pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin listener ready (/metrics, /ready)");
+    }
     loop {
-        let (stream, client) = tokio::select! {
+        let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -30,15 +34,8 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let state = state.clone();
-                async move {
-                    let response = if req.uri().path().starts_with("/v1/") {
-                        crate::control::api::handle(&state, req, client.ip()).await
-                    } else {
-                        answer(&state, &req).map(|body| body.map_err(|never| match never {}).boxed_unsync())
-                    };
-                    Ok::<_, Infallible>(response)
-                }
+                let response = answer(&state, &req);
+                async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -77,7 +74,7 @@ fn answer(state: &EdgeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /ready\n".into(),
+            "not found: try /metrics or /ready (the /v1 API is on the --api listener)\n".into(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
 use burrow_shared::files::burrow_home;
-use burrow_tunnel::credentials::Credentials;
+use burrow_tunnel::credentials::{Credentials, CredentialsFile};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -72,8 +72,12 @@ struct ListenArgs {
     /// QUIC listener where connectors register (UDP).
     #[arg(long, default_value = "0.0.0.0:7844", value_name = "ADDR")]
     tunnel: SocketAddr,
-    /// Operator listener: /metrics and /ready; "off" disables it. Keep it off the internet.
+    /// The /v1 API for tenants (the `burrow` CLI) and edge-only nodes; "off" disables it.
+    /// Cleartext: keep it on a private network or behind a TLS proxy.
     #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR|off")]
+    api: String,
+    /// Operator listener: /metrics and /ready; "off" disables it. Keep it off the internet.
+    #[arg(long, default_value = "127.0.0.1:9091", value_name = "ADDR|off")]
     admin: String,
 }
 
@@ -311,8 +315,11 @@ struct DevArgs {
     /// Public HTTP listener.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// API and metrics listener.
+    /// The /v1 API listener (`burrow login --api http://ADDR`).
     #[arg(long, default_value = "127.0.0.1:9090")]
+    api: SocketAddr,
+    /// The operator's /metrics and /ready.
+    #[arg(long, default_value = "127.0.0.1:9091")]
     admin: SocketAddr,
     /// Tunnel listener (UDP).
     #[arg(long, default_value = "127.0.0.1:7844")]
@@ -417,14 +424,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let threads = args.worker_threads.map_or_else(shards::default_count, usize::from);
     let listeners = Listeners {
         shards: shards::bind(addresses, threads)?,
-        admin: match parse_optional(&args.listen.admin, "--admin")? {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding --admin {addr}"))?,
-            ),
-            None => None,
-        },
+        admin: bind_optional(&args.listen.admin, "--admin").await?,
+        api: bind_optional(&args.listen.api, "--api").await?,
     };
     let state = EdgeState::with_control(config, table, control);
     let shutdown = CancellationToken::new();
@@ -733,6 +734,17 @@ fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+/// A TCP listener for `flag`, unless it is "off".
+async fn bind_optional(addr: &str, flag: &str) -> Result<Option<TcpListener>> {
+    let Some(addr) = parse_optional(addr, flag)? else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {flag} {addr} (is another edge running?)"))?;
+    Ok(Some(listener))
+}
+
 fn parse_optional(addr: &str, flag: &str) -> Result<Option<SocketAddr>> {
     if addr == "off" {
         return Ok(None);
@@ -906,9 +918,13 @@ async fn dev(args: DevArgs) -> Result<()> {
 
     let tls = TlsIdentity::generate_self_signed(&self_signed_names(&[]))?;
     let edge_ca = tls.self_signed_pem.clone();
-    let admin = TcpListener::bind(args.admin)
-        .await
-        .with_context(|| format!("binding --admin {} (is another edge running?)", args.admin))?;
+    let bind = |addr: SocketAddr, flag: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {flag} {addr} (is another edge running?)"))
+    };
+    let admin = bind(args.admin, "--admin").await?;
+    let api = bind(args.api, "--api").await?;
     let sockets = shards::bind(
         shards::Addresses {
             http: Some(args.http),
@@ -925,6 +941,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     let listeners = Listeners {
         shards: sockets,
         admin: Some(admin),
+        api: Some(api),
     };
     let mut edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
 
@@ -962,7 +979,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     ));
     println!(
         "Burrow dev: edge on http://{}, API on http://{}, tunnel \"dev\" ({})",
-        args.http, args.admin, tunnel.id
+        args.http, args.api, tunnel.id
     );
     let ready = async {
         while status.ready_connections() == 0 {
@@ -983,7 +1000,7 @@ async fn dev(args: DevArgs) -> Result<()> {
         result = &mut connector => return Err(stopped("connector", result)),
     }
     println!("Try:        curl http://hello.localhost:{}/", args.http.port());
-    println!("Manage it:  burrow login --api http://{} --token {token}", args.admin);
+    println!("Manage it:  burrow login --api http://{} --token {token}", args.api);
     println!("            burrow tunnel route dns dev app.localhost && burrow tunnel list");
     println!("Ctrl-C to stop (the dev store in {} is removed).", dir.0.display());
     tokio::select! {

@@ -149,7 +149,10 @@ impl Default for ConnectionTimeouts {
 pub struct Listeners {
     /// One set per thread serving traffic, from [`shards::bind`]; at least one.
     pub shards: Vec<shards::ShardSockets>,
+    /// `/metrics` and `/ready`, for the operator.
     pub admin: Option<TcpListener>,
+    /// The `/v1` API, for tenants (and edge-only nodes).
+    pub api: Option<TcpListener>,
 }
 
 /// State shared by every task of one edge.
@@ -329,6 +332,9 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
     }
     if let Some(admin) = listeners.admin {
         tasks.spawn(never_fails(admin::serve(admin, state.clone(), shutdown.clone())));
+    }
+    if let Some(api) = listeners.api {
+        tasks.spawn(never_fails(control::api::serve(api, state.clone(), shutdown.clone())));
     }
     // A shard that cannot start stops the whole edge.
     let result = burrow_shared::threads::first_error(tasks, &shutdown).await;

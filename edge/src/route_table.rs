@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use burrow_shared::host_port;
 
 use crate::hostname::validate_hostname;
-use crate::plugins::binding::PluginBinding;
+use crate::plugins::binding::Binding;
 use crate::pools::pool::{Pool, PoolSpec};
 
 /// A tunnel as the edge knows it: enough to route to it and to check a connector's secret.
@@ -61,7 +61,7 @@ pub struct Route {
     pub hostname: String,
     pub target: Target,
     /// Plugins run for this hostname, in order (shared by every request on the route).
-    pub plugins: Arc<[PluginBinding]>,
+    pub plugins: Arc<[Binding]>,
 }
 
 /// What a route sends its requests to.
@@ -78,6 +78,8 @@ pub struct PoolDef {
     pub account: AccountId,
     pub name: String,
     pub spec: PoolSpec<TunnelId>,
+    /// `spec.balancer`, resolved to the plugin it runs.
+    pub balancer: Option<Binding>,
 }
 
 /// One immutable snapshot of routes and tunnel records.
@@ -297,7 +299,9 @@ impl RouteTable {
                 }
                 found
             });
-            built.push(Pool::new(def.account, def.name, def.spec, names, fallback));
+            let mut pool = Pool::new(def.account, def.name, def.spec, names, fallback);
+            pool.balancer = def.balancer;
+            built.push(pool);
         }
         for (i, pool) in built.iter().enumerate() {
             let mut hops = 0;

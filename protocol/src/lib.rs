@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`ids`]: the shared vocabulary (`TunnelId`, `ConnectorId`, `ConnIndex`, `TunnelSecret`, …).
+//! - [`credentials`]: what a connector presents to serve a tunnel.
 //! - [`control`]: the control stream — `Register` → `Registered` | `Rejected`, `Unregister`, `Drain`.
 //! - [`head`]: request and response heads carried at the start of every request stream.
 //! - [`frame`]: framing and the codec (limits built in, never panics on any input).
@@ -27,12 +28,14 @@
 
 pub mod body;
 pub mod control;
+pub mod credentials;
 pub mod frame;
 pub mod head;
 pub mod headers;
 pub mod ids;
 
 pub use control::{ControlMessage, Register, Registered, RejectCode, Rejected};
+pub use credentials::Credentials;
 pub use frame::{Frame, FrameError, Limits, TunnelCodec};
 pub use head::{FLAG_HEALTH_CHECK, RequestHead, RequestKind, ResponseHead, Scheme, StreamError, StreamErrorCode};
 pub use ids::{AccountId, ConnIndex, ConnectorId, TunnelId, TunnelSecret};

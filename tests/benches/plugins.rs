@@ -6,7 +6,7 @@
 
 use std::hint::black_box;
 
-use burrow_edge::plugins::binding::PluginBinding;
+use burrow_edge::plugins::binding::{Binding, PluginBinding};
 use burrow_edge::plugins::host::{Candidate, Exchange, Outcome, Phase, PluginHost, PluginRequest};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
@@ -43,13 +43,13 @@ fn exchange() -> Exchange {
     }
 }
 
-fn binding(plugin: &str, config: &str) -> PluginBinding {
-    PluginBinding {
+fn binding(plugin: &str, config: &str) -> Binding {
+    Binding::new(PluginBinding {
         plugin: plugin.into(),
         config: config.into(),
         fail_open: false,
         ..PluginBinding::default()
-    }
+    })
 }
 
 fn hooks(c: &mut Criterion) {
@@ -97,10 +97,10 @@ fn hooks(c: &mut Criterion) {
         },
     );
     // Reuse mode: one instance serves the binding's requests one after another.
-    let auth_reused = [PluginBinding {
+    let auth_reused = [Binding::new(PluginBinding {
         reuse: 1_000_000,
-        ..auth[0].clone()
-    }];
+        ..auth[0].spec.clone()
+    })];
     c.bench_function("plugin on-request-headers, header-auth, reused instance", |b| {
         b.iter(|| {
             let outcome = rt
@@ -110,10 +110,10 @@ fn hooks(c: &mut Criterion) {
         })
     });
     // test-trap answers 409 from its second request on (it sees its own mark): still a full call.
-    let noop_reused = [PluginBinding {
+    let noop_reused = [Binding::new(PluginBinding {
         reuse: 1_000_000,
-        ..noop[0].clone()
-    }];
+        ..noop[0].spec.clone()
+    })];
     c.bench_function("plugin on-request-headers, no-op, reused instance", |b| {
         b.iter(|| {
             black_box(
@@ -180,10 +180,10 @@ fn hooks(c: &mut Criterion) {
             );
             exchange
         };
-        let reused = PluginBinding {
+        let reused = Binding::new(PluginBinding {
             reuse: 1_000_000,
-            ..binding.clone()
-        };
+            ..binding.spec.clone()
+        });
         for (mode, chain) in [("fresh", [binding]), ("reused", [reused])] {
             c.bench_function(
                 &format!("plugin on-request-headers, jwt-auth {name}, {mode} instance"),
@@ -210,10 +210,10 @@ fn hooks(c: &mut Criterion) {
             latency_us: 1_000 + u64::from(i) * 250,
         })
         .collect();
-    let reused = PluginBinding {
+    let reused = Binding::new(PluginBinding {
         reuse: 1_000_000,
-        ..balancer.clone()
-    };
+        ..balancer.spec.clone()
+    });
     for (mode, binding) in [("fresh", &balancer), ("reused", &reused)] {
         c.bench_function(
             &format!("plugin select-origin, balancer-latency, 4 candidates, {mode} instance"),

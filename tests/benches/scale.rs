@@ -36,7 +36,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn run(tunnels: usize) {
     let dir = TempDir::new();
-    let (http, tunnel_port, admin) = (free_tcp_port(), free_udp_port(), free_tcp_port());
+    let (http, tunnel_port, admin, api_port) = (free_tcp_port(), free_udp_port(), free_tcp_port(), free_tcp_port());
     let data = dir.path().join("edge");
     let args = [
         "run",
@@ -48,6 +48,8 @@ async fn run(tunnels: usize) {
         &format!("127.0.0.1:{tunnel_port}"),
         "--admin",
         &format!("127.0.0.1:{admin}"),
+        "--api",
+        &format!("127.0.0.1:{api_port}"),
         "--advertise",
         &format!("127.0.0.1:{tunnel_port}"),
         "--data-dir",
@@ -87,7 +89,7 @@ async fn run(tunnels: usize) {
         .to_owned();
     let api = Arc::new(
         ApiClient::new(Login {
-            api: format!("http://127.0.0.1:{admin}"),
+            api: format!("http://127.0.0.1:{api_port}"),
             token,
         })
         .unwrap(),

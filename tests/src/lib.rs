@@ -138,7 +138,10 @@ pub struct TestEdge {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub tunnel: SocketAddr,
+    /// `/metrics`, `/ready`.
     pub admin: SocketAddr,
+    /// The `/v1` API.
+    pub api: SocketAddr,
     pub state: Arc<EdgeState>,
     /// PEM of the edge's self-signed certificate (connectors and HTTPS clients pin it).
     pub ca_pem: String,
@@ -255,6 +258,8 @@ impl TestEdge {
         };
         let sockets = shards::bind(addresses, options.shards).unwrap();
         let admin = TcpListener::bind(any).await.unwrap();
+        let api = TcpListener::bind(any).await.unwrap();
+        let api_addr = api.local_addr().unwrap();
         let first = &sockets[0];
         let (http_addr, https_addr, tunnel_addr, admin_addr) = (
             first.http.as_ref().unwrap().local_addr().unwrap(),
@@ -267,6 +272,7 @@ impl TestEdge {
         let listeners = Listeners {
             shards: sockets,
             admin: Some(admin),
+            api: Some(api),
         };
         let task = tokio::spawn(burrow_edge::run(state.clone(), listeners, shutdown.clone()));
         Self {
@@ -274,6 +280,7 @@ impl TestEdge {
             https: https_addr,
             tunnel: tunnel_addr,
             admin: admin_addr,
+            api: api_addr,
             state,
             ca_pem,
             shutdown,
@@ -580,10 +587,10 @@ pub async fn send(
     collect(client, request).await
 }
 
-/// `method path` on an edge's API (`admin`) with a JSON body, as the holder of `token`.
+/// `method path` on an edge's API (`api`) with a JSON body, as the holder of `token`.
 pub async fn api_call(
     client: &Client<HttpConnector, TestBody>,
-    admin: SocketAddr,
+    api: SocketAddr,
     token: &str,
     method: &str,
     path: &str,
@@ -591,7 +598,7 @@ pub async fn api_call(
 ) -> Result<Collected> {
     let request = Request::builder()
         .method(method)
-        .uri(format!("http://{admin}{path}"))
+        .uri(format!("http://{api}{path}"))
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(full(body.to_string()))?;

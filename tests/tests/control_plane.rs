@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use burrow_edge::control::resources::RouteTo;
 use burrow_tests::*;
+use burrow_tunnel::credentials::CredentialsFile;
 use http::StatusCode;
 
 const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");
@@ -18,6 +19,7 @@ struct Ports {
     http: u16,
     tunnel: u16,
     admin: u16,
+    api: u16,
 }
 
 impl Ports {
@@ -26,6 +28,7 @@ impl Ports {
             http: free_tcp_port(),
             tunnel: free_udp_port(),
             admin: free_tcp_port(),
+            api: free_tcp_port(),
         }
     }
 
@@ -34,7 +37,7 @@ impl Ports {
     }
 
     fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin)
+        format!("http://127.0.0.1:{}", self.api)
     }
 }
 
@@ -43,10 +46,11 @@ fn edge(dir: &Path, ports: &Ports) -> Process {
 }
 
 fn edge_with(dir: &Path, ports: &Ports, extra: &[&str]) -> Process {
-    let (http, tunnel, admin) = (
+    let (http, tunnel, admin, api) = (
         format!("127.0.0.1:{}", ports.http),
         format!("127.0.0.1:{}", ports.tunnel),
         format!("127.0.0.1:{}", ports.admin),
+        format!("127.0.0.1:{}", ports.api),
     );
     let data = dir.join("edge");
     let mut args = vec![
@@ -59,6 +63,8 @@ fn edge_with(dir: &Path, ports: &Ports, extra: &[&str]) -> Process {
         &tunnel,
         "--admin",
         &admin,
+        "--api",
+        &api,
         "--advertise",
         &tunnel,
         "--data-dir",
@@ -335,7 +341,7 @@ async fn api_token_guessing_is_rate_limited() {
     let client = http1_client();
     let call = |token: String, from: &'static str| {
         let client = client.clone();
-        let admin = edge.admin;
+        let admin = edge.api;
         async move {
             let request = http::Request::get(format!("http://{admin}/v1/account"))
                 .header("authorization", format!("Bearer {token}"))
@@ -381,7 +387,7 @@ async fn oversized_api_bodies_get_a_413_and_change_nothing() {
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
     let (account, token) = account_in_test_zone(&control, "alice").await;
     let client = http1_client();
-    let (client, token, admin) = (&client, &token, edge.admin);
+    let (client, token, admin) = (&client, &token, edge.api);
     let create = move |name: String| async move {
         let body = serde_json::json!({ "name": name });
         let response = api_call(client, admin, token, "POST", "/v1/tunnels", body)
@@ -854,7 +860,7 @@ async fn a_node_token_reports_only_for_its_own_node() {
     let (edge, control) = TestEdge::start_with_store(dir.path()).await;
     let token = control.create_node_token("node-a").await.unwrap();
     let client = http1_client();
-    let (client, token, admin) = (&client, &token, edge.admin);
+    let (client, token, admin) = (&client, &token, edge.api);
     let put = move |node: &'static str| async move {
         let body = serde_json::json!({"node": node, "updated": 1, "pools": []});
         let path = format!("/v1/health/{node}");
@@ -862,7 +868,7 @@ async fn a_node_token_reports_only_for_its_own_node() {
         (response.status, response.text())
     };
     let (status, body) = put("node-a").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, body) = put("node-b").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("created for node \\\"node-a\\\""), "{body}");
@@ -1119,7 +1125,7 @@ async fn revoked_tokens_and_deleted_accounts_stop_working_at_once() {
     .await;
     let ci = shown_once(&created);
     let client = http1_client();
-    let api: SocketAddr = ([127, 0, 0, 1], ports.admin).into();
+    let api: SocketAddr = ([127, 0, 0, 1], ports.api).into();
     let account = |token: String| {
         let client = client.clone();
         async move {
@@ -1273,4 +1279,52 @@ async fn zones_are_the_operators_unless_self_service_is_on() {
     assert!(output.contains("burrow-edge zone add --account"), "{output}");
     let listed = ok(BURROW, &alice, &["zone", "list", "--output", "json"]).await;
     assert!(listed.contains("\"test\""), "{listed}");
+}
+
+/// The API answers a wrong method with 405 and the methods it takes, an unknown path with a JSON
+/// 404; tenants never reach `/metrics` (it is on the operator's listener, which has no API).
+#[tokio::test]
+async fn wrong_methods_get_405_and_metrics_stay_off_the_api() {
+    init_logging();
+    let dir = TempDir::new();
+    let (edge, control) = TestEdge::start_with_store(dir.path()).await;
+    let (_account, token) = account_in_test_zone(&control, "alice").await;
+    let client = http1_client();
+    let wrong = api_call(
+        &client,
+        edge.api,
+        &token,
+        "PATCH",
+        "/v1/tunnels",
+        serde_json::Value::Null,
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED, "{}", wrong.text());
+    let allow = wrong.headers["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let unknown = api_call(&client, edge.api, &token, "GET", "/v1/nothing", serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let error: burrow_api::ErrorBody = serde_json::from_slice(&unknown.body).unwrap();
+    assert_eq!(error.error.code, "not_found");
+    let metrics = get(&client, edge.api, "localhost", "/metrics").await.unwrap();
+    assert_eq!(metrics.status, StatusCode::NOT_FOUND, "no metrics on the API listener");
+    let on_admin = api_call(
+        &client,
+        edge.admin,
+        &token,
+        "GET",
+        "/v1/account",
+        serde_json::Value::Null,
+    )
+    .await
+    .unwrap();
+    assert_eq!(on_admin.status, StatusCode::NOT_FOUND, "no API on the admin listener");
+    assert_eq!(
+        get(&client, edge.admin, "localhost", "/metrics").await.unwrap().status,
+        StatusCode::OK
+    );
+    edge.stop().await;
 }

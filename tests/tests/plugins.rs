@@ -403,7 +403,7 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
     let api = |method: &str, path: &str, body: serde_json::Value| {
         let request = http::Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", edge.admin))
+            .uri(format!("http://{}{path}", edge.api))
             .header("authorization", format!("Bearer {token}"))
             .body(full(body.to_string()))
             .unwrap();
@@ -443,7 +443,7 @@ async fn the_api_refuses_bindings_to_plugins_it_cannot_run() {
     let (status, body) = api("PUT", "/v1/routes/a.test", route("header-auth")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // An account cannot upload under the name of a plugin the edge provides to everyone.
-    let upload = http::Request::put(format!("http://{}/v1/plugins/header-auth", edge.admin))
+    let upload = http::Request::put(format!("http://{}/v1/plugins/header-auth", edge.api))
         .header("authorization", format!("Bearer {token}"))
         .body(full(std::fs::read(HEADER_AUTH).unwrap()))
         .unwrap();
@@ -800,7 +800,7 @@ async fn swapping_plugins_under_load_fails_no_request() {
                 .routes
                 .load()
                 .lookup("swap.test")
-                .is_some_and(|r| r.plugins[..] == chain[..])
+                .is_some_and(|r| r.plugins.iter().map(|b| &b.spec).eq(chain.iter()))
         })
         .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -813,7 +813,7 @@ async fn swapping_plugins_under_load_fails_no_request() {
 /// The API client an account's CLI uses, logged in with `token`.
 fn account_api(edge: &TestEdge, token: String) -> burrow_connector::api_client::ApiClient {
     use burrow_connector::api_client::{ApiClient, Login};
-    let api = format!("http://{}", edge.admin);
+    let api = format!("http://{}", edge.api);
     ApiClient::new(Login { api, token }).unwrap()
 }
 

@@ -12,6 +12,7 @@ use burrow_edge::control::tunnels_file::{PoolEntry, RouteEntry, TunnelsFile};
 use burrow_edge::plugins::binding::PluginBinding;
 use burrow_edge::pools::pool::{Monitor, PoolOrigin, PoolSpec, Steering};
 use burrow_tests::*;
+use burrow_tunnel::credentials::CredentialsFile;
 use http::{Response, StatusCode};
 
 const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_tests::*;
-use burrow_tunnel::credentials::Credentials;
+use burrow_tunnel::credentials::{Credentials, CredentialsFile};
 use http::{Response, StatusCode};
 
 const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");
@@ -223,6 +223,8 @@ fn edge_process(dir: &Path, http: u16, tunnel: u16, admin: u16) -> Process {
             &format!("127.0.0.1:{tunnel}"),
             "--admin",
             &format!("127.0.0.1:{admin}"),
+            "--api",
+            "off",
             "--tunnels",
             tunnels.to_str().unwrap(),
             "--data-dir",
@@ -586,6 +588,8 @@ async fn memory_bombs_fail_their_requests_and_leave_the_edge_flat() {
             &format!("127.0.0.1:{tunnel_port}"),
             "--admin",
             "off",
+            "--api",
+            "off",
             "--tunnels",
             dir.path().join("tunnels.yml").to_str().unwrap(),
             "--data-dir",
@@ -648,15 +652,17 @@ async fn memory_bombs_fail_their_requests_and_leave_the_edge_flat() {
 }
 
 /// `burrow-edge dev` on free ports, as the README runs it.
-fn dev_process(http: u16, admin: u16, tunnel: u16) -> Process {
+fn dev_process(http: u16, api: u16, tunnel: u16) -> Process {
     Process::spawn(
         BURROW_EDGE,
         &[
             "dev",
             "--http",
             &format!("127.0.0.1:{http}"),
+            "--api",
+            &format!("127.0.0.1:{api}"),
             "--admin",
-            &format!("127.0.0.1:{admin}"),
+            &format!("127.0.0.1:{}", free_tcp_port()),
             "--tunnel",
             &format!("127.0.0.1:{tunnel}"),
         ],

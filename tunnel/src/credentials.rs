@@ -1,4 +1,4 @@
-//! Tunnel credentials: the file `burrow tunnel run` needs to prove it may serve a tunnel.
+//! Tunnel credentials files: what `burrow tunnel run` reads to prove it may serve a tunnel.
 //!
 //! Written once when the tunnel is created (`~/.burrow/<UUID>.json`, mode 0600) and never
 //! changed by a connector restart: the tunnel and its routes are persistent, connections are not.
@@ -6,34 +6,26 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+use burrow_protocol::TunnelId;
 use burrow_shared::files::{burrow_home, write_private};
 
-use anyhow::{Context, Result};
-use burrow_protocol::{AccountId, TunnelId, TunnelSecret};
-use serde::{Deserialize, Serialize};
+pub use burrow_protocol::Credentials;
 
 /// Credentials files are tiny; anything bigger is not one.
 const MAX_CREDENTIALS_BYTES: u64 = 256 * 1024;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credentials {
-    pub account: AccountId,
-    pub tunnel_id: TunnelId,
-    /// For messages only; the UUID is what identifies the tunnel.
-    #[serde(default)]
-    pub tunnel_name: String,
-    pub secret: TunnelSecret,
-    /// Tunnel addresses (`host:port`) of the edges to dial.
-    #[serde(default)]
-    pub edges: Vec<String>,
-    /// PEM certificate to trust for the edge instead of the public web PKI (self-signed edges).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub edge_ca: Option<String>,
+/// Reading and writing credentials files.
+pub trait CredentialsFile: Sized {
+    fn load(path: &Path) -> Result<Self>;
+    /// Write with mode 0600: the secret in it lets anyone serve the tunnel's hostnames.
+    fn save(&self, path: &Path) -> Result<()>;
+    /// Where `burrow` keeps credentials of the tunnel `id` by default.
+    fn default_path(id: TunnelId) -> PathBuf;
 }
 
-impl Credentials {
-    pub fn load(path: &Path) -> Result<Self> {
+impl CredentialsFile for Credentials {
+    fn load(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| {
             format!(
                 "cannot read the tunnel credentials file {}; pass --credentials-file with the file \
@@ -53,33 +45,12 @@ impl Credentials {
         serde_json::from_str(&text).with_context(|| format!("{} is not a valid credentials file", path.display()))
     }
 
-    /// Write with mode 0600: the secret in it lets anyone serve the tunnel's hostnames.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         write_private(path, text.as_bytes())
     }
 
-    /// The credentials as one string (base64url of the JSON), for environments where a file is
-    /// awkward. As secret as the file.
-    pub fn to_token(&self) -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    pub fn from_token(token: &str) -> Result<Self> {
-        use base64::Engine as _;
-        anyhow::ensure!(
-            token.len() as u64 <= MAX_CREDENTIALS_BYTES * 2,
-            "the tunnel token is too long"
-        );
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.trim())
-            .context("the tunnel token is not valid base64url; copy it again from `burrow tunnel token`")?;
-        serde_json::from_slice(&json).context("the tunnel token does not hold tunnel credentials")
-    }
-
-    /// Where `burrow` keeps credentials of the tunnel `id` by default.
-    pub fn default_path(id: TunnelId) -> PathBuf {
+    fn default_path(id: TunnelId) -> PathBuf {
         burrow_home().join(format!("{id}.json"))
     }
 }
@@ -87,6 +58,8 @@ impl Credentials {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    use burrow_protocol::{AccountId, TunnelSecret};
+
     use super::*;
 
     #[test]

@@ -31,17 +31,14 @@ pub const MAX_VERSIONS: usize = 20;
 /// Store values stay well under the store's own limit.
 const CHUNK: usize = 512 * 1024;
 
-impl PluginVersion {
-    fn key(&self) -> String {
-        version_key(self.account, &self.name, self.version)
-    }
+/// The key of a version's document.
+fn key_of(v: &PluginVersion) -> String {
+    version_key(v.account, &v.name, v.version)
+}
 
-    fn wasm_prefix(&self) -> String {
-        format!(
-            "{BULK_PREFIX}plugin-wasm/{}/{}/{:010}/",
-            self.account, self.name, self.version
-        )
-    }
+/// The prefix of a version's component chunks.
+fn wasm_prefix(v: &PluginVersion) -> String {
+    format!("{BULK_PREFIX}plugin-wasm/{}/{}/{:010}/", v.account, v.name, v.version)
 }
 
 fn version_key(account: AccountId, name: &str, version: u32) -> String {
@@ -170,7 +167,7 @@ impl ControlPlane {
             kind,
             created: now(),
         };
-        let prefix = doc.wasm_prefix();
+        let prefix = wasm_prefix(&doc);
         let mut ops: Vec<Op> = wasm
             .chunks(CHUNK)
             .enumerate()
@@ -181,7 +178,7 @@ impl ControlPlane {
             })
             .collect();
         ops.push(Op::Put {
-            key: doc.key(),
+            key: key_of(&doc),
             value: to_json(&doc),
             lease: None,
         });
@@ -228,12 +225,12 @@ impl ControlPlane {
     /// The component of one version, checked against its sha256.
     pub async fn plugin_wasm(&self, version: &PluginVersion) -> Result<Vec<u8>, CpError> {
         let corrupt = |reason: &str| CpError::Corrupt {
-            key: version.wasm_prefix(),
+            key: wasm_prefix(version),
             reason: reason.to_owned(),
         };
         let (chunks, _) = self
             .store()
-            .list(&version.wasm_prefix(), None, MAX_PLUGIN_SIZE / CHUNK + 1)
+            .list(&wasm_prefix(version), None, MAX_PLUGIN_SIZE / CHUNK + 1)
             .await?;
         let mut wasm = Vec::with_capacity(version.size);
         for chunk in &chunks {
@@ -286,10 +283,8 @@ impl ControlPlane {
         }
         let mut ops = Vec::with_capacity(doomed.len() * 2);
         for v in &doomed {
-            ops.push(Op::Delete { key: v.key() });
-            ops.push(Op::DeletePrefix {
-                prefix: v.wasm_prefix(),
-            });
+            ops.push(Op::Delete { key: key_of(v) });
+            ops.push(Op::DeletePrefix { prefix: wasm_prefix(v) });
         }
         // A binding written since the routes and pools were read fails the guard.
         Ok(self.store().txn(vec![guard], ops).await?.succeeded.then_some(doomed))

@@ -33,7 +33,7 @@ use crate::control::plugin_catalog::bindings_exist;
 use crate::control::store::{Compare, Event, KeyValue, LeaseId, Op, Revision, Store, StoreError};
 use crate::control::tunnels_file::{decode_hex32, encode_hex};
 use crate::hostname::validate_hostname;
-use crate::plugins::binding::PluginBinding;
+use crate::plugins::binding::{Binding, PluginBinding};
 use crate::plugins::binding::{MAX_PLUGIN_CONFIG, MAX_PLUGINS_PER_ROUTE};
 use crate::plugins::host::PluginHost;
 use crate::plugins::version::PluginVersion;
@@ -47,12 +47,9 @@ const PAGE: usize = 1000;
 /// Attempts of a delete whose "nothing refers to it" check was overtaken by a new reference.
 const DELETE_ATTEMPTS: usize = 3;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Account {
-    pub id: AccountId,
-    pub name: String,
-    pub created: u64,
-}
+pub use burrow_api::{Account, Connection};
+/// A hostname route, as the store keeps it (the API's shape).
+pub type RouteDoc = burrow_api::Route;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Token {
@@ -78,21 +75,6 @@ pub struct Tunnel {
     pub created: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RouteDoc {
-    pub hostname: String,
-    pub account: AccountId,
-    /// The route's target: a tunnel, or a pool of tunnels (exactly one is set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tunnel: Option<TunnelId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<String>,
-    pub created: u64,
-    /// Plugins run for this hostname, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub plugins: Vec<PluginBinding>,
-}
-
 /// A load-balanced pool of the account's tunnels.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolDoc {
@@ -109,19 +91,6 @@ pub enum RouteTo<'a> {
     Tunnel(&'a str),
     /// A pool name.
     Pool(&'a str),
-}
-
-/// A live connection as recorded by the edge that holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Connection {
-    pub connection_id: Uuid,
-    pub tunnel: TunnelId,
-    pub connector: String,
-    pub conn_index: u8,
-    pub edge_node: String,
-    pub origin_ip: String,
-    pub version: String,
-    pub since: u64,
 }
 
 /// Why a control-plane operation failed; the API maps each kind to a status.
@@ -220,7 +189,7 @@ impl Snapshot {
     pub fn to_table(&self, plugins: Option<&PluginHost>) -> Result<RouteTable, String> {
         let resolve = |account: AccountId, binding: &PluginBinding| match plugins {
             Some(host) => host.resolve(account, binding),
-            None => binding.clone(),
+            None => Binding::new(binding.clone()),
         };
         let records = self
             .tunnels
@@ -233,7 +202,7 @@ impl Snapshot {
         let mut pool_index = std::collections::HashMap::new();
         for p in &self.pools {
             let mut spec = p.spec.clone();
-            spec.balancer = spec.balancer.map(|b| resolve(p.account, &b));
+            let balancer = spec.balancer.as_ref().map(|b| resolve(p.account, b));
             // A tunnel deleted in a race with a pool edit is dropped, not fatal for the table.
             spec.origins.retain(|o| owners.get(&o.tunnel) == Some(&p.account));
             if let Err(reason) = spec.validate() {
@@ -245,6 +214,7 @@ impl Snapshot {
                 account: p.account,
                 name: p.name.clone(),
                 spec,
+                balancer,
             });
         }
         // One tenant's broken fallback chain (a race between two edits) must not stop the whole

@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use burrow_protocol::{AccountId, TunnelId};
 use serde::{Deserialize, Serialize};
 
-use crate::plugins::binding::PluginBinding;
+use crate::plugins::binding::{Binding, PluginBinding};
 use crate::pools::pool::PoolSpec;
 use crate::route_table::{PoolDef, Route, RouteTable, Target, TunnelRecord};
 
@@ -131,10 +131,12 @@ impl TunnelsFile {
                 continue;
             };
             let account = first.tunnel.account;
+            let spec = spec.resolve(|t| Ok::<_, ()>(t.id)).unwrap_or_default();
             pools.push(PoolDef {
                 account,
                 name: p.name.clone(),
-                spec: spec.resolve(|t| Ok::<_, ()>(t.id)).unwrap_or_default(),
+                balancer: spec.balancer.clone().map(Binding::new),
+                spec,
             });
         }
         let mut routes = Vec::with_capacity(self.routes.len());
@@ -162,7 +164,7 @@ impl TunnelsFile {
             routes.push(Route {
                 hostname: r.hostname.clone(),
                 target,
-                plugins: r.plugins.clone().into(),
+                plugins: r.plugins.iter().cloned().map(Binding::new).collect(),
             });
         }
         match RouteTable::build(records, routes, pools) {

@@ -28,22 +28,7 @@ pub const CHALLENGE_LABEL: &str = "_burrow-challenge";
 pub const MAX_CLAIMS: usize = 16;
 const GUARD: &str = "zone-guard";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ZoneSource {
-    /// Assigned by the operator.
-    Operator,
-    /// Claimed by the account and proven with a DNS TXT record.
-    Dns,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Zone {
-    pub zone: String,
-    pub account: AccountId,
-    pub created: u64,
-    pub source: ZoneSource,
-}
+pub use burrow_api::{Zone, ZoneSource};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ZoneClaim {

@@ -24,7 +24,7 @@ use crate::EdgeState;
 use crate::dataplane::registry::InFlight;
 use crate::dataplane::request_checks;
 use crate::dataplane::respond::{ProxyError, error_response};
-use crate::plugins::binding::PluginBinding;
+use crate::plugins::binding::Binding;
 use crate::plugins::host::{Declared, Exchange, LogEntry, Outcome, Phase, PluginError, PluginRequest, PluginResponse};
 use crate::pools::pool::{self, RequestKey};
 use crate::route_table::{RouteTable, Target};
@@ -85,7 +85,7 @@ pub async fn handle(state: Arc<EdgeState>, req: Request<Incoming>, client: Clien
 /// The route's `on-log` plugins and the request they are told about.
 pub struct PendingLog {
     host: Arc<crate::plugins::host::PluginHost>,
-    chain: Arc<[PluginBinding]>,
+    chain: Arc<[Binding]>,
     request: PluginRequest,
 }
 
@@ -193,7 +193,7 @@ async fn forward(
         let plugins = route.plugins.clone();
         // What plugins see of the route (a pool may have a balancer): no copy for requests that
         // run none.
-        let balanced = matches!(route.target, Target::Pool(i) if table.pools()[i].spec.balancer.is_some());
+        let balanced = matches!(route.target, Target::Pool(i) if table.pools()[i].balancer.is_some());
         let scope = (!plugins.is_empty() || balanced).then(|| (route.hostname.clone(), table.route_account(route)));
         let destination = match route.target {
             Target::Tunnel(id) => Destination::Tunnel {
@@ -278,7 +278,7 @@ async fn forward(
     if let Destination::Pool { table, index } = &destination {
         let pool = &table.pools()[*index];
         steering_key = pool.request_key(&parts.headers, client.addr.ip());
-        if let Some(binding) = &pool.spec.balancer {
+        if let Some(binding) = &pool.balancer {
             let request = PluginRequest {
                 method: parts.method.clone(),
                 authority: host.clone(),
@@ -359,7 +359,7 @@ enum RequestHooks {
 /// `on-request-headers`, then `on-request-body` for a chain that reads bodies.
 async fn request_hooks(
     state: &EdgeState,
-    plugins: &Arc<[PluginBinding]>,
+    plugins: &Arc<[Binding]>,
     needs: Declared,
     request: PluginRequest,
     incoming: Incoming,
@@ -428,7 +428,7 @@ async fn buffer_request_body(state: &EdgeState, body: Incoming, limit: usize) ->
 /// the body read whole, at most the chain's limit) `on-response-body`.
 async fn run_response_plugins(
     state: &EdgeState,
-    chain: &Arc<[PluginBinding]>,
+    chain: &Arc<[Binding]>,
     needs: Declared,
     request: PluginRequest,
     response: Response<ResponseBody>,
@@ -774,7 +774,7 @@ async fn exchange(
 /// One phase of the route's plugin chain.
 async fn run_plugins(
     state: &EdgeState,
-    chain: &Arc<[PluginBinding]>,
+    chain: &Arc<[Binding]>,
     phase: Phase,
     exchange: Exchange,
 ) -> Result<Outcome, ProxyError> {
@@ -799,7 +799,7 @@ async fn run_plugins(
 /// the edge chooses instead (the plugin host trips a balancer that keeps failing).
 async fn balance(
     state: &EdgeState,
-    binding: &PluginBinding,
+    binding: &Binding,
     request: PluginRequest,
     candidates: Vec<crate::plugins::host::Candidate>,
 ) -> Option<u32> {

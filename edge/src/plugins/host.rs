@@ -32,7 +32,7 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::metrics::{CallResult, MAX_OWN_METRICS, OwnMetrics, PluginCallMetrics, PluginMetrics};
-use crate::plugins::binding::PluginBinding;
+use crate::plugins::binding::{Binding, PluginBinding};
 use crate::plugins::kv::{KvStores, Space};
 use crate::plugins::ticker::{EpochTicker, Running};
 use crate::plugins::version::{PluginKind, PluginVersion, sha256_hex};
@@ -513,7 +513,7 @@ impl PluginHost {
             return Ok(Declared::default());
         };
         let _slot = self.slot().await;
-        let binding = PluginBinding::default();
+        let binding = Binding::default();
         let mut store = self.new_store(name.into(), name.into(), &binding, AccountId(uuid::Uuid::nil()));
         // hooks() gets a key-value store of its own, dropped after: it runs under no account.
         store.data_mut().kv = Arc::default();
@@ -545,7 +545,7 @@ impl PluginHost {
 
     /// Whether every binding of `chain` whose plugin runs `phase` is fail-open (so a body too big
     /// for them may pass without them).
-    pub fn fail_open_for(&self, chain: &[PluginBinding], phase: Phase) -> bool {
+    pub fn fail_open_for(&self, chain: &[Binding], phase: Phase) -> bool {
         chain
             .iter()
             .all(|b| b.fail_open || self.plugin_for(b).is_ok_and(|p| !p.declared.runs(phase)))
@@ -560,7 +560,7 @@ impl PluginHost {
     }
 
     /// What the proxy must do for `chain`: the hooks its plugins declare, together.
-    pub fn chain_needs(&self, chain: &[PluginBinding]) -> Declared {
+    pub fn chain_needs(&self, chain: &[Binding]) -> Declared {
         chain
             .iter()
             .filter_map(|binding| self.plugin_for(binding).ok())
@@ -771,8 +771,8 @@ impl PluginHost {
     }
 
     /// `binding` with the uploaded version it names attached (see [`ResolvedPlugin`]).
-    pub fn resolve(&self, account: AccountId, binding: &PluginBinding) -> PluginBinding {
-        let mut binding = binding.clone();
+    pub fn resolve(&self, account: AccountId, binding: &PluginBinding) -> Binding {
+        let mut binding = Binding::new(binding.clone());
         if let Some(version) = binding.version {
             let key = (account, binding.plugin.clone(), version);
             binding.resolved = ResolvedPlugin(self.uploaded.lock().ok().and_then(|u| u.get(&key).cloned()));
@@ -781,7 +781,7 @@ impl PluginHost {
     }
 
     /// The plugin a binding runs: its resolved upload, or the operator plugin of that name.
-    fn plugin_for<'a>(&'a self, binding: &'a PluginBinding) -> Result<&'a LoadedPlugin, String> {
+    fn plugin_for<'a>(&'a self, binding: &'a Binding) -> Result<&'a LoadedPlugin, String> {
         match (&binding.resolved.0, binding.version) {
             (Some(plugin), _) => Ok(plugin),
             (None, Some(version)) => Err(format!("version {version} is not loaded on this edge (see its log)")),
@@ -797,12 +797,7 @@ impl PluginHost {
     /// request phases and in reverse for the response phases (the first plugin sees the request
     /// first and the response last). Stops at the first `respond`. A failing binding fails the
     /// request unless it is fail-open.
-    pub async fn run(
-        &self,
-        chain: &[PluginBinding],
-        phase: Phase,
-        mut exchange: Exchange,
-    ) -> Result<Outcome, PluginError> {
+    pub async fn run(&self, chain: &[Binding], phase: Phase, mut exchange: Exchange) -> Result<Outcome, PluginError> {
         // One instance at a time per chain: a reused one goes back before the next call.
         let _slot = self.slot().await;
         let reverse = matches!(phase, Phase::ResponseHeaders | Phase::ResponseBody);
@@ -844,7 +839,7 @@ impl PluginHost {
     /// Run [`Self::log`] beside the request, unless [`MAX_PENDING_LOGS`] already wait for a slot:
     /// then it is dropped and counted (`burrow_plugin_logs_dropped`), so a burst of logged
     /// responses cannot queue without bound, each holding its request's headers.
-    pub fn spawn_log(self: &Arc<Self>, chain: Arc<[PluginBinding]>, request: PluginRequest, entry: LogEntry) {
+    pub fn spawn_log(self: &Arc<Self>, chain: Arc<[Binding]>, request: PluginRequest, entry: LogEntry) {
         let Ok(pending) = self.pending_logs.clone().try_acquire_owned() else {
             self.metrics.log_dropped();
             return;
@@ -861,7 +856,7 @@ impl PluginHost {
 
     /// Run `on-log` of the chain's plugins that implement it, in chain order. A failure is
     /// counted and logged like any call's, and the next plugin still runs.
-    pub async fn log(&self, chain: &[PluginBinding], request: PluginRequest, entry: LogEntry) {
+    pub async fn log(&self, chain: &[Binding], request: PluginRequest, entry: LogEntry) {
         let _slot = self.slot().await;
         let mut exchange = Exchange {
             request,
@@ -888,7 +883,7 @@ impl PluginHost {
     /// Ask a balancer plugin which candidate serves this request (`None`: let the edge choose).
     pub async fn select_origin(
         &self,
-        binding: &PluginBinding,
+        binding: &Binding,
         request: PluginRequest,
         candidates: Vec<Candidate>,
     ) -> Result<Option<u32>, PluginError> {
@@ -941,7 +936,7 @@ impl PluginHost {
     }
 
     /// Keep an instance of `binding` that has served one more call, unless that was its last.
-    fn keep_warm(&self, binding: &PluginBinding, store: Store<HostState>, exports: Exports, served: u32) {
+    fn keep_warm(&self, binding: &Binding, store: Store<HostState>, exports: Exports, served: u32) {
         let served = served + 1;
         if served < binding.reuse.min(MAX_REUSE) {
             binding.warm.put(Warm { store, exports, served }, &self.warm_idle);
@@ -983,19 +978,13 @@ impl PluginHost {
     }
 
     /// A fresh store for one call: empty WASI, memory cap, deadline.
-    fn store(&self, plugin: &LoadedPlugin, binding: &PluginBinding, account: AccountId) -> Store<HostState> {
+    fn store(&self, plugin: &LoadedPlugin, binding: &Binding, account: AccountId) -> Store<HostState> {
         let mut store = self.new_store(plugin.name.clone(), plugin.space.clone(), binding, account);
         store.data_mut().own_metrics = Some(plugin.own_metrics.clone());
         store
     }
 
-    fn new_store(
-        &self,
-        name: Arc<str>,
-        space: Arc<str>,
-        binding: &PluginBinding,
-        account: AccountId,
-    ) -> Store<HostState> {
+    fn new_store(&self, name: Arc<str>, space: Arc<str>, binding: &Binding, account: AccountId) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new().memory_size(MAX_MEMORY).instances(4).build();
         let state = HostState {
             table: ResourceTable::new(),
@@ -1021,7 +1010,7 @@ impl PluginHost {
     async fn call(
         &self,
         plugin: &LoadedPlugin,
-        binding: &PluginBinding,
+        binding: &Binding,
         exchange: Exchange,
         phase: Phase,
     ) -> Result<(Exchange, Decision), Box<CallFailure>> {
@@ -1155,7 +1144,7 @@ enum Raw {
 
 /// A kept instance of a reuse-mode `binding` with the exports `pick` takes, armed with the
 /// binding's deadline.
-fn warm<E>(binding: &PluginBinding, pick: impl FnOnce(Exports) -> Option<E>) -> Option<Warm<E>> {
+fn warm<E>(binding: &Binding, pick: impl FnOnce(Exports) -> Option<E>) -> Option<Warm<E>> {
     if binding.reuse == 0 {
         return None;
     }
@@ -1175,7 +1164,7 @@ fn warm<E>(binding: &PluginBinding, pick: impl FnOnce(Exports) -> Option<E>) -> 
 /// Give the next call the binding's deadline (1–100 ms, in epoch ticks of 1 ms). The call yields
 /// to the runtime at every tick and traps once it has run for that many: ticks that pass while
 /// it waits to be polled again do not count, as the deadline is re-armed one tick ahead on each.
-fn arm_deadline(store: &mut Store<HostState>, binding: &PluginBinding) {
+fn arm_deadline(store: &mut Store<HostState>, binding: &Binding) {
     let mut ticks_left = binding
         .deadline_ms
         .unwrap_or(DEFAULT_DEADLINE.as_millis() as u64)

@@ -1,0 +1,69 @@
+//! The one error type of the API, and the one place it becomes an answer.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use burrow_api::{ErrorBody, ErrorDetail};
+use http::StatusCode;
+
+use crate::control::resources::CpError;
+
+/// Why a request failed, as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 422 naming the field at fault.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
+    }
+}
+
+impl From<CpError> for ApiError {
+    fn from(e: CpError) -> Self {
+        match e {
+            CpError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            CpError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            CpError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            CpError::Unavailable(_) => ApiError::new(StatusCode::BAD_GATEWAY, "unavailable", e.to_string()),
+            CpError::Invalid { field, reason } => ApiError::invalid(field, format!("{field}: {reason}")),
+            CpError::Store(_) | CpError::Corrupt { .. } => {
+                tracing::error!("control plane: {e}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store failed; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field.map(str::to_owned),
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
