@@ -353,7 +353,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The main thread's runtime; it serves the first shard (`run` starts the others' threads).
+/// The main thread's runtime: control work (API, config follow, health checks); every traffic
+/// shard gets a thread of its own from `run`.
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }

@@ -282,8 +282,8 @@ impl EdgeState {
 }
 
 /// Serve until `shutdown` fires, then drain: connectors are told to move, in-flight requests
-/// get `grace_period` to finish. The first shard is served on the caller's runtime, every other
-/// on a thread of its own ([`shards`]).
+/// get `grace_period` to finish. Every shard is served on a thread of its own ([`shards`]); the
+/// caller's runtime does the control work.
 pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
     let public_tls = match listeners.shards.iter().any(|s| s.https.is_some()) {
         true => Some(tokio_rustls::TlsAcceptor::from(
@@ -310,10 +310,6 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
             (secret.clone(), shard, count),
             shutdown.clone(),
         );
-        if shard == 0 {
-            tasks.spawn(serve);
-            continue;
-        }
         let serve = async move {
             shards::enter(shard);
             serve.await
@@ -321,6 +317,9 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
         let thread = burrow_shared::threads::spawn(format!("burrow-shard-{shard}"), serve);
         tasks.spawn(thread.inspect_err(|_| shutdown.cancel())?);
     }
+    // Traffic shards do only traffic: the control work below (health monitors, liveness,
+    // config follow with its table builds and plugin compiles, the API) runs on the caller's
+    // runtime, its own thread, so none of it is ever on a visitor's request path.
     tasks.spawn(never_fails(control::health_monitor::run(
         state.clone(),
         shutdown.clone(),
