@@ -1,10 +1,15 @@
 //! The CLI verbs that manage persistent objects through the API: login, tunnel create / list /
 //! info / delete / cleanup / route dns. (`tunnel run` is in [`crate::cli`].)
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use burrow_api::{
+    Account, ClaimZone, Connection, CreateTunnel, CreatedTunnel, Deleted, Page, PutRoute, Removed, Route, Tunnel, Zone,
+    ZoneClaimView, Zones,
+};
 use comfy_table::{Table, presets::NOTHING};
 use http::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::api_client::{ApiClient, Login};
 use burrow_tunnel::credentials::{Credentials, CredentialsFile};
@@ -38,22 +43,20 @@ pub(crate) fn path_segment(what: &str, value: &str) -> Result<String> {
 
 pub fn login(api: String, token: String) -> Result<()> {
     let login = Login { api, token };
-    let account = runtime()?.block_on(ApiClient::new(login.clone())?.call(Method::GET, "/v1/account", None))?;
+    let account: Account = runtime()?.block_on(ApiClient::new(login.clone())?.get("/v1/account"))?;
     let path = login.save()?;
     println!(
         "Logged in to {} as account {} ({})",
-        login.api,
-        account["name"].as_str().unwrap_or("?"),
-        account["id"].as_str().unwrap_or("?")
+        login.api, account.name, account.id
     );
     println!("Saved to {}", path.display());
     Ok(())
 }
 
 pub fn create(name: &str) -> Result<()> {
-    let body = runtime()?.block_on(client()?.call(Method::POST, "/v1/tunnels", Some(json!({ "name": name }))))?;
-    let credentials: Credentials =
-        serde_json::from_value(body["credentials"].clone()).context("the API answered without credentials")?;
+    let body = CreateTunnel { name: name.to_owned() };
+    let created: CreatedTunnel = runtime()?.block_on(client()?.send_json(Method::POST, "/v1/tunnels", &body, &[]))?;
+    let credentials = created.credentials;
     let path = Credentials::default_path(credentials.tunnel_id);
     credentials.save(&path)?;
     println!("Created tunnel {name} with id {}", credentials.tunnel_id);
@@ -62,50 +65,48 @@ pub fn create(name: &str) -> Result<()> {
 }
 
 pub fn list(output: Output) -> Result<()> {
-    let body = runtime()?.block_on(client()?.call(Method::GET, "/v1/tunnels?limit=1000", None))?;
-    let items = body["items"].as_array().cloned().unwrap_or_default();
-    print_items(output, &items, &["ID", "NAME", "CREATED", "CONNECTIONS"], |t| {
+    let page: Page<Tunnel> = runtime()?.block_on(client()?.get("/v1/tunnels?limit=1000"))?;
+    print_items(output, &page.items, &["ID", "NAME", "CREATED", "CONNECTIONS"], |t| {
         vec![
-            text(&t["id"]),
-            text(&t["name"]),
-            created(&t["created"]),
-            connection_summary(&t["connections"]),
+            t.id.to_string(),
+            t.name.clone(),
+            created(t.created),
+            connection_summary(&t.connections),
         ]
     })
 }
 
 pub fn info(tunnel: &str, output: Output) -> Result<()> {
     let path = format!("/v1/tunnels/{}", path_segment("tunnel", tunnel)?);
-    let body = runtime()?.block_on(client()?.call(Method::GET, &path, None))?;
+    let tunnel: Tunnel = runtime()?.block_on(client()?.get(&path))?;
     if !matches!(output, Output::Table) {
-        return print_value(output, &body);
+        return print_value(output, &tunnel);
     }
     println!(
         "NAME: {}\nID:   {}\nCREATED: {}\n",
-        text(&body["name"]),
-        text(&body["id"]),
-        created(&body["created"])
+        tunnel.name,
+        tunnel.id,
+        created(tunnel.created)
     );
-    let connections = body["connections"].as_array().cloned().unwrap_or_default();
-    if connections.is_empty() {
+    if tunnel.connections.is_empty() {
         println!(
             "This tunnel has no active connections: run `burrow tunnel run {}`",
-            text(&body["name"])
+            tunnel.name
         );
         return Ok(());
     }
     print_items(
         output,
-        &connections,
+        &tunnel.connections,
         &["CONNECTOR ID", "INDEX", "EDGE", "ORIGIN IP", "VERSION", "SINCE"],
         |c| {
             vec![
-                text(&c["connector"]),
-                text(&c["conn_index"]),
-                text(&c["edge_node"]),
-                text(&c["origin_ip"]),
-                text(&c["version"]),
-                created(&c["since"]),
+                c.connector.clone(),
+                c.conn_index.to_string(),
+                c.edge_node.clone(),
+                c.origin_ip.clone(),
+                c.version.clone(),
+                created(c.since),
             ]
         },
     )
@@ -117,11 +118,11 @@ pub fn delete(tunnel: &str, force: bool) -> Result<()> {
         path_segment("tunnel", tunnel)?,
         if force { "?force=true" } else { "" }
     );
-    let body = runtime()?.block_on(client()?.call(Method::DELETE, &path, None))?;
+    let deleted: Deleted = runtime()?.block_on(client()?.request(Method::DELETE, &path))?;
     println!("Deleted tunnel {tunnel}");
     // Its credentials can serve nothing any more; a stale file could shadow a new tunnel of the
     // same name.
-    if let Some(id) = body["deleted"].as_str().and_then(|id| id.parse().ok()) {
+    if let Ok(id) = deleted.deleted.parse() {
         let file = Credentials::default_path(id);
         match std::fs::remove_file(&file) {
             Ok(()) => println!("Removed its credentials file {}", file.display()),
@@ -134,62 +135,59 @@ pub fn delete(tunnel: &str, force: bool) -> Result<()> {
 
 pub fn cleanup(tunnel: &str) -> Result<()> {
     let path = format!("/v1/tunnels/{}/connections", path_segment("tunnel", tunnel)?);
-    let body = runtime()?.block_on(client()?.call(Method::DELETE, &path, None))?;
-    println!("Removed {} connection record(s) of {tunnel}", text(&body["removed"]));
+    let cleaned: Removed = runtime()?.block_on(client()?.request(Method::DELETE, &path))?;
+    println!("Removed {} connection record(s) of {tunnel}", cleaned.removed);
     Ok(())
 }
 
 pub fn route_dns(tunnel: &str, hostname: &str, overwrite: bool) -> Result<()> {
     let path = format!("/v1/routes/{}", path_segment("hostname", hostname)?);
-    let body = json!({ "tunnel": tunnel, "overwrite": overwrite });
-    runtime()?.block_on(client()?.call(Method::PUT, &path, Some(body)))?;
+    let body = PutRoute {
+        tunnel: Some(tunnel.to_owned()),
+        overwrite,
+        ..Default::default()
+    };
+    let _: Route = runtime()?.block_on(client()?.send_json(Method::PUT, &path, &body, &[]))?;
     println!("Added route: {hostname} → tunnel {tunnel}");
     Ok(())
 }
 
 pub fn zones(output: Output) -> Result<()> {
-    let body = runtime()?.block_on(client()?.call(Method::GET, "/v1/zones", None))?;
+    let zones: Zones = runtime()?.block_on(client()?.get("/v1/zones"))?;
     if !matches!(output, Output::Table) {
-        return print_value(output, &body);
+        return print_value(output, &zones);
     }
-    let items = body["items"].as_array().cloned().unwrap_or_default();
-    let claims = body["claims"].as_array().cloned().unwrap_or_default();
-    if items.is_empty() && claims.is_empty() {
+    if zones.items.is_empty() && zones.claims.is_empty() {
         println!("No zones: ask the edge's operator for one, or claim one with `burrow zone add example.com`");
         return Ok(());
     }
-    print_items(output, &items, &["ZONE", "SOURCE", "CREATED"], |z| {
-        vec![text(&z["zone"]), text(&z["source"]), created(&z["created"])]
+    print_items(output, &zones.items, &["ZONE", "SOURCE", "CREATED"], |z| {
+        vec![z.zone.clone(), api_name(&z.source), created(z.created)]
     })?;
-    for claim in &claims {
+    for claim in &zones.claims {
         println!(
             "pending: {} — publish TXT {} = {:?}, then `burrow zone verify {0}`",
-            text(&claim["zone"]),
-            text(&claim["txt_name"]),
-            text(&claim["txt_value"])
+            claim.zone, claim.txt_name, claim.txt_value
         );
     }
     Ok(())
 }
 
 pub fn zone_add(zone: &str) -> Result<()> {
-    let body = json!({ "zone": zone });
-    let claim = runtime()?.block_on(client()?.call(Method::POST, "/v1/zones", Some(body)))?;
-    println!(
-        "Claimed {}. Prove it is yours with this DNS record:",
-        text(&claim["zone"])
-    );
-    println!("  {}  TXT  \"{}\"", text(&claim["txt_name"]), text(&claim["txt_value"]));
-    println!("then run `burrow zone verify {}`.", text(&claim["zone"]));
+    let body = ClaimZone { zone: zone.to_owned() };
+    let claim: ZoneClaimView = runtime()?.block_on(client()?.send_json(Method::POST, "/v1/zones", &body, &[]))?;
+    println!("Claimed {}. Prove it is yours with this DNS record:", claim.zone);
+    println!("  {}  TXT  \"{}\"", claim.txt_name, claim.txt_value);
+    println!("then run `burrow zone verify {}`.", claim.zone);
     Ok(())
 }
 
 pub fn zone_verify(zone: &str) -> Result<()> {
     let path = format!("/v1/zones/{}/verify", path_segment("zone", zone)?);
-    let zone = runtime()?.block_on(client()?.call(Method::POST, &path, None))?;
+    let zone: Zone = runtime()?.block_on(client()?.request(Method::POST, &path))?;
     println!(
         "Zone {} is yours: route its hostnames with `burrow tunnel route dns`",
-        text(&zone["zone"])
+        zone.zone
     );
     Ok(())
 }
@@ -200,7 +198,7 @@ pub fn zone_delete(zone: &str, force: bool) -> Result<()> {
         path_segment("zone", zone)?,
         if force { "?force=true" } else { "" }
     );
-    runtime()?.block_on(client()?.call(Method::DELETE, &path, None))?;
+    let _: Deleted = runtime()?.block_on(client()?.request(Method::DELETE, &path))?;
     println!("Removed zone {zone}");
     Ok(())
 }
@@ -221,38 +219,31 @@ pub fn resolve_tunnel_id(tunnel: &str) -> Result<Resolved> {
         return Ok(Resolved::Unknown(None));
     };
     let path = format!("/v1/tunnels/{}", path_segment("tunnel", tunnel)?);
-    match runtime()?.block_on(ApiClient::new(login)?.call(Method::GET, &path, None)) {
-        Ok(body) => Ok(body["id"]
-            .as_str()
-            .and_then(|id| id.parse().ok())
-            .map_or(Resolved::Unknown(None), Resolved::Id)),
+    match runtime()?.block_on(ApiClient::new(login)?.get::<Tunnel>(&path)) {
+        Ok(tunnel) => Ok(Resolved::Id(tunnel.id)),
         Err(e) if crate::api_client::is_not_found(&e) => Ok(Resolved::NotFound),
         Err(e) => Ok(Resolved::Unknown(Some(e))),
     }
 }
 
-pub(crate) fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+/// How the API spells `value` (an enum such as a zone's source or a pool's steering), for tables.
+pub(crate) fn api_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => String::new(),
     }
 }
 
 /// Unix seconds as RFC 3339 (UTC).
-fn created(v: &Value) -> String {
-    v.as_u64()
-        .map(|secs| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
-        })
-        .unwrap_or_default()
+fn created(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
 }
 
 /// `2xedge-a, 1xedge-b`, like cloudflared's CONNECTIONS column.
-fn connection_summary(v: &Value) -> String {
-    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for c in v.as_array().into_iter().flatten() {
-        *counts.entry(text(&c["edge_node"])).or_default() += 1;
+fn connection_summary(connections: &[Connection]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in connections {
+        *counts.entry(&c.edge_node).or_default() += 1;
     }
     counts
         .iter()
@@ -261,23 +252,23 @@ fn connection_summary(v: &Value) -> String {
         .join(", ")
 }
 
-pub(crate) fn print_value(output: Output, value: &Value) -> Result<()> {
+pub(crate) fn print_value(output: Output, value: &impl Serialize) -> Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
-        Output::Table => println!("{value}"),
+        Output::Table => println!("{}", serde_json::to_string(value)?),
     }
     Ok(())
 }
 
-pub(crate) fn print_items(
+pub(crate) fn print_items<T: Serialize>(
     output: Output,
-    items: &[Value],
+    items: &[T],
     header: &[&str],
-    row: impl Fn(&Value) -> Vec<String>,
+    row: impl Fn(&T) -> Vec<String>,
 ) -> Result<()> {
     if !matches!(output, Output::Table) {
-        return print_value(output, &Value::Array(items.to_vec()));
+        return print_value(output, &items);
     }
     let mut table = Table::new();
     table.load_preset(NOTHING).set_header(header.to_vec());

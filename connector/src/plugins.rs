@@ -6,12 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use burrow_api::{
+    DeletedVersions, Items, PluginBinding, PluginInfo, PluginKind, PluginVersion, PutPlugins, Route, RouteAt,
+};
 use clap::Subcommand;
 use http::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::api_client::{ApiClient, Login};
-use crate::manage::{Output, path_segment, print_items, runtime, text};
+use crate::api_client::{ApiClient, Login, is_conflict};
+use crate::manage::{Output, api_name, path_segment, print_items, runtime};
 
 /// Largest component the API accepts (checked here too, to fail before sending).
 const MAX_PLUGIN_SIZE: u64 = 8 * 1024 * 1024;
@@ -97,39 +100,40 @@ pub fn run(command: PluginCommand) -> Result<()> {
             let name = path_segment("plugin", &name)?;
             let wasm = read_limited(&file, MAX_PLUGIN_SIZE, "a plugin")?;
             let path = format!("/v1/plugins/{name}");
-            let v = rt.block_on(api.send(Method::PUT, &path, wasm.into(), "application/wasm", &[]))?;
+            let v: PluginVersion = rt.block_on(api.upload(&path, wasm.into(), "application/wasm"))?;
             println!(
                 "Uploaded {name}@{} ({}, {} bytes, sha256 {})",
-                text(&v["version"]),
-                text(&v["kind"]),
-                text(&v["size"]),
-                text(&v["sha256"])
+                v.version,
+                api_name(&v.kind),
+                v.size,
+                v.sha256
             );
-            let version = text(&v["version"]);
-            match v["kind"].as_str() {
-                Some("balancer") => {
+            let version = v.version;
+            match v.kind {
+                PluginKind::Balancer => {
                     println!("Bind it to a pool: burrow pool set POOL --steering plugin --balancer {name}@{version}")
                 }
-                _ => println!("Bind it to a hostname: burrow route plugin add HOSTNAME {name}@{version} --config FILE"),
+                PluginKind::Hooks => {
+                    println!("Bind it to a hostname: burrow route plugin add HOSTNAME {name}@{version} --config FILE")
+                }
             }
             Ok(())
         }
         PluginCommand::List { output } => {
-            let body = rt.block_on(api.call(Method::GET, "/v1/plugins", None))?;
-            let items = body["items"].as_array().cloned().unwrap_or_default();
+            let plugins: Items<PluginInfo> = rt.block_on(api.get("/v1/plugins"))?;
             print_items(
                 output,
-                &items,
+                &plugins.items,
                 &["NAME", "VERSION", "KIND", "SIZE", "SHA256", "BOUND TO"],
                 |p| {
-                    let bound: Vec<String> = p["bound"].as_array().into_iter().flatten().map(text).collect();
+                    let v = &p.version;
                     vec![
-                        text(&p["name"]),
-                        text(&p["version"]),
-                        text(&p["kind"]),
-                        text(&p["size"]),
-                        text(&p["sha256"]).chars().take(12).collect(),
-                        bound.join(", "),
+                        v.name.clone(),
+                        v.version.to_string(),
+                        api_name(&v.kind),
+                        v.size.to_string(),
+                        v.sha256.chars().take(12).collect(),
+                        p.bound.join(", "),
                     ]
                 },
             )
@@ -140,17 +144,20 @@ pub fn run(command: PluginCommand) -> Result<()> {
                 Some(v) => format!("/v1/plugins/{name}/{v}"),
                 None => format!("/v1/plugins/{name}"),
             };
-            let body = rt.block_on(api.call(Method::DELETE, &path, None))?;
-            let versions: Vec<String> = body["deleted"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|v| text(&v["version"]))
-                .collect();
+            let deleted: DeletedVersions = rt.block_on(api.request(Method::DELETE, &path))?;
+            let versions: Vec<String> = deleted.deleted.iter().map(|v| v.version.to_string()).collect();
             println!("Deleted {name} version(s) {}", versions.join(", "));
             Ok(())
         }
     }
+}
+
+/// A binding as `route plugin list` shows it: with its place in the chain.
+#[derive(Serialize)]
+struct ChainEntry {
+    position: usize,
+    #[serde(flatten)]
+    binding: PluginBinding,
 }
 
 pub fn run_route(command: RouteCommand) -> Result<()> {
@@ -175,87 +182,70 @@ pub fn run_route(command: RouteCommand) -> Result<()> {
                 None => None,
             };
             // What this command sets; everything else of an existing binding stays.
-            let set = |binding: &mut Value| {
-                binding["plugin"] = json!(name);
-                match version {
-                    Some(v) => binding["version"] = json!(v),
-                    // No version: the API pins the latest.
-                    None => drop(binding.as_object_mut().and_then(|b| b.remove("version"))),
+            let set = |binding: &mut PluginBinding| {
+                binding.plugin.clone_from(&name);
+                // No version: the API pins the latest.
+                binding.version = version;
+                if let Some(config) = &config {
+                    binding.config.clone_from(config);
                 }
-                let given = [
-                    ("config", config.clone().map(Value::from)),
-                    ("fail-open", fail_open.map(Value::from)),
-                    ("deadline-ms", deadline_ms.map(Value::from)),
-                    ("reuse", reuse.map(Value::from)),
-                ];
-                for (key, value) in given {
-                    if let Some(value) = value {
-                        binding[key] = value;
-                    }
+                if let Some(fail_open) = fail_open {
+                    binding.fail_open = fail_open;
+                }
+                if deadline_ms.is_some() {
+                    binding.deadline_ms = deadline_ms;
+                }
+                if let Some(reuse) = reuse {
+                    binding.reuse = reuse;
                 }
             };
             let route = rt.block_on(edit_chain(&api, &hostname, |chain| {
-                match chain.iter_mut().find(|b| b["plugin"] == json!(name)) {
+                match chain.iter_mut().find(|b| b.plugin == name) {
                     Some(existing) => set(existing),
                     None => {
-                        let mut binding = json!({});
+                        let mut binding = PluginBinding::default();
                         set(&mut binding);
                         chain.push(binding);
                     }
                 }
                 Ok(())
             }))?;
-            let bound = route["plugins"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|b| b["plugin"] == json!(name))
-                .map(|b| {
-                    b["version"]
-                        .as_u64()
-                        .map_or_else(|| name.clone(), |v| format!("{name}@{v}"))
-                })
+            let bound = route
+                .plugins
+                .iter()
+                .find(|b| b.plugin == name)
+                .map(binding_name)
                 .unwrap_or_default();
             println!("{hostname} now runs {bound} (chain: {})", chain_summary(&route));
             Ok(())
         }
         RoutePluginCommand::List { hostname, output } => {
             let path = format!("/v1/routes/{}", path_segment("hostname", &hostname)?);
-            let route = rt.block_on(api.call(Method::GET, &path, None))?;
-            let chain: Vec<Value> = route["plugins"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, b)| {
-                    let mut b = b.clone();
-                    b["position"] = json!(i + 1);
-                    b
-                })
+            let route: RouteAt = rt.block_on(api.get(&path))?;
+            let chain: Vec<ChainEntry> = (1..)
+                .zip(route.route.plugins)
+                .map(|(position, binding)| ChainEntry { position, binding })
                 .collect();
             print_items(
                 output,
                 &chain,
                 &["#", "PLUGIN", "VERSION", "FAIL-OPEN", "DEADLINE-MS", "REUSE", "CONFIG"],
-                {
-                    |b| {
-                        let config = text(&b["config"]);
-                        vec![
-                            text(&b["position"]),
-                            text(&b["plugin"]),
-                            b["version"]
-                                .as_u64()
-                                .map_or_else(|| "operator".into(), |v| v.to_string()),
-                            text(&b["fail-open"]),
-                            b["deadline-ms"].as_u64().map_or_else(|| "5".into(), |v| v.to_string()),
-                            b["reuse"].as_u64().unwrap_or(0).to_string(),
-                            if config.len() > 40 {
-                                format!("{}…", &config[..config.floor_char_boundary(40)])
-                            } else {
-                                config
-                            },
-                        ]
-                    }
+                |entry| {
+                    let b = &entry.binding;
+                    let config = if b.config.len() > 40 {
+                        format!("{}…", &b.config[..b.config.floor_char_boundary(40)])
+                    } else {
+                        b.config.clone()
+                    };
+                    vec![
+                        entry.position.to_string(),
+                        b.plugin.clone(),
+                        b.version.map_or_else(|| "operator".into(), |v| v.to_string()),
+                        b.fail_open.to_string(),
+                        b.deadline_ms.map_or_else(|| "5".into(), |v| v.to_string()),
+                        b.reuse.to_string(),
+                        config,
+                    ]
                 },
             )
         }
@@ -263,7 +253,7 @@ pub fn run_route(command: RouteCommand) -> Result<()> {
             let (name, _) = plugin_ref(&plugin)?;
             let route = rt.block_on(edit_chain(&api, &hostname, |chain| {
                 let before = chain.len();
-                chain.retain(|b| b["plugin"] != json!(name));
+                chain.retain(|b| b.plugin != name);
                 anyhow::ensure!(chain.len() < before, "{hostname} does not run plugin {name:?}");
                 Ok(())
             }))?;
@@ -275,44 +265,43 @@ pub fn run_route(command: RouteCommand) -> Result<()> {
 
 /// Read the route, change its chain, write it back unless the route changed meanwhile (then
 /// read it again, a few times).
-async fn edit_chain(api: &ApiClient, hostname: &str, edit: impl Fn(&mut Vec<Value>) -> Result<()>) -> Result<Value> {
+async fn edit_chain(
+    api: &ApiClient,
+    hostname: &str,
+    edit: impl Fn(&mut Vec<PluginBinding>) -> Result<()>,
+) -> Result<Route> {
     let path = format!("/v1/routes/{}", path_segment("hostname", hostname)?);
     let mut attempt = 0;
     loop {
-        let route = api.call(Method::GET, &path, None).await?;
-        let revision = route["revision"]
-            .as_u64()
-            .context("the API answered without a revision")?;
-        let mut chain = route["plugins"].as_array().cloned().unwrap_or_default();
-        edit(&mut chain)?;
+        let RouteAt { route, revision } = api.get(&path).await?;
+        let mut plugins = route.plugins;
+        edit(&mut plugins)?;
         let if_match = [("if-match", format!("\"{revision}\""))];
-        let body = Some(json!({ "plugins": chain }));
+        let body = PutPlugins { plugins };
         match api
-            .call_with(Method::PUT, &format!("{path}/plugins"), body, &if_match)
+            .send_json(Method::PUT, &format!("{path}/plugins"), &body, &if_match)
             .await
         {
-            Err(e) if attempt < 3 && e.to_string().contains("changed") => attempt += 1,
+            Err(e) if attempt < 3 && is_conflict(&e) => attempt += 1,
             result => return result,
         }
     }
 }
 
-/// `auth@2 → rewrite@1`, or `(none)`.
-fn chain_summary(route: &Value) -> String {
-    let names: Vec<String> = route["plugins"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|b| match b["version"].as_u64() {
-            Some(v) => format!("{}@{v}", text(&b["plugin"])),
-            None => text(&b["plugin"]),
-        })
-        .collect();
-    if names.is_empty() {
-        "(none)".into()
-    } else {
-        names.join(" → ")
+/// `auth@2`, or `auth` for an operator's plugin.
+fn binding_name(binding: &PluginBinding) -> String {
+    match binding.version {
+        Some(v) => format!("{}@{v}", binding.plugin),
+        None => binding.plugin.clone(),
     }
+}
+
+/// `auth@2 → rewrite@1`, or `(none)`.
+fn chain_summary(route: &Route) -> String {
+    if route.plugins.is_empty() {
+        return "(none)".into();
+    }
+    route.plugins.iter().map(binding_name).collect::<Vec<_>>().join(" → ")
 }
 
 fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {

@@ -2,13 +2,18 @@
 //! managed through `/v1/pools`. Every change reads the pool, edits its spec and writes it back
 //! with `If-Match`, so two operators editing one pool never silently undo each other.
 
+use std::convert::Infallible;
+
 use anyhow::{Context, Result};
+use burrow_api::pools::{HashKey, Monitor, MonitorType, PoolOrigin};
+use burrow_api::{Deleted, Items, PluginBinding, PoolSpec, PoolView, PutRoute, Route};
 use clap::{Args, Subcommand};
 use http::Method;
-use serde_json::{Map, Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use crate::api_client::{ApiClient, Login};
-use crate::manage::{Output, path_segment, print_items, print_value, runtime, text};
+use crate::api_client::{ApiClient, Login, is_conflict, is_not_found};
+use crate::manage::{Output, api_name, path_segment, print_items, print_value, runtime};
 
 #[derive(Subcommand)]
 pub enum PoolCommand {
@@ -144,7 +149,7 @@ pub fn run(command: PoolCommand) -> Result<()> {
             origins,
             settings,
         } => {
-            let mut spec = json!({ "origins": [] });
+            let mut spec = PoolSpec::default();
             for origin in &origins {
                 let (tunnel, weight) = match origin.split_once('=') {
                     Some((t, w)) => (
@@ -153,50 +158,42 @@ pub fn run(command: PoolCommand) -> Result<()> {
                     ),
                     None => (origin.as_str(), 1),
                 };
-                push_origin(&mut spec, tunnel, weight, true)?;
+                push_origin(&mut spec, tunnel, weight, true);
             }
             settings.apply(&mut spec)?;
-            let path = pool_path(&name)?;
-            rt.block_on(api.call_with(Method::PUT, &path, Some(spec), &[("if-none-match", "*".into())]))?;
+            rt.block_on(create(&api, &name, &spec))?;
             println!("Created pool {name} with {} origin(s)", origins.len());
             Ok(())
         }
         PoolCommand::Set { name, settings } => rt.block_on(edit(&api, &name, |spec| settings.apply(spec))),
         PoolCommand::List { output } => {
-            let body = rt.block_on(api.call(Method::GET, "/v1/pools", None))?;
-            let items = body["items"].as_array().cloned().unwrap_or_default();
+            let pools: Items<PoolView> = rt.block_on(api.get("/v1/pools"))?;
             print_items(
                 output,
-                &items,
+                &pools.items,
                 &["NAME", "STEERING", "ORIGINS", "HEALTHY", "FALLBACK"],
                 |p| {
-                    let origins = p["origins"].as_array().cloned().unwrap_or_default();
-                    let healthy = origins
+                    let healthy = p
+                        .origins
                         .iter()
-                        .filter(|o| {
-                            o["health"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .all(|h| h["healthy"] == true)
-                        })
+                        .filter(|o| o.health.iter().all(|h| h.healthy == Some(true)))
                         .count();
                     vec![
-                        text(&p["name"]),
-                        steering(&p["spec"]),
-                        origins.len().to_string(),
-                        format!("{healthy}/{}", origins.len()),
-                        text(&p["spec"]["fallback"]),
+                        p.name.clone(),
+                        steering(&p.spec),
+                        p.origins.len().to_string(),
+                        format!("{healthy}/{}", p.origins.len()),
+                        p.spec.fallback.clone().unwrap_or_default(),
                     ]
                 },
             )
         }
         PoolCommand::Show { name, output } => {
-            let body = rt.block_on(api.call(Method::GET, &pool_path(&name)?, None))?;
-            show(&body, output)
+            let pool: PoolView = rt.block_on(api.get(&pool_path(&name)?))?;
+            show(&pool, output)
         }
         PoolCommand::Delete { name } => {
-            rt.block_on(api.call(Method::DELETE, &pool_path(&name)?, None))?;
+            let _: Deleted = rt.block_on(api.request(Method::DELETE, &pool_path(&name)?))?;
             println!("Deleted pool {name}");
             Ok(())
         }
@@ -210,25 +207,31 @@ pub fn run(command: PoolCommand) -> Result<()> {
 pub fn route_lb(tunnel: &str, hostname: &str, pool: &str, overwrite: bool) -> Result<()> {
     let api = ApiClient::new(Login::load()?)?;
     runtime()?.block_on(async {
-        let path = pool_path(pool)?;
-        match api.call(Method::GET, &path, None).await {
-            Ok(body) => {
-                if find_origin(&body, tunnel).is_none() {
-                    edit(&api, pool, |spec| push_origin(spec, tunnel, 1, true)).await?;
+        match api.get::<PoolView>(&pool_path(pool)?).await {
+            Ok(view) => {
+                if find_origin(&view, tunnel).is_none() {
+                    edit(&api, pool, |spec| {
+                        push_origin(spec, tunnel, 1, true);
+                        Ok(())
+                    })
+                    .await?;
                 }
             }
-            Err(e) if e.to_string().contains("not found") => {
-                let mut spec = json!({ "origins": [] });
-                push_origin(&mut spec, tunnel, 1, true)?;
-                api.call_with(Method::PUT, &path, Some(spec), &[("if-none-match", "*".into())])
-                    .await?;
+            Err(e) if is_not_found(&e) => {
+                let mut spec = PoolSpec::default();
+                push_origin(&mut spec, tunnel, 1, true);
+                create(&api, pool, &spec).await?;
                 println!("Created pool {pool}");
             }
             Err(e) => return Err(e),
         }
         let route = format!("/v1/routes/{}", path_segment("hostname", hostname)?);
-        let body = json!({ "pool": pool, "overwrite": overwrite });
-        api.call(Method::PUT, &route, Some(body)).await?;
+        let body = PutRoute {
+            pool: Some(pool.to_owned()),
+            overwrite,
+            ..Default::default()
+        };
+        let _: Route = api.send_json(Method::PUT, &route, &body, &[]).await?;
         println!("Added route: {hostname} → pool {pool} (origin tunnel {tunnel})");
         Ok(())
     })
@@ -241,13 +244,17 @@ async fn origin(api: &ApiClient, command: OriginCommand) -> Result<()> {
             tunnel,
             weight,
             disabled,
-        } => edit(api, &pool, |spec| push_origin(spec, &tunnel, weight, !disabled)).await,
-        OriginCommand::Remove { pool, tunnel } => {
-            let body = api.call(Method::GET, &pool_path(&pool)?, None).await?;
-            let id =
-                find_origin(&body, &tunnel).with_context(|| format!("{tunnel} is not an origin of pool {pool}"))?;
+        } => {
             edit(api, &pool, |spec| {
-                origins_mut(spec)?.retain(|o| o["tunnel"] != id.as_str());
+                push_origin(spec, &tunnel, weight, !disabled);
+                Ok(())
+            })
+            .await
+        }
+        OriginCommand::Remove { pool, tunnel } => {
+            let id = origin_id(api, &pool, &tunnel).await?;
+            edit(api, &pool, |spec| {
+                spec.origins.retain(|o| o.tunnel != id);
                 Ok(())
             })
             .await
@@ -258,19 +265,18 @@ async fn origin(api: &ApiClient, command: OriginCommand) -> Result<()> {
             weight,
             enabled,
         } => {
-            let body = api.call(Method::GET, &pool_path(&pool)?, None).await?;
-            let id =
-                find_origin(&body, &tunnel).with_context(|| format!("{tunnel} is not an origin of pool {pool}"))?;
+            let id = origin_id(api, &pool, &tunnel).await?;
             edit(api, &pool, |spec| {
-                let origin = origins_mut(spec)?
+                let origin = spec
+                    .origins
                     .iter_mut()
-                    .find(|o| o["tunnel"] == id.as_str())
+                    .find(|o| o.tunnel == id)
                     .context("the origin was removed concurrently")?;
                 if let Some(weight) = weight {
-                    origin["weight"] = json!(weight);
+                    origin.weight = weight;
                 }
                 if let Some(enabled) = enabled {
-                    origin["enabled"] = json!(enabled);
+                    origin.enabled = enabled;
                 }
                 Ok(())
             })
@@ -283,9 +289,7 @@ async fn monitor(api: &ApiClient, command: MonitorCommand) -> Result<()> {
     match command {
         MonitorCommand::Remove { pool } => {
             edit(api, &pool, |spec| {
-                if let Some(map) = spec.as_object_mut() {
-                    map.remove("monitor");
-                }
+                spec.monitor = None;
                 Ok(())
             })
             .await
@@ -303,29 +307,23 @@ async fn monitor(api: &ApiClient, command: MonitorCommand) -> Result<()> {
             healthy_threshold,
             unhealthy_threshold,
         } => {
-            let fields = [
-                ("type", kind.map(Value::from)),
-                ("method", method.map(Value::from)),
-                ("path", path.map(Value::from)),
-                ("expected-codes", expected_codes.map(Value::from)),
-                ("expected-body", expected_body.map(Value::from)),
-                ("host", host.map(Value::from)),
-                ("interval-secs", interval.map(Value::from)),
-                ("timeout-secs", timeout.map(Value::from)),
-                ("healthy-threshold", healthy_threshold.map(Value::from)),
-                ("unhealthy-threshold", unhealthy_threshold.map(Value::from)),
-            ];
+            let kind: Option<MonitorType> = kind.map(|k| parse_name("--type", &k)).transpose()?;
             edit(api, &pool, |spec| {
-                let monitor = spec
-                    .as_object_mut()
-                    .context("the pool spec is not an object")?
-                    .entry("monitor")
-                    .or_insert_with(|| json!({}));
-                for (key, value) in &fields {
-                    if let Some(value) = value {
-                        monitor[*key] = value.clone();
-                    }
+                let monitor = spec.monitor.get_or_insert_with(Monitor::default);
+                given(&mut monitor.kind, &kind);
+                given(&mut monitor.method, &method);
+                given(&mut monitor.path, &path);
+                given(&mut monitor.expected_codes, &expected_codes);
+                if let Some(body) = &expected_body {
+                    monitor.expected_body = Some(body.clone());
                 }
+                if let Some(host) = &host {
+                    monitor.host = Some(host.clone());
+                }
+                given(&mut monitor.interval_secs, &interval);
+                given(&mut monitor.timeout_secs, &timeout);
+                given(&mut monitor.healthy_threshold, &healthy_threshold);
+                given(&mut monitor.unhealthy_threshold, &unhealthy_threshold);
                 Ok(())
             })
             .await
@@ -333,60 +331,79 @@ async fn monitor(api: &ApiClient, command: MonitorCommand) -> Result<()> {
     }
 }
 
+/// Set `field` to `value` when the flag was given.
+fn given<T: Clone>(field: &mut T, value: &Option<T>) {
+    if let Some(value) = value {
+        field.clone_from(value);
+    }
+}
+
 impl Settings {
-    fn apply(&self, spec: &mut Value) -> Result<()> {
-        let Some(map) = spec.as_object_mut() else { return Ok(()) };
-        let mut set = |key: &str, value: Option<Value>, clear: bool| {
-            if let Some(value) = value {
-                map.insert(key.into(), value);
-            } else if clear {
-                map.remove(key);
-            }
-        };
+    fn apply(&self, spec: &mut PoolSpec<String>) -> Result<()> {
         let changes_steering = self.steering.is_some();
-        set("steering", self.steering.clone().map(Value::from), false);
+        if let Some(steering) = &self.steering {
+            spec.steering = parse_name("--steering", steering)?;
+        }
         // A new steering policy drops settings that only applied to the old one.
-        set("hash-on", self.hash_on.clone().map(Value::from), changes_steering);
-        let balancer = match &self.balancer {
+        match &self.hash_on {
+            Some(key) => spec.hash_on = Some(HashKey::try_from(key.clone()).map_err(anyhow::Error::msg)?),
+            None if changes_steering => spec.hash_on = None,
+            None => {}
+        }
+        match &self.balancer {
             Some(reference) => {
                 let (plugin, version) = crate::plugins::plugin_ref(reference)?;
-                let mut binding = json!({ "plugin": plugin, "version": version });
-                if let Some(reuse) = self.balancer_reuse {
-                    binding["reuse"] = json!(reuse);
-                }
-                Some(binding)
+                spec.balancer = Some(PluginBinding {
+                    plugin,
+                    version,
+                    reuse: self.balancer_reuse.unwrap_or_default(),
+                    ..Default::default()
+                });
             }
-            None => None,
-        };
-        set("balancer", balancer, changes_steering);
-        set("fallback", self.fallback.clone().map(Value::from), self.no_fallback);
-        set(
-            "affinity-ttl-secs",
-            self.affinity_ttl.map(Value::from),
-            self.no_affinity,
-        );
+            None if changes_steering => spec.balancer = None,
+            None => {}
+        }
+        if let Some(fallback) = &self.fallback {
+            spec.fallback = Some(fallback.clone());
+        } else if self.no_fallback {
+            spec.fallback = None;
+        }
+        if let Some(ttl) = self.affinity_ttl {
+            spec.affinity_ttl_secs = Some(ttl);
+        } else if self.no_affinity {
+            spec.affinity_ttl_secs = None;
+        }
         Ok(())
     }
 }
 
+/// Write a new pool (refused if one of that name exists).
+async fn create(api: &ApiClient, pool: &str, spec: &PoolSpec<String>) -> Result<()> {
+    let if_none_match = [("if-none-match", "*".to_owned())];
+    let _: PoolView = api
+        .send_json(Method::PUT, &pool_path(pool)?, spec, &if_none_match)
+        .await?;
+    Ok(())
+}
+
 /// Read the pool, change its spec, write it back if nobody changed it meanwhile (retrying a few
 /// times when somebody did).
-async fn edit(api: &ApiClient, pool: &str, change: impl Fn(&mut Value) -> Result<()>) -> Result<()> {
+async fn edit(api: &ApiClient, pool: &str, change: impl Fn(&mut PoolSpec<String>) -> Result<()>) -> Result<()> {
     let path = pool_path(pool)?;
     for _ in 0..3 {
-        let body = api.call(Method::GET, &path, None).await?;
-        let mut spec = body["spec"].clone();
+        let view: PoolView = api.get(&path).await?;
+        let revision = view.revision.context("the API answered without a revision")?;
+        // The API takes an origin's tunnel by name or UUID: the UUIDs it answered name the same
+        // tunnels, even ones renamed meanwhile.
+        let mut spec = view.spec.resolve(|id| Ok::<_, Infallible>(id.to_string()))?;
         change(&mut spec)?;
-        let revision = format!("\"{}\"", text(&body["revision"]));
-        match api
-            .call_with(Method::PUT, &path, Some(spec), &[("if-match", revision)])
-            .await
-        {
+        let if_match = [("if-match", format!("\"{revision}\""))];
+        match api.send_json::<_, PoolView>(Method::PUT, &path, &spec, &if_match).await {
             Ok(_) => {
                 println!("Updated pool {pool}");
                 return Ok(());
             }
-            Err(e) if e.to_string().contains("changed concurrently") => continue,
+            Err(e) if is_conflict(&e) => continue,
             Err(e) => return Err(e),
         }
     }
@@ -397,99 +414,178 @@ fn pool_path(name: &str) -> Result<String> {
     Ok(format!("/v1/pools/{}", path_segment("pool", name)?))
 }
 
-fn origins_mut(spec: &mut Value) -> Result<&mut Vec<Value>> {
-    spec.as_object_mut()
-        .context("the pool spec is not an object")?
-        .entry("origins")
-        .or_insert_with(|| json!([]))
-        .as_array_mut()
-        .context("the pool's origins are not a list")
+/// A flag's value that the API spells as an enum (`round-robin`, `https`).
+fn parse_name<T: DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
+    serde_json::from_value(Value::String(value.to_owned())).with_context(|| format!("{flag} {value}"))
 }
 
-fn push_origin(spec: &mut Value, tunnel: &str, weight: u32, enabled: bool) -> Result<()> {
-    origins_mut(spec)?.push(json!({ "tunnel": tunnel, "weight": weight, "enabled": enabled }));
-    Ok(())
+fn push_origin(spec: &mut PoolSpec<String>, tunnel: &str, weight: u32, enabled: bool) {
+    spec.origins.push(PoolOrigin {
+        tunnel: tunnel.to_owned(),
+        weight,
+        enabled,
+    });
 }
 
-/// The UUID of the pool origin named `tunnel` (by name or UUID), from a `GET /v1/pools/NAME`.
-fn find_origin(body: &Value, tunnel: &str) -> Option<String> {
-    body["origins"]
-        .as_array()?
+/// The UUID of the pool origin named `tunnel` (by name or UUID), as [`edit`] spells it.
+fn find_origin(pool: &PoolView, tunnel: &str) -> Option<String> {
+    pool.origins
         .iter()
-        .find(|o| o["name"] == tunnel || o["tunnel"] == tunnel)
-        .map(|o| text(&o["tunnel"]))
+        .map(|o| (o.name.as_deref(), o.tunnel.to_string()))
+        .find(|(name, id)| *name == Some(tunnel) || id == tunnel)
+        .map(|(_, id)| id)
 }
 
-fn steering(spec: &Value) -> String {
-    match (&spec["steering"], &spec["hash-on"]) {
-        (Value::Null, _) => "random".into(),
-        (s, Value::Null) => text(s),
-        (s, on) => format!("{} ({})", text(s), text(on)),
+/// [`find_origin`] in the pool as it is now.
+async fn origin_id(api: &ApiClient, pool: &str, tunnel: &str) -> Result<String> {
+    let view: PoolView = api.get(&pool_path(pool)?).await?;
+    find_origin(&view, tunnel).with_context(|| format!("{tunnel} is not an origin of pool {pool}"))
+}
+
+fn steering<T>(spec: &PoolSpec<T>) -> String {
+    let steering = api_name(&spec.steering);
+    match &spec.hash_on {
+        Some(key) => format!("{steering} ({})", api_name(key)),
+        None => steering,
     }
 }
 
-fn show(body: &Value, output: Output) -> Result<()> {
+fn show(pool: &PoolView, output: Output) -> Result<()> {
     if !matches!(output, Output::Table) {
-        return print_value(output, body);
+        return print_value(output, pool);
     }
-    let spec = &body["spec"];
-    let affinity = match spec["affinity-ttl-secs"].as_u64() {
+    let spec = &pool.spec;
+    let affinity = match spec.affinity_ttl_secs {
         Some(ttl) => format!("cookie, {ttl}s"),
         None => "off".into(),
     };
-    let fallback = spec["fallback"].as_str().unwrap_or("none");
-    println!("POOL:      {}", text(&body["name"]));
+    let fallback = spec.fallback.as_deref().unwrap_or("none");
+    println!("POOL:      {}", pool.name);
     println!("STEERING:  {}", steering(spec));
     println!("FALLBACK:  {fallback}");
     println!("AFFINITY:  {affinity}");
-    let monitor = match spec["monitor"].as_object() {
+    let monitor = match &spec.monitor {
         Some(m) => describe_monitor(m),
         None => "none (passive health only)".into(),
     };
     println!("MONITOR:   {monitor}\n");
     let mut rows = Vec::new();
-    for origin in body["origins"].as_array().into_iter().flatten() {
-        for health in origin["health"].as_array().into_iter().flatten() {
-            let state = match (&health["healthy"], health["reason"].as_str()) {
-                (Value::Bool(true), _) => "healthy".to_owned(),
-                (Value::Bool(false), Some(reason)) => format!("unhealthy: {reason}"),
-                (_, Some(reason)) if !reason.is_empty() => reason.to_owned(),
+    for origin in &pool.origins {
+        for health in &origin.health {
+            let state = match (health.healthy, &health.reason) {
+                (Some(true), _) => "healthy".to_owned(),
+                (Some(false), Some(reason)) => format!("unhealthy: {reason}"),
+                (_, Some(reason)) if !reason.is_empty() => reason.clone(),
                 _ => "unknown".to_owned(),
             };
-            rows.push(json!({
-                "name": origin["name"], "tunnel": origin["tunnel"], "weight": origin["weight"],
-                "enabled": origin["enabled"], "edge": health["edge"], "state": state,
-            }));
+            rows.push(vec![
+                origin.name.clone().unwrap_or_default(),
+                origin.tunnel.to_string(),
+                origin.weight.to_string(),
+                origin.enabled.to_string(),
+                health.edge.clone(),
+                state,
+            ]);
         }
     }
     print_items(
         output,
         &rows,
         &["TUNNEL", "ID", "WEIGHT", "ENABLED", "EDGE", "HEALTH"],
-        |r| {
-            ["name", "tunnel", "weight", "enabled", "edge", "state"]
-                .iter()
-                .map(|k| text(&r[*k]))
-                .collect()
-        },
+        Vec::clone,
     )
 }
 
-fn describe_monitor(m: &Map<String, Value>) -> String {
-    let get = |k: &str, default: &str| m.get(k).map_or_else(|| default.to_owned(), text);
+fn describe_monitor(m: &Monitor) -> String {
     let mut line = format!(
         "{} {} {} every {}s, expect {} (timeout {}s, {} up / {} down)",
-        get("type", "http"),
-        get("method", "GET"),
-        get("path", "/"),
-        get("interval-secs", "15"),
-        get("expected-codes", "2xx"),
-        get("timeout-secs", "5"),
-        get("healthy-threshold", "2"),
-        get("unhealthy-threshold", "2"),
+        api_name(&m.kind),
+        m.method,
+        m.path,
+        m.interval_secs,
+        m.expected_codes,
+        m.timeout_secs,
+        m.healthy_threshold,
+        m.unhealthy_threshold,
     );
-    if let Some(body) = m.get("expected-body") {
-        line.push_str(&format!(", body contains {body}"));
+    if let Some(body) = &m.expected_body {
+        line.push_str(&format!(", body contains {body:?}"));
     }
     line
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use burrow_api::OriginView;
+    use burrow_api::pools::Steering;
+    use burrow_protocol::TunnelId;
+
+    use super::*;
+
+    #[test]
+    fn settings_edit_the_typed_spec() {
+        let mut spec: PoolSpec<String> = PoolSpec::default();
+        let hashed = Settings {
+            steering: Some("hash".into()),
+            hash_on: Some("cookie:sid".into()),
+            fallback: Some("spare".into()),
+            ..Default::default()
+        };
+        hashed.apply(&mut spec).unwrap();
+        assert_eq!(steering(&spec), "hash (cookie:sid)");
+        assert_eq!(spec.fallback.as_deref(), Some("spare"));
+        // A new steering drops what only applied to the old one; unset flags keep the rest.
+        let round_robin = Settings {
+            steering: Some("round-robin".into()),
+            ..Default::default()
+        };
+        round_robin.apply(&mut spec).unwrap();
+        assert_eq!((spec.steering, &spec.hash_on), (Steering::RoundRobin, &None));
+        assert_eq!(spec.fallback.as_deref(), Some("spare"));
+        let no_fallback = Settings {
+            no_fallback: true,
+            ..Default::default()
+        };
+        no_fallback.apply(&mut spec).unwrap();
+        assert_eq!(spec.fallback, None);
+        let bogus = Settings {
+            steering: Some("fastest".into()),
+            ..Default::default()
+        };
+        let error = format!("{:#}", bogus.apply(&mut spec).unwrap_err());
+        assert!(
+            error.contains("--steering fastest") && error.contains("round-robin"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn origins_are_found_by_name_or_uuid() {
+        let id = TunnelId::new_random();
+        let pool = PoolView {
+            name: "web".into(),
+            created: 0,
+            spec: PoolSpec::default(),
+            origins: vec![OriginView {
+                tunnel: id,
+                name: Some("east".into()),
+                weight: 1,
+                enabled: true,
+                health: Vec::new(),
+            }],
+            revision: Some(7),
+        };
+        assert_eq!(find_origin(&pool, "east"), Some(id.to_string()));
+        assert_eq!(find_origin(&pool, &id.to_string()), Some(id.to_string()));
+        assert_eq!(find_origin(&pool, "west"), None);
+    }
+
+    #[test]
+    fn a_default_monitor_is_described_with_its_defaults() {
+        assert_eq!(
+            describe_monitor(&Monitor::default()),
+            "http GET / every 15s, expect 2xx (timeout 5s, 2 up / 2 down)"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::api::ApiListener;
 use crate::control::config_sync;
 use crate::control::resources::{ControlPlane, RouteTo};
 use crate::control::store::sqlite::SqliteStore;
@@ -73,7 +74,7 @@ struct ListenArgs {
     #[arg(long, default_value = "0.0.0.0:7844", value_name = "ADDR")]
     tunnel: SocketAddr,
     /// The /v1 API for tenants (the `burrow` CLI) and edge-only nodes; "off" disables it.
-    /// Cleartext: keep it on a private network or behind a TLS proxy.
+    /// Cleartext unless --api-tls-cert is given: keep it on a private network otherwise.
     #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR|off")]
     api: String,
     /// Operator listener: /metrics and /ready; "off" disables it. Keep it off the internet.
@@ -102,6 +103,12 @@ struct RunArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain (PEM).
+    #[arg(long, requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
     /// Where the edge keeps its state [default: $BURROW_HOME/edge].
     #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -426,7 +433,18 @@ async fn run(args: RunArgs) -> Result<()> {
     let listeners = Listeners {
         shards: shards::bind(addresses, threads)?,
         admin: bind_optional(&args.listen.admin, "--admin").await?,
-        api: bind_optional(&args.listen.api, "--api").await?,
+        api: match bind_optional(&args.listen.api, "--api").await? {
+            None => None,
+            Some(tcp) => Some(ApiListener {
+                tcp,
+                tls: match (&args.api_tls_cert, &args.api_tls_key) {
+                    (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+                        TlsIdentity::from_pem_files(cert, key)?.api_server_config()?,
+                    )),
+                    _ => None,
+                },
+            }),
+        },
     };
     let state = EdgeState::with_control(config, table, control);
     let shutdown = CancellationToken::new();
@@ -942,7 +960,7 @@ async fn dev(args: DevArgs) -> Result<()> {
     let listeners = Listeners {
         shards: sockets,
         admin: Some(admin),
-        api: Some(api),
+        api: Some(ApiListener { tcp: api, tls: None }),
     };
     let mut edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
 

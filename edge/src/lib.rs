@@ -152,7 +152,7 @@ pub struct Listeners {
     /// `/metrics` and `/ready`, for the operator.
     pub admin: Option<TcpListener>,
     /// The `/v1` API, for tenants (and edge-only nodes).
-    pub api: Option<TcpListener>,
+    pub api: Option<control::api::ApiListener>,
 }
 
 /// State shared by every task of one edge.

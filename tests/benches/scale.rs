@@ -102,7 +102,11 @@ async fn run(tunnels: usize) {
         let created = chunk.iter().map(|i| {
             let api = api.clone();
             let body = json!({ "name": format!("t{i}") });
-            async move { api.call(Method::POST, "/v1/tunnels", Some(body)).await.unwrap() }
+            async move {
+                burrow_tests::api_json(&api, Method::POST, "/v1/tunnels", Some(body))
+                    .await
+                    .unwrap()
+            }
         });
         for body in futures_util::future::join_all(created).await {
             credentials.push(serde_json::from_value(body["credentials"].clone()).unwrap());
@@ -146,7 +150,7 @@ async fn run(tunnels: usize) {
         let host = format!("r{i}.scale.test");
         let body = json!({ "tunnel": format!("t{}", i % serving) });
         let started = Instant::now();
-        api.call(Method::PUT, &format!("/v1/routes/{host}"), Some(body))
+        burrow_tests::api_json(&api, Method::PUT, &format!("/v1/routes/{host}"), Some(body))
             .await
             .unwrap();
         loop {

@@ -272,7 +272,7 @@ impl TestEdge {
         let listeners = Listeners {
             shards: sockets,
             admin: Some(admin),
-            api: Some(api),
+            api: Some(burrow_edge::control::api::ApiListener { tcp: api, tls: None }),
         };
         let task = tokio::spawn(burrow_edge::run(state.clone(), listeners, shutdown.clone()));
         Self {
@@ -839,5 +839,18 @@ impl Default for TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Raw JSON in and out of the API, for tests that send what the typed client would refuse.
+pub async fn api_json(
+    api: &burrow_connector::api_client::ApiClient,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    match body {
+        Some(body) => api.send_json(method, path, &body, &[]).await,
+        None => api.request(method, path).await,
     }
 }

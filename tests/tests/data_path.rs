@@ -396,7 +396,7 @@ async fn https_listener_speaks_http2_by_alpn() {
     let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
 
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&edge.ca_pem) {
+    for cert in pem_certs(&edge.ca_pem) {
         roots.add(cert).unwrap();
     }
     let mut tls =
@@ -432,8 +432,9 @@ async fn https_listener_speaks_http2_by_alpn() {
     edge.stop().await;
 }
 
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+fn pem_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap()
 }

@@ -844,7 +844,10 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     let upload = |name: &str, wasm: Vec<u8>| {
         let path = format!("/v1/plugins/{name}");
         let api = &api;
-        async move { api.send(Method::PUT, &path, wasm.into(), "application/wasm", &[]).await }
+        async move {
+            api.upload::<serde_json::Value>(&path, wasm.into(), "application/wasm")
+                .await
+        }
     };
 
     // What is not a component is refused before anything is stored.
@@ -860,6 +863,19 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     truncated.truncate(truncated.len() / 2);
     let error = upload("gate", truncated).await.unwrap_err().to_string();
     assert!(error.contains("not a valid WebAssembly component"), "{error}");
+
+    // One upload per account compiles at a time; the next waits its turn or is told to.
+    let host = edge.state.config.plugins.as_ref().unwrap();
+    let turn = host.queue_upload(account.id).unwrap();
+    let error = upload("gate", std::fs::read(HEADER_AUTH).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("another upload of this account is being compiled"),
+        "{error}"
+    );
+    drop(turn);
 
     let v1 = upload("gate", std::fs::read(HEADER_AUTH).unwrap()).await.unwrap();
     assert_eq!((v1["version"].as_u64(), v1["kind"].as_str()), (Some(1), Some("hooks")));
@@ -878,7 +894,8 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
         if let Some(v) = version {
             binding["version"] = json!(v);
         }
-        api.call(
+        api_json(
+            &api,
             Method::PUT,
             "/v1/routes/up.test/plugins",
             Some(json!({ "plugins": [binding] })),
@@ -941,14 +958,15 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
     load.finish_without_failures(50).await;
 
     // gate@2 is bound (the last round): it cannot go, the others can.
-    let error = api
-        .call(Method::DELETE, "/v1/plugins/gate", None)
+    let error = api_json(&api, Method::DELETE, "/v1/plugins/gate", None)
         .await
         .unwrap_err()
         .to_string();
     assert!(error.contains("gate@2 is bound to route up.test"), "{error}");
-    api.call(Method::DELETE, "/v1/plugins/gate/1", None).await.unwrap();
-    let listed = api.call(Method::GET, "/v1/plugins", None).await.unwrap();
+    api_json(&api, Method::DELETE, "/v1/plugins/gate/1", None)
+        .await
+        .unwrap();
+    let listed = api_json(&api, Method::GET, "/v1/plugins", None).await.unwrap();
     let versions: Vec<(u64, String)> = listed["items"]
         .as_array()
         .unwrap()
@@ -957,7 +975,9 @@ async fn uploaded_plugins_are_versioned_pinned_and_swapped_under_load() {
         .collect();
     assert_eq!(versions, [(2, r#"["route up.test"]"#.to_owned()), (3, "[]".to_owned())]);
     // Numbers are never given twice: after deleting 3, the next upload is 4.
-    api.call(Method::DELETE, "/v1/plugins/gate/3", None).await.unwrap();
+    api_json(&api, Method::DELETE, "/v1/plugins/gate/3", None)
+        .await
+        .unwrap();
     let v4 = upload("gate", std::fs::read(API_KEY_PLUGIN).unwrap()).await.unwrap();
     assert_eq!(v4["version"], 4);
     assert_eq!(with_token(&edge, "up.test", None, &[]).await.1, "tagged");
@@ -983,7 +1003,8 @@ async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() 
     let api = account_api(&edge, token);
     let wasm = std::fs::read(HEADER_AUTH).unwrap();
     let bind = |plugins: serde_json::Value| {
-        api.call(
+        api_json(
+            &api,
             Method::PUT,
             "/v1/routes/race.test/plugins",
             Some(json!({ "plugins": plugins })),
@@ -992,26 +1013,20 @@ async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() 
     let (mut bind_won, mut delete_won) = (0, 0);
     for _ in 0..30 {
         let uploaded = api
-            .send(
-                Method::PUT,
-                "/v1/plugins/gate",
-                wasm.clone().into(),
-                "application/wasm",
-                &[],
-            )
+            .upload::<serde_json::Value>("/v1/plugins/gate", wasm.clone().into(), "application/wasm")
             .await
             .unwrap();
         let version = uploaded["version"].as_u64().unwrap();
         let binding = json!([{ "plugin": "gate", "version": version, "config": r#"{"keys": ["k"]}"# }]);
         let delete_path = format!("/v1/plugins/gate/{version}");
-        let (bound, deleted) = tokio::join!(bind(binding), api.call(Method::DELETE, &delete_path, None));
+        let (bound, deleted) = tokio::join!(bind(binding), api_json(&api, Method::DELETE, &delete_path, None));
         match (bound, deleted) {
             (Ok(_), Err(refused)) => {
                 let refused = refused.to_string();
                 assert!(refused.contains("is bound to route race.test"), "{refused}");
                 bind_won += 1;
                 bind(json!([])).await.unwrap();
-                api.call(Method::DELETE, &delete_path, None).await.unwrap();
+                api_json(&api, Method::DELETE, &delete_path, None).await.unwrap();
             }
             (Err(refused), Ok(_)) => {
                 let refused = refused.to_string();
@@ -1023,8 +1038,8 @@ async fn a_delete_racing_a_bind_never_leaves_a_route_naming_a_deleted_version() 
             }
             (bound, deleted) => panic!("gate@{version}: bind {bound:?}, delete {deleted:?}"),
         }
-        let route = api.call(Method::GET, "/v1/routes/race.test", None).await.unwrap();
-        let plugins = api.call(Method::GET, "/v1/plugins", None).await.unwrap();
+        let route = api_json(&api, Method::GET, "/v1/routes/race.test", None).await.unwrap();
+        let plugins = api_json(&api, Method::GET, "/v1/plugins", None).await.unwrap();
         // Whichever won, nothing is left bound to a deleted version.
         assert!(route["plugins"].as_array().is_none_or(Vec::is_empty), "{route}");
         assert_eq!(plugins["items"], json!([]), "{plugins}");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -21,8 +22,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn root_store(pem: Option<&[u8]>) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     match pem {
-        Some(mut pem) => {
-            let certs = rustls_pemfile::certs(&mut pem)
+        Some(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<Vec<_>, _>>()
                 .context("parsing PEM")?;
             anyhow::ensure!(!certs.is_empty(), "no PEM certificate found");

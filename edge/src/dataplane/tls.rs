@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use burrow_shared::files::write_private;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A certificate chain and its key.
@@ -30,13 +31,14 @@ impl TlsIdentity {
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
         let cert_pem = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
         let key_pem = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-        let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("parsing {}", cert.display()))?;
         anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", cert.display());
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .with_context(|| format!("parsing {}", key.display()))?
-            .with_context(|| format!("{} holds no PEM private key", key.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => anyhow::anyhow!("{} holds no PEM private key", key.display()),
+            e => anyhow::anyhow!("parsing {}: {e}", key.display()),
+        })?;
         Ok(Self {
             chain,
             key,
@@ -81,6 +83,16 @@ impl TlsIdentity {
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .context("public TLS certificate and key do not match")?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// rustls config for the API listener (`--api-tls-cert`): HTTP/1.1 only.
+    pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .context("API TLS certificate and key do not match")?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 

@@ -58,7 +58,8 @@ mod tests {
 
     fn rsa_key() -> RsaKeyPair {
         let pem = include_str!("../../../tests/fixtures/rs256-test-key.pem");
-        let der = rustls_pemfile::private_key(&mut pem.as_bytes()).unwrap().unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
         RsaKeyPair::from_pkcs8(der.secret_der()).unwrap()
     }
 

@@ -53,15 +53,25 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .with_state(state)
 }
 
+/// Where the API is served: a TCP listener, with TLS when `--api-tls-cert` is given.
+pub struct ApiListener {
+    pub tcp: TcpListener,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// How long a client may take over its TLS handshake or its request head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serve the API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
+pub async fn serve(listener: ApiListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
     let router = router(state.clone());
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "API listener ready");
+    if let Ok(addr) = listener.tcp.local_addr() {
+        let scheme = if listener.tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "API listener ready");
     }
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!("API accept: {e}");
@@ -71,11 +81,24 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
             },
             () = shutdown.cancelled() => return,
         };
-        tokio::spawn(serve_connection(stream, peer, router.clone()));
+        let (router, tls) = (router.clone(), listener.tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, peer, router).await,
+                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, router).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "API TLS handshake: {e}"),
+                    Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+                },
+            }
+        });
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, router: Router) {
+async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         let router = router.clone();
@@ -83,7 +106,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, route
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .await;
 }
@@ -174,11 +197,9 @@ async fn limit_failures(State(state): State<Arc<EdgeState>>, mut req: Request, n
 fn too_many_failures(wait: Duration) -> Response {
     let seconds = wait.as_secs() + 1;
     let message = format!("too many failed authentications; retry in {seconds}s");
-    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, http::HeaderValue::from(seconds));
-    response
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        .retry_after(Duration::from_secs(seconds))
+        .into_response()
 }
 
 /// The client a request is from: the peer, unless the peer is a trusted proxy, then the

@@ -24,7 +24,7 @@ use crate::control::health_monitor::{HealthReport, origin_report};
 use crate::control::plugin_catalog::MAX_PLUGIN_SIZE;
 use crate::control::resources::{ControlPlane, CpError, PoolDoc, RouteTo};
 use crate::plugins::binding::PluginBinding;
-use crate::plugins::host::MAX_REUSE;
+use crate::plugins::host::{MAX_REUSE, UploadBusy};
 use crate::pools::pool::PoolSpec;
 
 const DEFAULT_PAGE: usize = 100;
@@ -322,11 +322,29 @@ async fn upload_plugin(
     if let Some(existing) = ctx.cp.check_upload(ctx.account, &name, &sha256).await? {
         return Ok((StatusCode::OK, Json(existing)));
     }
-    let wasm: Arc<[u8]> = wasm.to_vec().into();
-    let kind = host.check_upload(&name, wasm.clone()).await.map_err(|e| ApiError {
-        field: Some("wasm"),
-        ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", format!("{e:#}"))
+    let turn = host.queue_upload(ctx.account).map_err(|busy| {
+        let error = match busy {
+            UploadBusy::Account => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "upload_in_progress",
+                "another upload of this account is being compiled; send this one when it has finished",
+            ),
+            UploadBusy::Edge => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "this edge is compiling many uploads; retry in a few seconds",
+            ),
+        };
+        error.retry_after(Duration::from_secs(2))
     })?;
+    let wasm: Arc<[u8]> = wasm.to_vec().into();
+    let kind = host
+        .check_upload(&turn, &name, wasm.clone())
+        .await
+        .map_err(|e| ApiError {
+            field: Some("wasm"),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", format!("{e:#}"))
+        })?;
     let (version, created) = ctx.cp.put_plugin(ctx.account, &name, &wasm, kind).await?;
     tracing::info!(account = %ctx.account, plugin = %name, version = version.version, sha256 = %version.sha256, created, "plugin uploaded");
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
