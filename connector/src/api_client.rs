@@ -32,6 +32,10 @@ pub struct Login {
     /// Base URL of the API, e.g. `http://127.0.0.1:9090`.
     pub api: String,
     pub token: String,
+    /// PEM of the CA that signed the API's certificate, when it is not publicly trusted
+    /// (`burrow login --api-ca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_ca: Option<String>,
 }
 
 impl Login {
@@ -66,12 +70,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(login: Login) -> Result<Self> {
-        let tls = burrow_tunnel::tls::origin_tls_config(&Default::default())?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = burrow_tunnel::tls::api_connector(login.api_ca.as_deref().map(str::as_bytes))?;
         Ok(Self {
             login,
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -194,7 +193,12 @@ mod tests {
                 let _ = socket.write_all(answer.as_bytes()).await;
             }
         });
-        ApiClient::new(Login { api, token: "t".into() }).unwrap()
+        ApiClient::new(Login {
+            api,
+            token: "t".into(),
+            api_ca: None,
+        })
+        .unwrap()
     }
 
     #[tokio::test]

@@ -42,6 +42,10 @@ enum Command {
         /// API token (from `burrow-edge account create`).
         #[arg(long, env = "BURROW_TOKEN", hide_env_values = true)]
         token: String,
+        /// CA certificate (PEM) of the API when its certificate is not publicly trusted; kept
+        /// with the login.
+        #[arg(long, value_name = "FILE")]
+        api_ca: Option<PathBuf>,
     },
     /// Work with named tunnels.
     #[command(subcommand)]
@@ -202,7 +206,7 @@ pub fn main() -> ExitCode {
         die_quietly_on_closed_stdout();
     }
     let result = match cli.command {
-        Command::Login { api, token } => manage::login(api, token),
+        Command::Login { api, token, api_ca } => manage::login(api, token, api_ca.as_deref()),
         Command::Tunnel(TunnelCommand::Create { name }) => manage::create(&name),
         Command::Tunnel(TunnelCommand::List { output }) => manage::list(output),
         Command::Tunnel(TunnelCommand::Info { tunnel, output }) => manage::info(&tunnel, output),

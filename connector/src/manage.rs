@@ -1,7 +1,9 @@
 //! The CLI verbs that manage persistent objects through the API: login, tunnel create / list /
 //! info / delete / cleanup / route dns. (`tunnel run` is in [`crate::cli`].)
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use burrow_api::{
     Account, ClaimZone, Connection, CreateTunnel, CreatedTunnel, Deleted, Page, PutRoute, Removed, Route, Tunnel, Zone,
     ZoneClaimView, Zones,
@@ -41,8 +43,14 @@ pub(crate) fn path_segment(what: &str, value: &str) -> Result<String> {
     Ok(value.to_owned())
 }
 
-pub fn login(api: String, token: String) -> Result<()> {
-    let login = Login { api, token };
+pub fn login(api: String, token: String, api_ca: Option<&Path>) -> Result<()> {
+    let api_ca = match api_ca {
+        Some(path) => {
+            Some(String::from_utf8(burrow_tunnel::tls::read_ca_file(path)?).context("--api-ca is not PEM text")?)
+        }
+        None => None,
+    };
+    let login = Login { api, token, api_ca };
     let account: Account = runtime()?.block_on(ApiClient::new(login.clone())?.get("/v1/account"))?;
     let path = login.save()?;
     println!(

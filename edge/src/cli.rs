@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::api::ApiListener;
 use crate::control::config_sync;
+use crate::control::remote_sync::{self, Remote};
 use crate::control::resources::{ControlPlane, RouteTo};
 use crate::control::store::sqlite::SqliteStore;
 use crate::control::tunnels_file::{RouteEntry, TunnelEntry, TunnelsFile, encode_hex};
@@ -94,6 +95,10 @@ struct RunArgs {
     /// instead of a local store, e.g. http://cp.internal:9090.
     #[arg(long, requires = "node_token")]
     control_plane: Option<String>,
+    /// CA certificate (PEM) of --control-plane's API, when its certificate is not publicly
+    /// trusted (an edge started with --api-tls-cert).
+    #[arg(long, requires = "control_plane")]
+    control_plane_ca: Option<PathBuf>,
     /// Node token for --control-plane (from `burrow-edge node-token create`).
     #[arg(long, env = "BURROW_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
@@ -450,13 +455,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(state.clone(), args.tunnels.clone(), shutdown.clone()));
     if let (Some(url), Some(token)) = (args.control_plane, args.node_token) {
-        tokio::spawn(crate::control::remote_sync::follow_remote(
-            state.clone(),
-            url,
-            token,
-            dir,
-            shutdown.clone(),
-        ));
+        let ca_pem = match &args.control_plane_ca {
+            Some(path) => Some(burrow_tunnel::tls::read_ca_file(path).context("--control-plane-ca")?),
+            None => None,
+        };
+        let remote = Remote { url, token, ca_pem };
+        tokio::spawn(remote_sync::follow_remote(state.clone(), remote, dir, shutdown.clone()));
     }
     crate::run(state, listeners, shutdown).await
 }

@@ -91,6 +91,7 @@ async fn run(tunnels: usize) {
         ApiClient::new(Login {
             api: format!("http://127.0.0.1:{api_port}"),
             token,
+            api_ca: None,
         })
         .unwrap(),
     );

@@ -1328,3 +1328,98 @@ async fn wrong_methods_get_405_and_metrics_stay_off_the_api() {
     );
     edge.stop().await;
 }
+
+/// `--api-tls-cert` serves the API over HTTPS: the CLI and an edge-only node trust a private
+/// certificate only when told to (`--api-ca`, `--control-plane-ca`), and then work as before.
+#[tokio::test]
+async fn the_api_over_https_with_a_private_certificate() {
+    init_logging();
+    let dir = TempDir::new();
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let cert = rcgen::generate_simple_self_signed(names).unwrap();
+    let (cert_path, key_path) = (dir.path().join("api.pem"), dir.path().join("api-key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+
+    let ports = Ports::new();
+    let edge = edge_with(
+        dir.path(),
+        &ports,
+        &["--api-tls-cert", cert_arg, "--api-tls-key", key_arg],
+    );
+    edge.wait_for_output("tunnel listener ready").await;
+    let data_dir = dir.path().join("edge");
+    let output = ok(
+        BURROW_EDGE,
+        dir.path(),
+        &[
+            "account",
+            "create",
+            "alice",
+            "--zone",
+            "test",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let token = shown_once(&output);
+    let alice = dir.path().join("alice");
+    std::fs::create_dir_all(&alice).unwrap();
+    let api = format!("https://127.0.0.1:{}", ports.api);
+
+    let (code, output) = cli(BURROW, &alice, &["login", "--api", &api, "--token", &token]).await;
+    assert_eq!(code, Some(1), "an untrusted certificate is refused: {output}");
+    assert!(output.contains("certificate"), "{output}");
+    let cleartext = format!("http://127.0.0.1:{}", ports.api);
+    let (code, _) = cli(BURROW, &alice, &["login", "--api", &cleartext, "--token", &token]).await;
+    assert_eq!(code, Some(1), "the API listener speaks TLS only");
+    ok(
+        BURROW,
+        &alice,
+        &["login", "--api", &api, "--token", &token, "--api-ca", cert_arg],
+    )
+    .await;
+    let out = ok(BURROW, &alice, &["tunnel", "create", "web"]).await;
+    assert!(out.contains("Created tunnel web with id"), "{out}");
+
+    // An edge-only node follows the control plane over HTTPS.
+    let output = ok(
+        BURROW_EDGE,
+        dir.path(),
+        &[
+            "node-token",
+            "create",
+            "node-b",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let node_token = shown_once(&output);
+    let (node_dir, node_ports) = (dir.path().join("node"), Ports::new());
+    let node = edge_with(
+        &node_dir,
+        &node_ports,
+        &[
+            "--control-plane",
+            &api,
+            "--control-plane-ca",
+            cert_arg,
+            "--node-token",
+            &node_token,
+        ],
+    );
+    node.wait_for_output("tunnel listener ready").await;
+    let admin: SocketAddr = ([127, 0, 0, 1], node_ports.admin).into();
+    eventually(
+        Duration::from_secs(20),
+        "the node to read the config over HTTPS",
+        || async {
+            let ready = get(&http1_client(), admin, "localhost", "/ready").await;
+            ready.is_ok_and(|r| r.status == StatusCode::OK)
+        },
+    )
+    .await;
+}

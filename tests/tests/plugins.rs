@@ -814,7 +814,12 @@ async fn swapping_plugins_under_load_fails_no_request() {
 fn account_api(edge: &TestEdge, token: String) -> burrow_connector::api_client::ApiClient {
     use burrow_connector::api_client::{ApiClient, Login};
     let api = format!("http://{}", edge.api);
-    ApiClient::new(Login { api, token }).unwrap()
+    ApiClient::new(Login {
+        api,
+        token,
+        api_ca: None,
+    })
+    .unwrap()
 }
 
 /// An account uploads components through the API: each distinct upload is a new version, a

@@ -4,6 +4,8 @@ use std::io::Read;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -131,6 +133,30 @@ impl ServerCertVerifier for PinnedEdge {
     }
 }
 
+/// HTTP(S) towards a Burrow API (the CLI, edge-only nodes): certificates checked against the
+/// web PKI, or against `ca_pem` for an API with a private certificate.
+pub fn api_connector(ca_pem: Option<&[u8]>) -> Result<HttpsConnector<HttpConnector>> {
+    let roots = root_store(ca_pem).context("the API's CA certificate")?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
+/// Read a CA certificate file a user names (at most 4 MiB).
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_BYTES).read_to_end(&mut pem)?;
+    root_store(Some(&pem)).with_context(|| format!("{} holds no usable PEM certificate", path.display()))?;
+    Ok(pem)
+}
+
 /// TLS towards an origin, per ingress rule (`caPool`, `noTLSVerify`). ALPN is left empty: the
 /// HTTP client sets it to the versions it enables.
 pub fn origin_tls_config(settings: &OriginRequest) -> Result<Arc<rustls::ClientConfig>> {
@@ -142,12 +168,7 @@ pub fn origin_tls_config(settings: &OriginRequest) -> Result<Arc<rustls::ClientC
             .with_no_client_auth()
     } else {
         let pem = match &settings.ca_pool {
-            Some(path) => {
-                let file = std::fs::File::open(path).with_context(|| format!("reading caPool {}", path.display()))?;
-                let mut pem = Vec::new();
-                file.take(MAX_CA_BYTES).read_to_end(&mut pem)?;
-                Some(pem)
-            }
+            Some(path) => Some(read_ca_file(path).context("caPool")?),
             None => None,
         };
         let roots = root_store(pem.as_deref()).context("caPool")?;

@@ -14,7 +14,7 @@ use burrow_shared::backoff::Backoff;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -34,28 +34,38 @@ const PLUGIN_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// A snapshot line bigger than this is refused (about 300k routes).
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The control plane an edge-only node follows (`--control-plane`).
+pub struct Remote {
+    /// Base URL of its API.
+    pub url: String,
+    /// This node's token.
+    pub token: String,
+    /// PEM of the CA of the API's certificate when it is not publicly trusted.
+    pub ca_pem: Option<Vec<u8>>,
+}
 
 /// Between two attempts to reach the control plane.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
-/// Follow `control_plane` (base URL of its API) until `shutdown`.
-pub async fn follow_remote(
-    state: Arc<EdgeState>,
-    control_plane: String,
-    token: String,
-    data_dir: PathBuf,
-    shutdown: CancellationToken,
-) {
-    let client: HttpClient = match client() {
-        Ok(c) => c,
+/// Follow `remote` until `shutdown`.
+pub async fn follow_remote(state: Arc<EdgeState>, remote: Remote, data_dir: PathBuf, shutdown: CancellationToken) {
+    let client: HttpClient = match burrow_tunnel::tls::api_connector(remote.ca_pem.as_deref()) {
+        Ok(connector) => Client::builder(TokioExecutor::new()).build(connector),
         Err(e) => {
             tracing::error!("cannot build the control-plane client: {e:#}");
             return;
         }
     };
+    let Remote {
+        url: control_plane,
+        token,
+        ..
+    } = remote;
     tokio::spawn(publish_health(
         state.clone(),
+        client.clone(),
         control_plane.clone(),
         token.clone(),
         shutdown.clone(),
@@ -81,30 +91,15 @@ pub async fn follow_remote(
     }
 }
 
-fn client<B>() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-{
-    let tls = burrow_tunnel::tls::origin_tls_config(&Default::default())?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
-}
-
 /// Send this node's pool-health view to the control plane (`PUT /v1/health/NODE`) when it
 /// changes and every minute, for `burrow pool show`.
-async fn publish_health(state: Arc<EdgeState>, base: String, token: String, shutdown: CancellationToken) {
-    let client = match client::<Full<Bytes>>() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("cannot build the control-plane client: {e:#}");
-            return;
-        }
-    };
+async fn publish_health(
+    state: Arc<EdgeState>,
+    client: HttpClient,
+    base: String,
+    token: String,
+    shutdown: CancellationToken,
+) {
     let url = format!("{}/v1/health/{}", base.trim_end_matches('/'), state.config.node_name);
     let mut schedule = crate::control::health_monitor::ReportSchedule::default();
     loop {
@@ -146,7 +141,7 @@ async fn stream_once(client: &HttpClient, base: &str, token: &str, state: &EdgeS
     let url = format!("{}/v1/watch", base.trim_end_matches('/'));
     let request = Request::get(&url)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())?;
+        .body(Full::new(Bytes::new()))?;
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await
         .context("no answer within 10s")?
@@ -200,7 +195,7 @@ async fn fetch_plugin(client: &HttpClient, base: &str, token: &str, v: PluginVer
     );
     let request = Request::get(&url)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())?;
+        .body(Full::new(Bytes::new()))?;
     let fetched = async {
         let response = client.request(request).await.context("unreachable")?;
         anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
