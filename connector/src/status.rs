@@ -14,12 +14,57 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use burrow_tunnel::tunnel_client::Status;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// What `/metrics` reports, read from the tunnel client's status at each scrape.
+struct Metrics {
+    registry: Registry,
+    ready: Gauge,
+}
+
+impl Metrics {
+    fn new(connector: &str) -> Self {
+        let mut registry = Registry::default();
+        let ready = Gauge::default();
+        registry.register(
+            "burrow_connector_ready_connections",
+            "Tunnel connections registered with an edge",
+            ready.clone(),
+        );
+        let info = Info::new(vec![
+            ("connector_id", connector.to_owned()),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ]);
+        registry.register("burrow_connector", "This connector", info);
+        Self { registry, ready }
+    }
+
+    fn encode(&self, status: &Status) -> String {
+        self.ready
+            .set(i64::try_from(status.ready_connections()).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The `/ready` answer.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Readiness<'a> {
+    status: u16,
+    ready_connections: usize,
+    connector_id: &'a str,
+}
 
 /// Serve until `shutdown`. Readiness is "at least one connection registered with an edge".
 pub async fn serve(listener: TcpListener, status: Arc<Status>, connector: String, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics and readiness listener ready (/ready, /metrics)");
     }
+    let metrics = Arc::new(Metrics::new(&connector));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -32,11 +77,10 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, connector: String
             },
             () = shutdown.cancelled() => return,
         };
-        let status = status.clone();
-        let connector = connector.clone();
+        let (status, connector, metrics) = (status.clone(), connector.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = answer(&req, &status, &connector);
+                let response = answer(&req, &status, &connector, &metrics);
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -48,30 +92,31 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, connector: String
     }
 }
 
-fn answer(req: &Request<Incoming>, status: &Status, connector: &str) -> Response<Full<Bytes>> {
-    let ready = status.ready_connections();
+fn answer(req: &Request<Incoming>, status: &Status, connector: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (code, content_type, body) = match req.uri().path() {
         "/ready" => {
+            let ready = status.ready_connections();
             let code = if ready > 0 {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            let body = serde_json::json!({
-                "status": code.as_u16(),
-                "readyConnections": ready,
-                "connectorId": connector,
-            });
-            (code, "application/json", body.to_string())
+            let body = Readiness {
+                status: code.as_u16(),
+                ready_connections: ready,
+                connector_id: connector,
+            };
+            (
+                code,
+                "application/json",
+                serde_json::to_string(&body).unwrap_or_default(),
+            )
         }
-        "/metrics" => {
-            let body = format!(
-                "# HELP burrow_connector_ready_connections Tunnel connections registered with an edge.\n\
-                 # TYPE burrow_connector_ready_connections gauge\n\
-                 burrow_connector_ready_connections {ready}\n"
-            );
-            (StatusCode::OK, "text/plain; version=0.0.4", body)
-        }
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(status),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -320,6 +320,14 @@ async fn edge_restart_connectors_come_back_and_bad_secrets_never_leak() {
         ready.status == StatusCode::OK && body["readyConnections"] == 2
     })
     .await;
+    let scraped = get(&client, ([127, 0, 0, 1], metrics).into(), "localhost", "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        scraped.text().contains("burrow_connector_ready_connections 2"),
+        "{}",
+        scraped.text()
+    );
 
     // kill -9 the edge, start it again on the same ports after a few seconds: the connector
     // re-registers by itself, soon after the edge is back. Its connections are not timed out yet;

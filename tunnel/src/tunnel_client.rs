@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use burrow_protocol::body::write_frame;
 use burrow_protocol::frame::read_frame;
 use burrow_protocol::{
-    ConnIndex, ConnectorId, ControlMessage, Frame, Limits, PROTOCOL_VERSION, Register, RejectCode, Rejected,
-    TunnelCodec, error_code,
+    ConnIndex, ConnectorId, ControlMessage, Frame, Limits, PROTOCOL_VERSION, Register, Registered, RejectCode,
+    Rejected, TunnelCodec, error_code,
 };
 use burrow_shared::backoff::Backoff;
 use futures_util::StreamExt;
@@ -326,7 +326,7 @@ const FAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// long outage is found within about the cap (and the attempt's own timeout).
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
 
-/// Connect this slot to `edge`, register, and serve request streams until the connection ends.
+/// One connection's life: register, serve, drain.
 async fn connect_and_serve(
     client: &ClientSetup,
     index: ConnIndex,
@@ -336,127 +336,24 @@ async fn connect_and_serve(
     ever_registered: &mut bool,
     last_rtt: &mut Option<Duration>,
 ) -> Result<Ended, AttemptError> {
-    let limits = client.options.limits;
     // Connecting and registering give way to a shutdown (nothing is in flight yet).
-    let attempt = async {
-        let addr = resolve(edge).await?;
-        let bind: SocketAddr = if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
-        let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
-        let mut quic = client.quic.clone();
-        if *ever_registered {
-            quic.transport_config(Arc::new(transport(*last_rtt)));
-        }
-        let spread = client.spread.wrapping_add(index.into());
-        quic.initial_dst_cid_provider(Arc::new(move || initial_cid(spread)));
-        let server_name = host_of(edge);
-        let conn = tokio::time::timeout(connect_timeout, endpoint.connect_with(quic, addr, server_name)?)
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {connect_timeout:?}"))??;
-
-        // Register on the control stream.
-        let (mut control_send, control_recv) = conn.open_bi().await?;
-        let register = Register {
-            protocol: PROTOCOL_VERSION,
-            account: client.credentials.account,
-            tunnel_id: client.credentials.tunnel_id,
-            secret: client.credentials.secret.clone(),
-            conn_index: index,
-            connector_id: client.options.connector_id,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            os: std::env::consts::OS.to_owned(),
-            arch: std::env::consts::ARCH.to_owned(),
-        };
-        write_frame(
-            &mut control_send,
-            Frame::Control(ControlMessage::Register(register)),
-            &limits,
-        )
-        .await?;
-        let mut control = FramedRead::new(control_recv, TunnelCodec::new(limits));
-        let registered = match read_frame(&mut control, &limits).await? {
-            Some(Frame::Control(ControlMessage::Registered(r))) => r,
-            Some(Frame::Control(ControlMessage::Rejected(r))) => {
-                conn.close(error_code::NO_ERROR.into(), b"rejected");
-                return Err(AttemptError::Rejected(r));
-            }
-            other => return Err(anyhow::anyhow!("edge answered the registration with {other:?}").into()),
-        };
-        Ok::<_, AttemptError>((endpoint, conn, control_send, control, registered))
-    };
-    let (endpoint, conn, mut control_send, mut control, registered) = tokio::select! {
-        result = attempt => result?,
+    let transport = ever_registered.then(|| transport(*last_rtt));
+    let mut session = tokio::select! {
+        result = register(client, index, edge, connect_timeout, transport) => result?,
         () = shutdown.cancelled() => return Ok(Ended::Shutdown),
     };
     *ever_registered = true;
     let _ready = ReadyGuard::new(client.status.clone());
+    let registered = &session.registered;
     tracing::info!(
         conn_index = index, connection = %registered.connection_id, edge = %edge, node = %registered.edge_node,
         location = %registered.location, "registered tunnel connection"
     );
-
-    let streams = TaskTracker::new();
-    let mut control_open = true;
     let served_since = Instant::now();
-    let ended = loop {
-        tokio::select! {
-            accepted = conn.accept_bi() => match accepted {
-                Ok((send, recv)) => {
-                    let origins = client.origins.clone();
-                    streams.spawn(async move { origins.serve(send, recv).await });
-                }
-                Err(e) => break Ended::Lost(e.to_string()),
-            },
-            frame = control.next(), if control_open => match frame {
-                Some(Ok(Frame::Control(ControlMessage::Drain))) => {
-                    // The edge is going away: its in-flight requests finish here while a new
-                    // connection is made elsewhere.
-                    tracing::info!(conn_index = index, edge = %edge, "edge is draining this connection");
-                    let grace = client.options.grace_period;
-                    tokio::spawn(drain(conn.clone(), endpoint.clone(), streams.clone(), grace));
-                    return Ok(Ended::Lost("edge is shutting down".into()));
-                }
-                Some(Ok(other)) => tracing::debug!(conn_index = index, "ignoring control frame {other:?}"),
-                Some(Err(e)) => break Ended::Lost(format!("control stream: {e}")),
-                None => control_open = false,
-            },
-            () = shutdown.cancelled() => {
-                // Graceful: the edge stops sending new requests; the ones in flight finish.
-                let _ = write_frame(&mut control_send, Frame::Control(ControlMessage::Unregister), &limits).await;
-                streams.close();
-                let drained = streams.wait();
-                tokio::pin!(drained);
-                let deadline = tokio::time::sleep(client.options.grace_period);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        // A request the edge sent just before it saw Unregister is still served.
-                        accepted = conn.accept_bi() => match accepted {
-                            Ok((send, recv)) => {
-                                let origins = client.origins.clone();
-                                streams.spawn(async move { origins.serve(send, recv).await });
-                            }
-                            Err(_) => break,
-                        },
-                        () = &mut drained => break,
-                        () = &mut deadline => {
-                            tracing::warn!(conn_index = index, "requests still running after the grace period; closing");
-                            break;
-                        }
-                    }
-                }
-                conn.close(error_code::NO_ERROR.into(), b"connector shutting down");
-                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-                break Ended::Shutdown;
-            }
-        }
-    };
+    let ended = serve(client, index, edge, &mut session, shutdown).await;
     // A close reaches the control stream and `accept_bi` at once, and `select!` takes either
     // branch: the close's own reason says whether the tunnel was deleted.
-    let ended = match (ended, conn.close_reason()) {
+    let ended = match (ended, session.conn.close_reason()) {
         (Ended::Lost(_), Some(quinn::ConnectionError::ApplicationClosed(close)))
             if close.error_code == error_code::TUNNEL_REVOKED.into() =>
         {
@@ -464,11 +361,163 @@ async fn connect_and_serve(
         }
         (ended, _) => ended,
     };
-    *last_rtt = Some(conn.rtt());
+    *last_rtt = Some(session.conn.rtt());
     if let Ended::Lost(reason) = &ended {
         tracing::debug!(conn_index = index, served = ?served_since.elapsed(), "connection ended: {reason}");
     }
     Ok(ended)
+}
+
+/// A registered tunnel connection.
+struct Session {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    control_send: quinn::SendStream,
+    control: FramedRead<quinn::RecvStream, TunnelCodec>,
+    registered: Registered,
+}
+
+/// Dial `edge` and register on the control stream. `transport`: the QUIC settings of a
+/// reconnect (paced by the last connection's round trip).
+async fn register(
+    client: &ClientSetup,
+    index: ConnIndex,
+    edge: &str,
+    connect_timeout: Duration,
+    transport: Option<quinn::TransportConfig>,
+) -> Result<Session, AttemptError> {
+    let limits = client.options.limits;
+    let addr = resolve(edge).await?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+    let mut quic = client.quic.clone();
+    if let Some(transport) = transport {
+        quic.transport_config(Arc::new(transport));
+    }
+    let spread = client.spread.wrapping_add(index.into());
+    quic.initial_dst_cid_provider(Arc::new(move || initial_cid(spread)));
+    let server_name = host_of(edge);
+    let conn = tokio::time::timeout(connect_timeout, endpoint.connect_with(quic, addr, server_name)?)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {connect_timeout:?}"))??;
+
+    let (mut control_send, control_recv) = conn.open_bi().await?;
+    let register = Register {
+        protocol: PROTOCOL_VERSION,
+        account: client.credentials.account,
+        tunnel_id: client.credentials.tunnel_id,
+        secret: client.credentials.secret.clone(),
+        conn_index: index,
+        connector_id: client.options.connector_id,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+    };
+    write_frame(
+        &mut control_send,
+        Frame::Control(ControlMessage::Register(register)),
+        &limits,
+    )
+    .await?;
+    let mut control = FramedRead::new(control_recv, TunnelCodec::new(limits));
+    let registered = match read_frame(&mut control, &limits).await? {
+        Some(Frame::Control(ControlMessage::Registered(r))) => r,
+        Some(Frame::Control(ControlMessage::Rejected(r))) => {
+            conn.close(error_code::NO_ERROR.into(), b"rejected");
+            return Err(AttemptError::Rejected(r));
+        }
+        other => return Err(anyhow::anyhow!("edge answered the registration with {other:?}").into()),
+    };
+    Ok(Session {
+        endpoint,
+        conn,
+        control_send,
+        control,
+        registered,
+    })
+}
+
+/// Serve the streams the edge opens until the connection ends, the edge drains it, or
+/// `shutdown`.
+async fn serve(
+    client: &ClientSetup,
+    index: ConnIndex,
+    edge: &str,
+    session: &mut Session,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let streams = TaskTracker::new();
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            accepted = session.conn.accept_bi() => match accepted {
+                Ok((send, recv)) => spawn_stream(client, &streams, send, recv),
+                Err(e) => return Ended::Lost(e.to_string()),
+            },
+            frame = session.control.next(), if control_open => match frame {
+                Some(Ok(Frame::Control(ControlMessage::Drain))) => {
+                    // The edge is going away: its in-flight requests finish here while a new
+                    // connection is made elsewhere.
+                    tracing::info!(conn_index = index, edge = %edge, "edge is draining this connection");
+                    let (conn, endpoint) = (session.conn.clone(), session.endpoint.clone());
+                    tokio::spawn(drain(conn, endpoint, streams.clone(), client.options.grace_period));
+                    return Ended::Lost("edge is shutting down".into());
+                }
+                Some(Ok(other)) => tracing::debug!(conn_index = index, "ignoring control frame {other:?}"),
+                Some(Err(e)) => return Ended::Lost(format!("control stream: {e}")),
+                None => control_open = false,
+            },
+            () = shutdown.cancelled() => {
+                unregister(client, index, session, &streams).await;
+                return Ended::Shutdown;
+            }
+        }
+    }
+}
+
+/// Serve one request stream beside the others.
+fn spawn_stream(client: &ClientSetup, streams: &TaskTracker, send: quinn::SendStream, recv: quinn::RecvStream) {
+    let origins = client.origins.clone();
+    streams.spawn(async move { origins.serve(send, recv).await });
+}
+
+/// Graceful shutdown: the edge stops sending new requests; the ones in flight finish (within
+/// the grace period), then the connection closes.
+async fn unregister(client: &ClientSetup, index: ConnIndex, session: &mut Session, streams: &TaskTracker) {
+    let limits = client.options.limits;
+    let _ = write_frame(
+        &mut session.control_send,
+        Frame::Control(ControlMessage::Unregister),
+        &limits,
+    )
+    .await;
+    streams.close();
+    let drained = streams.wait();
+    tokio::pin!(drained);
+    let deadline = tokio::time::sleep(client.options.grace_period);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            // A request the edge sent just before it saw Unregister is still served.
+            accepted = session.conn.accept_bi() => match accepted {
+                Ok((send, recv)) => spawn_stream(client, streams, send, recv),
+                Err(_) => break,
+            },
+            () = &mut drained => break,
+            () = &mut deadline => {
+                tracing::warn!(conn_index = index, "requests still running after the grace period; closing");
+                break;
+            }
+        }
+    }
+    session
+        .conn
+        .close(error_code::NO_ERROR.into(), b"connector shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.endpoint.wait_idle()).await;
 }
 
 /// Let a drained connection finish its in-flight requests, then close it.

@@ -176,10 +176,7 @@ pub(super) async fn manage_accounts(command: AccountCommand) -> Result<()> {
         } => create_account(&name, &zones, &data_dir(dir)).await,
         AccountCommand::List { data_dir: dir } => {
             let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
-            let mut table = comfy_table::Table::new();
-            table
-                .load_preset(comfy_table::presets::NOTHING)
-                .set_header(["ID", "NAME", "CREATED"]);
+            let mut table = plain_table(["ID", "NAME", "CREATED"]);
             for account in cp.list_accounts().await? {
                 table.add_row([account.id.to_string(), account.name, rfc3339(account.created)]);
             }
@@ -207,20 +204,32 @@ pub(super) async fn manage_accounts(command: AccountCommand) -> Result<()> {
     }
 }
 
+/// The account a listing is limited to (`--account`), and every account's name by id.
+async fn account_names(
+    cp: &ControlPlane,
+    account: Option<String>,
+) -> Result<(Option<AccountId>, std::collections::HashMap<AccountId, String>)> {
+    let only = match account {
+        Some(a) => Some(cp.find_account(&a).await?.id),
+        None => None,
+    };
+    let names = cp.list_accounts().await?.into_iter().map(|a| (a.id, a.name)).collect();
+    Ok((only, names))
+}
+
+/// A table printed without borders, under `header`.
+fn plain_table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING).set_header(header);
+    table
+}
+
 pub(super) async fn manage_tokens(command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::List { account, data_dir: dir } => {
             let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
-            let only = match account {
-                Some(a) => Some(cp.find_account(&a).await?.id),
-                None => None,
-            };
-            let names: std::collections::HashMap<_, _> =
-                cp.list_accounts().await?.into_iter().map(|a| (a.id, a.name)).collect();
-            let mut table = comfy_table::Table::new();
-            table
-                .load_preset(comfy_table::presets::NOTHING)
-                .set_header(["ID", "NAME", "ACCOUNT", "CREATED"]);
+            let (only, names) = account_names(&cp, account).await?;
+            let mut table = plain_table(["ID", "NAME", "ACCOUNT", "CREATED"]);
             for token in cp.list_tokens(only).await? {
                 let account = names
                     .get(&token.account)
@@ -271,16 +280,8 @@ pub(super) async fn manage_zones(command: ZoneCommand) -> Result<()> {
         }
         ZoneCommand::List { account, data_dir: dir } => {
             let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
-            let only = match account {
-                Some(a) => Some(cp.find_account(&a).await?.id),
-                None => None,
-            };
-            let names: std::collections::HashMap<_, _> =
-                cp.list_accounts().await?.into_iter().map(|a| (a.id, a.name)).collect();
-            let mut table = comfy_table::Table::new();
-            table
-                .load_preset(comfy_table::presets::NOTHING)
-                .set_header(["ZONE", "ACCOUNT", "SOURCE", "CREATED"]);
+            let (only, names) = account_names(&cp, account).await?;
+            let mut table = plain_table(["ZONE", "ACCOUNT", "SOURCE", "CREATED"]);
             for zone in cp.list_zones(only).await? {
                 let account = names
                     .get(&zone.account)

@@ -259,28 +259,11 @@ impl PluginHost {
         exchange: Exchange,
         phase: Phase,
     ) -> Result<(Exchange, Decision), Box<CallFailure>> {
-        let World::Hooks(pre) = &plugin.world else {
-            return Err(Box::new((
-                Some(exchange),
-                "is a balancer: bind it to a pool (steering: plugin), not to a route".into(),
-            )));
-        };
-        if let Some(reason) = self.tripped(plugin) {
-            return Err(Box::new((Some(exchange), reason)));
-        }
         let body = exchange.body.clone().unwrap_or_default();
-        let limit = match phase {
-            Phase::RequestBody => plugin.declared.request_body,
-            Phase::ResponseBody => plugin.declared.response_body,
-            _ => None,
+        let pre = match self.may_call(plugin, phase, body.len()) {
+            Ok(pre) => pre,
+            Err(reason) => return Err(Box::new((Some(exchange), reason))),
         };
-        if let Some(limit) = limit.filter(|limit| body.len() > *limit) {
-            let reason = format!(
-                "the body ({} bytes) is over the {limit} bytes this plugin reads",
-                body.len()
-            );
-            return Err(Box::new((Some(exchange), reason)));
-        }
         let started = Instant::now();
         let source = exchange.request.client_addr.ip();
         let Warm {
@@ -358,20 +341,51 @@ impl PluginHost {
             (Ok(_), None) => return Err(Box::new((None, "the request resource was lost".into()))),
             (Err(_), back) => return Err(Box::new((back, recorded.err().unwrap_or_default()))),
         };
-        let decided = match raw.0 {
-            Raw::Action(types::Action::Continue) | Raw::Body(types::BodyAction::Continue) => Ok(Decision::Continue),
-            Raw::Action(types::Action::Respond(r)) | Raw::Body(types::BodyAction::Respond(r)) => {
-                plugin_response(r).map(Decision::Respond)
-            }
-            Raw::Body(types::BodyAction::Replace(body)) if body.len() > MAX_HOOK_BODY => {
-                Err(format!("a replaced body is over {MAX_HOOK_BODY} bytes"))
-            }
-            Raw::Body(types::BodyAction::Replace(body)) => Ok(Decision::Replace(Bytes::from(body))),
-        };
-        match decided {
+        match decide(raw.0) {
             Ok(decision) => Ok((raw.1, decision)),
             Err(reason) => Err(Box::new((Some(raw.1), reason))),
         }
+    }
+
+    /// The hooks of `plugin`, or why they cannot run now: a balancer bound to a route, a
+    /// tripped breaker, or a body over what the plugin declared it reads.
+    fn may_call<'p>(
+        &self,
+        plugin: &'p LoadedPlugin,
+        phase: Phase,
+        body_len: usize,
+    ) -> Result<&'p bindings::PluginPre<HostState>, String> {
+        let World::Hooks(pre) = &plugin.world else {
+            return Err("is a balancer: bind it to a pool (steering: plugin), not to a route".into());
+        };
+        if let Some(reason) = self.tripped(plugin) {
+            return Err(reason);
+        }
+        let limit = match phase {
+            Phase::RequestBody => plugin.declared.request_body,
+            Phase::ResponseBody => plugin.declared.response_body,
+            _ => None,
+        };
+        match limit.filter(|limit| body_len > *limit) {
+            Some(limit) => Err(format!(
+                "the body ({body_len} bytes) is over the {limit} bytes this plugin reads"
+            )),
+            None => Ok(pre),
+        }
+    }
+}
+
+/// What a hook's answer means for the exchange.
+fn decide(raw: Raw) -> Result<Decision, String> {
+    match raw {
+        Raw::Action(types::Action::Continue) | Raw::Body(types::BodyAction::Continue) => Ok(Decision::Continue),
+        Raw::Action(types::Action::Respond(r)) | Raw::Body(types::BodyAction::Respond(r)) => {
+            plugin_response(r).map(Decision::Respond)
+        }
+        Raw::Body(types::BodyAction::Replace(body)) if body.len() > MAX_HOOK_BODY => {
+            Err(format!("a replaced body is over {MAX_HOOK_BODY} bytes"))
+        }
+        Raw::Body(types::BodyAction::Replace(body)) => Ok(Decision::Replace(Bytes::from(body))),
     }
 }
 
