@@ -3,40 +3,19 @@
 //! Run: `cargo bench -p burrow-edge --bench route_table`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use burrow_edge::control::resources::ControlPlane;
 use burrow_edge::control::store::sqlite::SqliteStore;
 use burrow_edge::control::store::{Event, KeyValue, Op, Store};
 use burrow_edge::pools::pool::{self, PoolOrigin, PoolSpec, Steering};
-use burrow_edge::route_table::{PoolDef, Route, RouteTable, Target, TunnelRecord};
+use burrow_edge::route_table::{PoolDef, Route, RouteTable, TunnelRecord};
 use burrow_protocol::{AccountId, TunnelId};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use uuid::Uuid;
 
 fn inputs(n: usize) -> (Vec<TunnelRecord>, Vec<Route>) {
-    let tunnels: Vec<TunnelRecord> = (0..n / 10)
-        .map(|i| TunnelRecord {
-            id: TunnelId(Uuid::from_u128(i as u128)),
-            account: AccountId(Uuid::from_u128(1)),
-            name: format!("t{i}"),
-            secret_sha256: [0; 32],
-        })
-        .collect();
-    let routes = (0..n)
-        .map(|i| Route {
-            // Every tenth route is a wildcard, the way sites mix apex and subdomain routes.
-            hostname: if i % 10 == 0 {
-                format!("*.site{i}.example.com")
-            } else {
-                format!("app{i}.example.com")
-            },
-            target: Target::Tunnel(tunnels[i % tunnels.len()].id),
-            plugins: Arc::new([]),
-        })
-        .collect();
-    (tunnels, routes)
+    burrow_edge::route_table::synthetic(n)
 }
 
 fn route_table(c: &mut Criterion) {

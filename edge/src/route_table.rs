@@ -110,6 +110,34 @@ pub enum BuildError {
     UnknownPool { hostname: String },
 }
 
+/// What benchmarks build: `n` routes over `n / 10` tunnels of one account, every tenth route a
+/// wildcard (the way sites mix apex and subdomain routes): `app<i>.example.com`,
+/// `*.site<i>.example.com`.
+#[doc(hidden)]
+pub fn synthetic(n: usize) -> (Vec<TunnelRecord>, Vec<Route>) {
+    let account = AccountId(uuid::Uuid::from_u128(1));
+    let tunnels: Vec<TunnelRecord> = (0..(n / 10).max(1))
+        .map(|i| TunnelRecord {
+            id: TunnelId(uuid::Uuid::from_u128(i as u128 + 1)),
+            account,
+            name: format!("t{i}"),
+            secret_sha256: [0; 32],
+        })
+        .collect();
+    let routes = (0..n)
+        .map(|i| Route {
+            hostname: if i % 10 == 0 {
+                format!("*.site{i}.example.com")
+            } else {
+                format!("app{i}.example.com")
+            },
+            target: Target::Tunnel(tunnels[i % tunnels.len()].id),
+            plugins: Arc::new([]),
+        })
+        .collect();
+    (tunnels, routes)
+}
+
 impl RouteTable {
     /// Build a table, reporting every problem at once.
     pub fn build(

@@ -17,11 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let mut frames = Vec::new();
     for piece in [&rest[..cut], &rest[cut..]] {
         buf.extend_from_slice(piece);
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            frames.push(frame);
         }
     }
     let _ = codec.decode_eof(&mut buf);

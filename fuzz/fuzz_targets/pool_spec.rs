@@ -35,6 +35,8 @@ fuzz_target!(|data: &[u8]| {
         account,
         name: "p".into(),
         spec,
+        // A balancer plugin steers in the plugin host, not in `pool::choose`.
+        balancer: None,
     };
     let Ok(table) = RouteTable::build(tunnels, vec![], vec![def]) else {
         return;

@@ -146,12 +146,14 @@ impl SqliteStore {
     fn init(conn: Connection, history_cap: u64) -> Result<Arc<Self>, StoreError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| backend("SqliteStore must be opened inside a tokio runtime"))?;
+        // First: switching to WAL takes a lock, which another process (an edge beside a CLI
+        // command) may hold for a moment.
+        conn.pragma_update(None, "busy_timeout", 5000)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if mode != "wal" && mode != "memory" {
             tracing::warn!(%mode, "SQLite refused WAL mode; writes stay durable but slower");
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {

@@ -168,7 +168,7 @@ impl PluginHost {
         let cached = artifact.as_ref().filter(|path| path.exists()).and_then(|path| {
             // SAFETY: the file is an artifact this edge wrote itself (`Component::serialize`) into
             // its private data directory, whole then renamed into place; wasmtime checks that it
-            // was made by this version with this configuration. The only unsafe code of Burrow.
+            // was made by this version with this configuration.
             #[allow(unsafe_code, reason = "loading our own precompiled artifact")]
             let deserialized = unsafe { Component::deserialize_file(&self.engine, path) };
             match deserialized {
