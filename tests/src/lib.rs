@@ -9,6 +9,8 @@
     reason = "test harness: a panic is a failed test"
 )]
 
+pub mod etcd;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -6,8 +6,10 @@
 //! order. Keys written with a lease vanish when the lease expires or is revoked (connection
 //! records).
 //!
-//! Backends: [`sqlite::SqliteStore`] (embedded default).
+//! Backends: [`sqlite::SqliteStore`] (embedded default, one machine), [`etcd::EtcdStore`] (a
+//! cluster of edges).
 
+pub mod etcd;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -58,12 +60,72 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// A put without a lease.
+    pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: None,
+        }
+    }
+
+    /// A put attached to `lease`.
+    pub fn leased(key: impl Into<String>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: Some(lease),
+        }
+    }
+}
+
 /// Outcome of a transaction: whether the conditions held (then all ops were applied atomically),
 /// and the store's revision afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnResult {
     pub succeeded: bool,
     pub revision: Revision,
+}
+
+/// Longest key (or prefix) a backend accepts.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest value: bigger data is split over several keys (plugin components).
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Refuse a write no backend should take, the same way on every backend.
+pub fn check_op(op: &Op) -> Result<(), StoreError> {
+    match op {
+        Op::Put { key, value, .. } => {
+            check_key(key)?;
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(StoreError::Backend(format!(
+                    "value too large for key {key:?}: {} bytes (max {MAX_VALUE_BYTES})",
+                    value.len()
+                )));
+            }
+            Ok(())
+        }
+        Op::Delete { key } => check_key(key),
+        Op::DeletePrefix { prefix } => check_len("prefix", prefix),
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::Backend("key must not be empty".into()));
+    }
+    check_len("key", key)
+}
+
+pub(crate) fn check_len(what: &str, key: &str) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(StoreError::Backend(format!(
+            "{what} too long: {} bytes (max {MAX_KEY_BYTES})",
+            key.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Keys under this prefix hold bulk data (plugin components): a watch learns that such a key

@@ -32,10 +32,10 @@ use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Compare, Event, KeyValue, LeaseId, Op, Revision, Store, StoreError, TxnResult, WatchReceiver};
+use super::{
+    Compare, Event, KeyValue, LeaseId, Op, Revision, Store, StoreError, TxnResult, WatchReceiver, check_len, check_op,
+};
 
-const MAX_KEY_BYTES: usize = 1024;
-const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// History rows kept for watch replay.
 const HISTORY_CAP: u64 = 10_000;
 /// Live batches buffered per watcher before it counts as lagging and is closed.
@@ -269,19 +269,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             // Validate before touching the database.
             for op in &ops {
-                match op {
-                    Op::Put { key, value, .. } => {
-                        check_key(key)?;
-                        if value.len() > MAX_VALUE_BYTES {
-                            return Err(backend(format!(
-                                "value too large for key {key:?}: {} bytes (max {MAX_VALUE_BYTES})",
-                                value.len()
-                            )));
-                        }
-                    }
-                    Op::Delete { key } => check_key(key)?,
-                    Op::DeletePrefix { prefix } => check_len("prefix", prefix)?,
-                }
+                check_op(op)?;
             }
             self.blocking(move |c, sender, cap| apply_txn(c, &compares, ops, sender, cap))
                 .await
@@ -673,23 +661,6 @@ fn mod_rev_of(c: &Connection, key: &str) -> Result<Option<Revision>, StoreError>
         .optional()?)
 }
 
-fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.is_empty() {
-        return Err(backend("key must not be empty"));
-    }
-    check_len("key", key)
-}
-
-fn check_len(what: &str, key: &str) -> Result<(), StoreError> {
-    if key.len() > MAX_KEY_BYTES {
-        return Err(backend(format!(
-            "{what} too long: {} bytes (max {MAX_KEY_BYTES})",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
 /// Wall-clock milliseconds: lease expiry must mean the same thing across restarts.
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, duration_ms)
@@ -740,26 +711,11 @@ mod tests {
     }
 
     fn put(key: &str, value: &str) -> Op {
-        Op::Put {
-            key: key.into(),
-            value: value.into(),
-            lease: None,
-        }
+        Op::put(key, value)
     }
 
     fn leased(key: &str, lease: LeaseId) -> Op {
-        Op::Put {
-            key: key.into(),
-            value: b"v".to_vec(),
-            lease: Some(lease),
-        }
-    }
-
-    fn del(key: &str, revision: Revision) -> Event {
-        Event::Delete {
-            key: key.into(),
-            revision,
-        }
+        Op::leased(key, "v", lease)
     }
 
     /// `(succeeded, revision)` of a txn that must not error.
@@ -772,108 +728,11 @@ mod tests {
         assert!(txn(s, vec![], vec![put(key, value)]).await.0);
     }
 
-    async fn keys(s: &SqliteStore, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
-        s.list(prefix, after, limit)
-            .await
-            .unwrap()
-            .0
-            .into_iter()
-            .map(|kv| kv.key)
-            .collect()
-    }
-
     async fn next(rx: &mut WatchReceiver) -> Vec<Event> {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
             .unwrap()
-    }
-
-    #[tokio::test]
-    async fn put_get_list_prefix_and_pagination() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
-        for k in ["a/1", "a/2", "a/3", "a/4", "a0", "b/1", "a%/x", "a_/y", "ab"] {
-            put1(&s, k, k).await;
-        }
-        assert_eq!(s.get("a/2").await.unwrap().unwrap().value, b"a/2");
-        assert!(s.get("a/9").await.unwrap().is_none());
-
-        assert_eq!(s.list("a/", None, 100).await.unwrap().1, 9);
-        assert_eq!(keys(&s, "a/", None, 100).await, ["a/1", "a/2", "a/3", "a/4"]);
-        assert_eq!(keys(&s, "a/", None, 2).await, ["a/1", "a/2"]);
-        assert_eq!(keys(&s, "a/", Some("a/2"), 2).await, ["a/3", "a/4"]);
-        assert!(keys(&s, "a/", Some("a/4"), 2).await.is_empty());
-        // LIKE wildcards are plain characters here.
-        assert_eq!(keys(&s, "a%", None, 10).await, ["a%/x"]);
-        assert_eq!(keys(&s, "a_", None, 10).await, ["a_/y"]);
-        assert_eq!(keys(&s, "", None, 100).await.len(), 9);
-
-        // Limits and empty values.
-        let err = s
-            .txn(vec![], vec![put(&"k".repeat(MAX_KEY_BYTES + 1), "v")])
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("key too long"), "{err}");
-        let big = Op::Put {
-            key: "big".into(),
-            value: vec![0; MAX_VALUE_BYTES + 1],
-            lease: None,
-        };
-        let err = s.txn(vec![], vec![big]).await.unwrap_err();
-        assert!(err.to_string().contains("value too large"), "{err}");
-        put1(&s, "empty", "").await;
-        assert_eq!(s.get("empty").await.unwrap().unwrap().value, b"");
-    }
-
-    #[tokio::test]
-    async fn txn_compares_revisions_and_deletes() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
-        assert_eq!(s.revision().await.unwrap(), 0);
-        let missing = || vec![Compare::Missing("k".into())];
-        let at = |rev| vec![Compare::ModRevision("k".into(), rev)];
-
-        assert_eq!(txn(&s, missing(), vec![put("k", "v1")]).await, (true, 1));
-        // Failed compares write nothing and report the current revision.
-        assert_eq!(
-            txn(&s, missing(), vec![put("k", "x"), put("other", "x")]).await,
-            (false, 1)
-        );
-        assert_eq!(txn(&s, at(7), vec![put("k", "x")]).await, (false, 1));
-        assert!(s.get("other").await.unwrap().is_none());
-        assert_eq!(s.get("k").await.unwrap().unwrap().value, b"v1");
-
-        assert_eq!(txn(&s, at(1), vec![put("k", "v2")]).await, (true, 2));
-        let kv = s.get("k").await.unwrap().unwrap();
-        assert_eq!((kv.create_revision, kv.mod_revision, kv.value), (1, 2, b"v2".to_vec()));
-
-        // Several ops share one revision.
-        assert_eq!(
-            txn(&s, vec![], vec![put("p/a", "1"), put("p/b", "2"), put("q", "3")]).await,
-            (true, 3)
-        );
-        assert_eq!(s.get("p/b").await.unwrap().unwrap().mod_revision, 3);
-        let mut rx = s.watch("", 3).await.unwrap();
-        let prefix = Op::DeletePrefix { prefix: "p/".into() };
-        assert_eq!(txn(&s, vec![], vec![prefix]).await, (true, 4));
-        assert_eq!(next(&mut rx).await, [del("p/a", 4), del("p/b", 4)]);
-        assert!(keys(&s, "p/", None, 10).await.is_empty());
-        assert!(s.get("q").await.unwrap().is_some());
-        // Deleting a missing key is a no-op (no event) but still a successful write.
-        assert_eq!(
-            txn(&s, vec![], vec![Op::Delete { key: "nope".into() }]).await,
-            (true, 5)
-        );
-        // No ops: no new revision.
-        assert_eq!(txn(&s, vec![], vec![]).await, (true, 5));
-        put1(&s, "q", "4").await;
-        assert_eq!(next(&mut rx).await[0].revision(), 6);
-
-        // Exists: "q" does, "p/a" was deleted.
-        let exists = |k: &str| Compare::Exists(k.into());
-        assert_eq!(txn(&s, vec![exists("p/a")], vec![put("x", "1")]).await, (false, 6));
-        assert_eq!(txn(&s, vec![exists("q")], vec![put("x", "1")]).await, (true, 7));
     }
 
     #[tokio::test]
@@ -911,87 +770,6 @@ mod tests {
         assert_eq!(next(&mut rx).await[0].revision(), 3);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn bulk_values_stay_out_of_watches_and_history() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
-        let mut live = s.watch("", 0).await.unwrap();
-        put1(&s, "bulk/blob", "a large value").await;
-        put1(&s, "small", "v").await;
-        let values = |batch: Vec<Event>| -> Vec<(String, Vec<u8>)> {
-            batch
-                .into_iter()
-                .map(|e| match e {
-                    Event::Put(kv) => (kv.key, kv.value),
-                    Event::Delete { key, .. } => (key, Vec::new()),
-                })
-                .collect()
-        };
-        assert_eq!(
-            values(live.recv().await.unwrap()),
-            [("bulk/blob".to_owned(), Vec::new())]
-        );
-        assert_eq!(
-            values(live.recv().await.unwrap()),
-            [("small".to_owned(), b"v".to_vec())]
-        );
-        // Replayed from history: the same.
-        let mut replay = s.watch("", 0).await.unwrap();
-        assert_eq!(
-            values(replay.recv().await.unwrap()),
-            [("bulk/blob".to_owned(), Vec::new())]
-        );
-        // The value itself is kept.
-        assert_eq!(s.get("bulk/blob").await.unwrap().unwrap().value, b"a large value");
-    }
-
-    #[tokio::test]
-    async fn watch_replays_then_streams_live_in_order() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
-        put1(&s, "w/1", "a").await;
-        put1(&s, "x/1", "b").await;
-        txn(&s, vec![], vec![put("w/2", "c"), put("x/2", "d")]).await;
-
-        let mut rx = s.watch("w/", 0).await.unwrap();
-        // Writers race the replay and the switch to live events.
-        let writer = {
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                for i in 0..200 {
-                    put1(&s, &format!("{}/{i}", if i % 2 == 0 { "w" } else { "x" }), "v").await;
-                }
-                txn(&s, vec![], vec![Op::Delete { key: "w/1".into() }]).await;
-            })
-        };
-        let mut revs = Vec::new();
-        while revs.last() != Some(&204) {
-            let batch = next(&mut rx).await;
-            let rev = batch[0].revision();
-            assert!(
-                batch.iter().all(|e| e.revision() == rev && e.key().starts_with("w/")),
-                "{batch:?}"
-            );
-            if rev == 3 {
-                assert_eq!(batch.len(), 1, "filtered by prefix");
-            }
-            revs.push(rev);
-        }
-        writer.await.unwrap();
-        let expected: Vec<Revision> = [1, 3].into_iter().chain((4..204).step_by(2)).chain([204]).collect();
-        assert_eq!(revs, expected, "in order, no gaps, no duplicates");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), rx.recv())
-                .await
-                .is_err()
-        );
-
-        // Watching from the head gets only new changes.
-        let mut rx = s.watch("", 204).await.unwrap();
-        put1(&s, "z", "1").await;
-        assert_eq!(next(&mut rx).await, [Event::Put(s.get("z").await.unwrap().unwrap())]);
-    }
-
     #[tokio::test]
     async fn watch_from_compacted_revision_fails() {
         let dir = TempDir::new();
@@ -1015,92 +793,5 @@ mod tests {
         assert_eq!(next(&mut rx).await[0].revision(), 6);
         let rows = s.blocking(|c, _, _| Ok(c.query_row("SELECT COUNT(*) FROM history", [], |r| r.get::<_, u64>(0))?));
         assert_eq!(rows.await.unwrap(), 5_u64);
-    }
-
-    #[tokio::test]
-    async fn leases_revoke_expire_and_validate() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
-        let gone = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseNotFound(_)));
-
-        // Unknown lease: the whole txn fails and writes nothing.
-        let err = s
-            .txn(vec![], vec![put("plain", "v"), leased("conn/x", 999)])
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::LeaseNotFound(999)));
-        assert!(s.get("plain").await.unwrap().is_none());
-        assert_eq!(s.revision().await.unwrap(), 0);
-
-        let mut rx = s.watch("conn/", 0).await.unwrap();
-        let long = s.lease_grant(Duration::from_secs(60)).await.unwrap();
-        txn(
-            &s,
-            vec![],
-            vec![leased("conn/a", long), leased("conn/b", long), put("keep", "v")],
-        )
-        .await;
-        assert_eq!(next(&mut rx).await.len(), 2);
-        s.lease_revoke(long).await.unwrap();
-        assert_eq!(next(&mut rx).await, [del("conn/a", 2), del("conn/b", 2)]);
-        assert!(s.get("conn/a").await.unwrap().is_none());
-        assert!(s.get("keep").await.unwrap().is_some());
-        assert!(gone(s.lease_keep_alive(long).await));
-        assert!(gone(s.lease_revoke(long).await));
-
-        // Expiry: kept alive past its TTL, then left to lapse.
-        let short = s.lease_grant(Duration::from_millis(300)).await.unwrap();
-        assert_ne!(short, long);
-        txn(&s, vec![], vec![leased("conn/c", short)]).await;
-        assert_eq!(next(&mut rx).await.len(), 1);
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            s.lease_keep_alive(short).await.unwrap();
-        }
-        assert!(s.get("conn/c").await.unwrap().is_some());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while s.get("conn/c").await.unwrap().is_some() {
-            assert!(tokio::time::Instant::now() < deadline, "lease did not expire");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(next(&mut rx).await, [del("conn/c", 4)]);
-        assert!(gone(s.lease_keep_alive(short).await));
-    }
-
-    /// Another process writing the same file (`burrow-edge account delete` beside a running
-    /// edge): this process's watchers get its changes, in order.
-    #[tokio::test]
-    async fn watchers_see_another_process_writes() {
-        let dir = TempDir::new();
-        let ours = SqliteStore::open(&dir.db()).unwrap();
-        let theirs = SqliteStore::open(&dir.db()).unwrap();
-        put1(&ours, "a", "1").await;
-        let mut rx = ours.watch("", 1).await.unwrap();
-        put1(&theirs, "b", "2").await;
-        txn(&theirs, vec![], vec![Op::Delete { key: "a".into() }]).await;
-        let first = next(&mut rx).await;
-        assert_eq!(first.len(), 1);
-        assert!(
-            matches!(&first[0], Event::Put(kv) if kv.key == "b" && kv.mod_revision == 2),
-            "{first:?}"
-        );
-        assert_eq!(next(&mut rx).await, [del("a", 3)]);
-        put1(&ours, "c", "3").await;
-        let own = next(&mut rx).await;
-        assert!(
-            matches!(&own[0], Event::Put(kv) if kv.key == "c" && kv.mod_revision == 4),
-            "{own:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn dropping_the_store_ends_watches() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let mut rx = s.watch("", 0).await.unwrap();
-        put1(&s, "a", "1").await;
-        assert_eq!(next(&mut rx).await.len(), 1);
-        drop(s);
-        let end = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert!(end.unwrap().is_none());
     }
 }
