@@ -115,7 +115,8 @@ pub(super) async fn dev(args: DevArgs) -> Result<()> {
         origins,
         options,
         status.clone(),
-        shutdown.clone(),
+        // A child: the connector cancels its token when it fails, which must not stop the edge.
+        shutdown.child_token(),
     ));
     println!(
         "Burrow dev: edge on http://{}, API on http://{}, tunnel \"dev\" ({})",
@@ -150,7 +151,9 @@ pub(super) async fn dev(args: DevArgs) -> Result<()> {
             return Err(stopped("edge", result));
         }
         result = &mut connector => {
+            // Let the edge finish what it is answering (the API call that deleted the tunnel).
             shutdown.cancel();
+            let _ = edge.await;
             return Err(stopped("connector", result));
         }
     }

@@ -1,7 +1,6 @@
 //! The commands that manage the edge's store beside a running edge (accounts, tokens, zones,
 //! node tokens) and its tunnels file (`tunnel add`).
 
-use super::run::open_store_for_cli;
 use super::*;
 
 #[derive(Subcommand)]
@@ -13,14 +12,13 @@ pub(super) enum AccountCommand {
         /// with `zone add`).
         #[arg(long = "zone", value_name = "ZONE")]
         zones: Vec<String>,
-        /// The edge's data dir, holding store.db [default: $BURROW_HOME/edge].
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List the accounts.
     List {
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Delete an account and everything it owns: tokens stop working at once, its tunnels'
     /// connections are closed, its routes stop serving.
@@ -30,8 +28,8 @@ pub(super) enum AccountCommand {
         /// Confirm: the account's tunnels, routes, pools and plugins are deleted for good.
         #[arg(long)]
         yes: bool,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -43,16 +41,16 @@ pub(super) enum ZoneCommand {
         /// Account name or id.
         #[arg(long)]
         account: String,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List zones and the accounts that hold them.
     List {
         /// Only this account's (name or id).
         #[arg(long)]
         account: Option<String>,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Take a zone from its account (refused while it routes hostnames, unless --force, which
     /// deletes those routes).
@@ -60,8 +58,8 @@ pub(super) enum ZoneCommand {
         zone: String,
         #[arg(long)]
         force: bool,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -72,8 +70,8 @@ pub(super) enum TokenCommand {
         /// Only this account's (name or id).
         #[arg(long)]
         account: Option<String>,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Create another API token for an account (shown once).
     Create {
@@ -83,15 +81,15 @@ pub(super) enum TokenCommand {
         /// A name to tell it apart, e.g. ci.
         #[arg(long, default_value = "token")]
         name: String,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Revoke a token by its id (from `token list`, or the part after `burrow_`): it stops
     /// working at once.
     Revoke {
         id: String,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -100,8 +98,8 @@ pub(super) enum NodeTokenCommand {
     /// Create a token an edge-only node uses to follow this node's control plane (shown once).
     Create {
         name: String,
-        #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -136,17 +134,15 @@ pub(super) struct AddArgs {
     public_pki: bool,
 }
 
-pub(super) async fn create_node_token(name: &str, dir: &Path) -> Result<()> {
-    let store = open_store_for_cli(dir).await?;
-    let token = ControlPlane::new(store).create_node_token(name).await?;
+pub(super) async fn create_node_token(name: &str, store: &StoreArgs) -> Result<()> {
+    let token = store.control_plane().await?.create_node_token(name).await?;
     println!("Node token (shown once, keep it secret): {token}");
-    println!("Run an edge-only node with:  burrow-edge run --control-plane http://ADMIN_ADDR --node-token {token}");
+    println!("Run an edge-only node with:  burrow-edge run --control-plane http://API_ADDR --node-token {token}");
     Ok(())
 }
 
-pub(super) async fn create_account(name: &str, zones: &[String], dir: &Path) -> Result<()> {
-    let store = open_store_for_cli(dir).await?;
-    let cp = ControlPlane::new(store);
+pub(super) async fn create_account(name: &str, zones: &[String], store: &StoreArgs) -> Result<()> {
+    let cp = store.control_plane().await?;
     // Zones are checked before the account exists: a bad one creates nothing.
     for zone in zones {
         if let Some(held) = cp.zone_of(zone).await? {
@@ -169,13 +165,9 @@ pub(super) async fn create_account(name: &str, zones: &[String], dir: &Path) -> 
 
 pub(super) async fn manage_accounts(command: AccountCommand) -> Result<()> {
     match command {
-        AccountCommand::Create {
-            name,
-            zones,
-            data_dir: dir,
-        } => create_account(&name, &zones, &data_dir(dir)).await,
-        AccountCommand::List { data_dir: dir } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        AccountCommand::Create { name, zones, store } => create_account(&name, &zones, &store).await,
+        AccountCommand::List { store } => {
+            let cp = store.control_plane().await?;
             let mut table = plain_table(["ID", "NAME", "CREATED"]);
             for account in cp.list_accounts().await? {
                 table.add_row([account.id.to_string(), account.name, rfc3339(account.created)]);
@@ -183,12 +175,8 @@ pub(super) async fn manage_accounts(command: AccountCommand) -> Result<()> {
             println!("{table}");
             Ok(())
         }
-        AccountCommand::Delete {
-            account,
-            yes,
-            data_dir: dir,
-        } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        AccountCommand::Delete { account, yes, store } => {
+            let cp = store.control_plane().await?;
             let found = cp.find_account(&account).await?;
             anyhow::ensure!(
                 yes,
@@ -226,8 +214,8 @@ fn plain_table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
 
 pub(super) async fn manage_tokens(command: TokenCommand) -> Result<()> {
     match command {
-        TokenCommand::List { account, data_dir: dir } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        TokenCommand::List { account, store } => {
+            let cp = store.control_plane().await?;
             let (only, names) = account_names(&cp, account).await?;
             let mut table = plain_table(["ID", "NAME", "ACCOUNT", "CREATED"]);
             for token in cp.list_tokens(only).await? {
@@ -240,20 +228,16 @@ pub(super) async fn manage_tokens(command: TokenCommand) -> Result<()> {
             println!("{table}");
             Ok(())
         }
-        TokenCommand::Create {
-            account,
-            name,
-            data_dir: dir,
-        } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        TokenCommand::Create { account, name, store } => {
+            let cp = store.control_plane().await?;
             let account = cp.find_account(&account).await?;
             let (doc, token) = cp.create_token(account.id, &name).await?;
             println!("Created token {} ({}) for account {}", doc.id, doc.name, account.name);
             println!("API token (shown once, keep it secret): {token}");
             Ok(())
         }
-        TokenCommand::Revoke { id, data_dir: dir } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        TokenCommand::Revoke { id, store } => {
+            let cp = store.control_plane().await?;
             let id = crate::control::resources::token_id(&id).unwrap_or(&id).to_owned();
             let doc = cp.revoke_token(&id).await?;
             println!("Revoked token {} ({})", doc.id, doc.name);
@@ -264,12 +248,8 @@ pub(super) async fn manage_tokens(command: TokenCommand) -> Result<()> {
 
 pub(super) async fn manage_zones(command: ZoneCommand) -> Result<()> {
     match command {
-        ZoneCommand::Add {
-            zone,
-            account,
-            data_dir: dir,
-        } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        ZoneCommand::Add { zone, account, store } => {
+            let cp = store.control_plane().await?;
             let account = cp.find_account(&account).await?;
             let zone = cp.add_zone(account.id, &zone, ZoneSource::Operator).await?;
             println!(
@@ -278,8 +258,8 @@ pub(super) async fn manage_zones(command: ZoneCommand) -> Result<()> {
             );
             Ok(())
         }
-        ZoneCommand::List { account, data_dir: dir } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        ZoneCommand::List { account, store } => {
+            let cp = store.control_plane().await?;
             let (only, names) = account_names(&cp, account).await?;
             let mut table = plain_table(["ZONE", "ACCOUNT", "SOURCE", "CREATED"]);
             for zone in cp.list_zones(only).await? {
@@ -296,12 +276,8 @@ pub(super) async fn manage_zones(command: ZoneCommand) -> Result<()> {
             println!("{table}");
             Ok(())
         }
-        ZoneCommand::Remove {
-            zone,
-            force,
-            data_dir: dir,
-        } => {
-            let cp = ControlPlane::new(open_store_for_cli(&data_dir(dir)).await?);
+        ZoneCommand::Remove { zone, force, store } => {
+            let cp = store.control_plane().await?;
             let removed = cp.remove_zone(None, &zone, force).await?;
             println!("Removed zone {}", removed.zone);
             Ok(())

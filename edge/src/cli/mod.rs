@@ -30,6 +30,7 @@ use crate::{ConnectionTimeouts, EdgeConfig, EdgeState, Listeners};
 mod dev;
 mod manage;
 mod run;
+mod store;
 
 use dev::{DevArgs, dev};
 use manage::{
@@ -37,6 +38,7 @@ use manage::{
     manage_accounts, manage_tokens, manage_zones,
 };
 use run::{RunArgs, run};
+use store::{StoreArgs, StoreOpen};
 
 #[derive(Parser)]
 #[command(
@@ -81,8 +83,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(*args))),
         Command::Tunnel(TunnelCommand::Add(args)) => add_tunnel(args),
-        Command::NodeToken(NodeTokenCommand::Create { name, data_dir: dir }) => {
-            runtime().and_then(|rt| rt.block_on(create_node_token(&name, &data_dir(dir))))
+        Command::NodeToken(NodeTokenCommand::Create { name, store }) => {
+            runtime().and_then(|rt| rt.block_on(create_node_token(&name, &store)))
         }
         Command::Account(command) => runtime().and_then(|rt| rt.block_on(manage_accounts(command))),
         Command::Token(command) => runtime().and_then(|rt| rt.block_on(manage_tokens(command))),

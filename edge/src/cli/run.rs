@@ -29,11 +29,11 @@ pub(super) struct RunArgs {
     listen: ListenArgs,
     /// Serve tunnel records and routes from this YAML file instead of the store (no API).
     /// Re-read on SIGHUP; a file that fails to load is reported and the current table keeps serving.
-    #[arg(long, env = "BURROW_TUNNELS_FILE", conflicts_with = "control_plane")]
+    #[arg(long, env = "BURROW_TUNNELS_FILE", conflicts_with_all = ["control_plane", "store"])]
     tunnels: Option<PathBuf>,
     /// Run as an edge-only node: follow the control plane (API) of another edge at this URL
     /// instead of a local store, e.g. http://cp.internal:9090.
-    #[arg(long, requires = "node_token")]
+    #[arg(long, requires = "node_token", conflicts_with = "store")]
     control_plane: Option<String>,
     /// CA certificate (PEM) of --control-plane's API, when its certificate is not publicly
     /// trusted (an edge started with --api-tls-cert).
@@ -54,9 +54,8 @@ pub(super) struct RunArgs {
     /// Private key (PEM) of --api-tls-cert.
     #[arg(long, requires = "api_tls_cert")]
     api_tls_key: Option<PathBuf>,
-    /// Where the edge keeps its state [default: $BURROW_HOME/edge].
-    #[arg(long, env = "BURROW_EDGE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Name of this node, shown to connectors and in logs [default: the host name].
     #[arg(long)]
     node_name: Option<String>,
@@ -131,7 +130,7 @@ pub(super) struct RunArgs {
 }
 
 pub(super) async fn run(args: RunArgs) -> Result<()> {
-    let dir = data_dir(args.data_dir);
+    let dir = args.store.data_dir();
     let node_name = args.node_name.unwrap_or_else(host_name);
     let mut names = args.advertised.clone();
     names.push(node_name.clone());
@@ -145,7 +144,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let (table, control) = match (&args.tunnels, &args.control_plane) {
         (Some(file), _) => (Some(TunnelsFile::load(file)?.to_table()?), None),
         (None, Some(_)) => (snapshot_table(&dir, plugins.as_ref()).await?, None),
-        (None, None) => open_control_plane(&dir, plugins.as_ref()).await?,
+        (None, None) => open_control_plane(&args.store, plugins.as_ref()).await?,
     };
     // No tenant routes a name of this edge itself.
     let control = control.map(|cp| cp.with_own_names(self_signed_names(&names)));
@@ -208,14 +207,14 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     crate::run(state, listeners, shutdown).await
 }
 
-/// The store in `dir`, and the table to serve until it has been read: the last snapshot. If the
-/// store cannot be opened, serve the snapshot alone (the control plane is down, the edge is not).
+/// The store, and the table to serve until it has been read: the last snapshot. If the store
+/// cannot be opened, serve the snapshot alone (the control plane is down, the edge is not).
 pub(super) async fn open_control_plane(
-    dir: &Path,
+    store: &StoreArgs,
     plugins: Option<&Arc<PluginHost>>,
 ) -> Result<(Option<RouteTable>, Option<ControlPlane>)> {
-    let table = snapshot_table(dir, plugins).await?;
-    match open_store(dir).await {
+    let table = snapshot_table(&store.data_dir(), plugins).await?;
+    match store.open().await {
         Ok(store) => Ok((table, Some(ControlPlane::new(store)))),
         Err(StoreOpen::Lost(why)) => Err(why),
         Err(StoreOpen::Failed(e)) if table.is_some() => {
@@ -224,63 +223,6 @@ pub(super) async fn open_control_plane(
         }
         Err(StoreOpen::Failed(e)) => Err(e),
     }
-}
-
-/// Why the store of a data dir was not opened.
-pub(super) enum StoreOpen {
-    /// It cannot be the store the config snapshot came from: serving it would replace that
-    /// config with an older or empty one.
-    Lost(anyhow::Error),
-    /// It could not be opened (corrupt, unreadable, newer schema).
-    Failed(anyhow::Error),
-}
-
-/// Open `dir/store.db`, refusing a store that is missing, empty or older than the config
-/// snapshot next to it (a lost or replaced store would otherwise serve, and save, less config).
-pub(super) async fn open_store(dir: &Path) -> Result<Arc<SqliteStore>, StoreOpen> {
-    let path = dir.join("store.db");
-    let snapshot = config_sync::load_snapshot(dir).ok().flatten();
-    let holds_config = snapshot
-        .as_ref()
-        .filter(|s| !(s.tunnels.is_empty() && s.routes.is_empty() && s.pools.is_empty()));
-    let empty = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
-    if let (true, Some(snapshot)) = (empty, holds_config) {
-        return Err(StoreOpen::Lost(anyhow::anyhow!(
-            "{} is missing or empty, but {} holds the config of revision {} ({} tunnels, {} routes): \
-             the store was lost, and starting would serve (and save) an empty config. Restore store.db \
-             from a backup; or, to start over with an empty store, move snapshot.json out of {}",
-            path.display(),
-            config_sync::snapshot_path(dir).display(),
-            snapshot.revision,
-            snapshot.tunnels.len(),
-            snapshot.routes.len(),
-            dir.display(),
-        )));
-    }
-    let store = SqliteStore::open(&path)
-        .map_err(|e| StoreOpen::Failed(anyhow::anyhow!("opening the store {}: {e}", path.display())))?;
-    let revision = crate::control::store::Store::revision(&*store)
-        .await
-        .map_err(|e| StoreOpen::Failed(anyhow::anyhow!("reading the store {}: {e}", path.display())))?;
-    if let Some(snapshot) = holds_config.filter(|s| s.revision > revision) {
-        return Err(StoreOpen::Lost(anyhow::anyhow!(
-            "the store {} is at revision {revision}, behind the config snapshot {} (revision {}): \
-             store.db was replaced by an older copy or made anew. Restore the newer store.db; or, to \
-             serve what this store holds, move snapshot.json out of {}",
-            path.display(),
-            config_sync::snapshot_path(dir).display(),
-            snapshot.revision,
-            dir.display(),
-        )));
-    }
-    Ok(store)
-}
-
-/// [`open_store`] for the commands that manage the store.
-pub(super) async fn open_store_for_cli(dir: &Path) -> Result<Arc<SqliteStore>> {
-    open_store(dir).await.map_err(|e| match e {
-        StoreOpen::Lost(e) | StoreOpen::Failed(e) => e,
-    })
 }
 
 /// Compile the `--plugin NAME=PATH` components (once, at start). With `cache_dir`, the host

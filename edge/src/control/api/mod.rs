@@ -69,6 +69,7 @@ pub async fn serve(listener: ApiListener, state: Arc<EdgeState>, shutdown: Cance
         let scheme = if listener.tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, scheme, "API listener ready");
     }
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.tcp.accept() => match accepted {
@@ -79,23 +80,31 @@ pub async fn serve(listener: ApiListener, state: Arc<EdgeState>, shutdown: Cance
                     continue;
                 }
             },
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         };
-        let (router, tls) = (router.clone(), listener.tls.clone());
-        tokio::spawn(async move {
+        let (router, tls, shutdown) = (router.clone(), listener.tls.clone(), shutdown.clone());
+        connections.spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, router).await,
+                None => serve_connection(stream, peer, router, shutdown).await,
                 Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, router).await,
+                    Ok(Ok(stream)) => serve_connection(stream, peer, router, shutdown).await,
                     Ok(Err(e)) => tracing::debug!(%peer, "API TLS handshake: {e}"),
                     Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
                 },
             }
         });
     }
+    // Answer the calls in flight (bounded: a client may hold a request open).
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(5), connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("API calls still running 5 s after shutdown; closing them");
+    }
 }
 
-async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router)
+async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router, shutdown: CancellationToken)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -104,11 +113,17 @@ where
         let router = router.clone();
         async move { tower::ServiceExt::oneshot(router, req.map(axum::body::Body::new)).await }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-        .await;
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    // The request in flight is answered; then the connection closes.
+    let _ = connection.await;
 }
 
 async fn not_found(method: Method, uri: http::Uri) -> ApiError {
