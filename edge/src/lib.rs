@@ -153,6 +153,8 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
     /// The `/v1` API, for tenants (and edge-only nodes).
     pub api: Option<control::api::ApiListener>,
+    /// The link to the other edges, for an edge of a cluster.
+    pub cluster: Option<control::cluster::ClusterConfig>,
 }
 
 /// State shared by every task of one edge.
@@ -174,6 +176,8 @@ pub struct EdgeState {
     pub snapshot_writer: std::sync::OnceLock<config_sync::SnapshotWriter>,
     /// Public connections open, over every listener and shard (`max_connections`).
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// The link to the other edges of a cluster, once it is up (see [`dataplane::peers`]).
+    pub peers: arc_swap::ArcSwapOption<dataplane::peers::Peers>,
     /// Bumped by every table swap: a registration for a tunnel the table does not hold yet
     /// waits on it (the config may be a moment behind the store).
     table_swaps: tokio::sync::watch::Sender<u64>,
@@ -204,6 +208,7 @@ impl EdgeState {
             registrations,
             snapshot_writer: Default::default(),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            peers: Default::default(),
             table_swaps: tokio::sync::watch::channel(0).0,
             configured: std::sync::atomic::AtomicBool::new(configured),
             config,
@@ -334,6 +339,13 @@ pub async fn run(state: Arc<EdgeState>, listeners: Listeners, shutdown: Cancella
     }
     if let Some(api) = listeners.api {
         tasks.spawn(never_fails(control::api::serve(api, state.clone(), shutdown.clone())));
+    }
+    if let Some(cluster) = listeners.cluster {
+        tasks.spawn(never_fails(control::cluster::run(
+            state.clone(),
+            cluster,
+            shutdown.clone(),
+        )));
     }
     // A shard that cannot start stops the whole edge.
     let result = burrow_shared::threads::first_error(tasks, &shutdown).await;

@@ -9,7 +9,10 @@
     reason = "test harness: a panic is a failed test"
 )]
 
+pub mod edges;
 pub mod etcd;
+
+pub use edges::{Ports, cli, edge_process, ok, served, shown_once};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -275,6 +278,7 @@ impl TestEdge {
             shards: sockets,
             admin: Some(admin),
             api: Some(burrow_edge::control::api::ApiListener { tcp: api, tls: None }),
+            cluster: None,
         };
         let task = tokio::spawn(burrow_edge::run(state.clone(), listeners, shutdown.clone()));
         Self {

@@ -15,80 +15,12 @@ use http::StatusCode;
 const BURROW: &str = env!("CARGO_BIN_EXE_e2e-burrow");
 const BURROW_EDGE: &str = env!("CARGO_BIN_EXE_e2e-burrow-edge");
 
-struct Ports {
-    http: u16,
-    tunnel: u16,
-    admin: u16,
-    api: u16,
-}
-
-impl Ports {
-    fn new() -> Self {
-        Self {
-            http: free_tcp_port(),
-            tunnel: free_udp_port(),
-            admin: free_tcp_port(),
-            api: free_tcp_port(),
-        }
-    }
-
-    fn http(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.http).into()
-    }
-
-    fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api)
-    }
-}
-
 fn edge(dir: &Path, ports: &Ports) -> Process {
     edge_with(dir, ports, &[])
 }
 
 fn edge_with(dir: &Path, ports: &Ports, extra: &[&str]) -> Process {
-    let (http, tunnel, admin, api) = (
-        format!("127.0.0.1:{}", ports.http),
-        format!("127.0.0.1:{}", ports.tunnel),
-        format!("127.0.0.1:{}", ports.admin),
-        format!("127.0.0.1:{}", ports.api),
-    );
-    let data = dir.join("edge");
-    let mut args = vec![
-        "run",
-        "--http",
-        &http,
-        "--https",
-        "off",
-        "--tunnel",
-        &tunnel,
-        "--admin",
-        &admin,
-        "--api",
-        &api,
-        "--advertise",
-        &tunnel,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--tunnel-idle-timeout",
-        "3s",
-        "--grace-period",
-        "1s",
-    ];
-    args.extend_from_slice(extra);
-    Process::spawn(BURROW_EDGE, &args, &[("BURROW_HOME", dir)])
-}
-
-/// Run a CLI command to completion with `home` as BURROW_HOME; returns (exit code, output).
-async fn cli(bin: &str, home: &Path, args: &[&str]) -> (Option<i32>, String) {
-    Process::spawn(bin, args, &[("BURROW_HOME", home)])
-        .wait(Duration::from_secs(30))
-        .await
-}
-
-async fn ok(bin: &str, home: &Path, args: &[&str]) -> String {
-    let (code, output) = cli(bin, home, args).await;
-    assert_eq!(code, Some(0), "{args:?}: {output}");
-    output
+    edge_process(BURROW_EDGE, dir, ports, extra)
 }
 
 /// `burrow-edge account create --zone ZONE` then `burrow login` into `home`.
@@ -114,29 +46,12 @@ async fn account(dir: &Path, ports: &Ports, name: &str, zone: &str, home: &Path)
 
 /// An edge process on fresh ports with an account "alice" logged in at `<dir>/alice`.
 async fn edge_with_alice(dir: &Path) -> (Ports, std::path::PathBuf, Process) {
-    let ports = Ports::new();
+    let ports = Ports::default();
     let alice = dir.join("alice");
     let edge = edge(dir, &ports);
     edge.wait_for_output("tunnel listener ready").await;
     account(dir, &ports, "alice", "test", &alice).await;
     (ports, alice, edge)
-}
-
-/// The secret a CLI printed once (`… (shown once, keep it secret): SECRET`).
-fn shown_once(output: &str) -> String {
-    output
-        .lines()
-        .find_map(|l| l.split("keep it secret): ").nth(1))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-async fn served(ports: &Ports, host: &str) -> Option<(StatusCode, String)> {
-    get(&http1_client(), ports.http(), host, "/")
-        .await
-        .ok()
-        .map(|r| (r.status, r.text()))
 }
 
 /// The status of `GET /` for `host`, with `x-api-key: key` if given.
@@ -242,7 +157,7 @@ async fn tunnel_lifecycle_through_the_cli() {
 async fn accounts_are_isolated() {
     init_logging();
     let dir = TempDir::new();
-    let ports = Ports::new();
+    let ports = Ports::default();
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     let edge = edge(dir.path(), &ports);
     edge.wait_for_output("tunnel listener ready").await;
@@ -584,7 +499,7 @@ async fn edge_only_node_survives_a_control_plane_outage() {
     init_logging();
     let dir = TempDir::new();
     let (cp_dir, node_dir) = (dir.path().join("cp"), dir.path().join("node"));
-    let (cp_ports, node_ports) = (Ports::new(), Ports::new());
+    let (cp_ports, node_ports) = (Ports::default(), Ports::default());
     let alice = dir.path().join("alice");
     let control_plane = edge(&cp_dir, &cp_ports);
     control_plane.wait_for_output("tunnel listener ready").await;
@@ -981,7 +896,7 @@ async fn the_store_is_readable_by_its_owner_only() {
 async fn an_edge_without_config_is_not_ready() {
     init_logging();
     let dir = TempDir::new();
-    let ports = Ports::new();
+    let ports = Ports::default();
     std::fs::create_dir_all(dir.path().join("edge")).unwrap();
     std::fs::write(dir.path().join("edge").join("snapshot.json"), b"{not json").unwrap();
     let nowhere = format!("http://127.0.0.1:{}", free_tcp_port());
@@ -1177,7 +1092,7 @@ async fn revoked_tokens_and_deleted_accounts_stop_working_at_once() {
 async fn hostnames_are_claimed_through_zones() {
     init_logging();
     let dir = TempDir::new();
-    let ports = Ports::new();
+    let ports = Ports::default();
     let records = Arc::new(std::sync::Mutex::new(Vec::new()));
     let dns = txt_dns_server(records.clone()).await.to_string();
     let edge = edge_with(dir.path(), &ports, &["--self-service-zones", "--dns-server", &dns]);
@@ -1342,7 +1257,7 @@ async fn the_api_over_https_with_a_private_certificate() {
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
 
-    let ports = Ports::new();
+    let ports = Ports::default();
     let edge = edge_with(
         dir.path(),
         &ports,
@@ -1398,7 +1313,7 @@ async fn the_api_over_https_with_a_private_certificate() {
     )
     .await;
     let node_token = shown_once(&output);
-    let (node_dir, node_ports) = (dir.path().join("node"), Ports::new());
+    let (node_dir, node_ports) = (dir.path().join("node"), Ports::default());
     let node = edge_with(
         &node_dir,
         &node_ports,

@@ -82,6 +82,7 @@ pub(super) async fn dev(args: DevArgs) -> Result<()> {
         shards: sockets,
         admin: Some(admin),
         api: Some(ApiListener { tcp: api, tls: None }),
+        cluster: None,
     };
     let mut edge = tokio::spawn(crate::run(state, listeners, shutdown.clone()));
 

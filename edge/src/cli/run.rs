@@ -1,7 +1,9 @@
 //! `burrow-edge run`: the flags, the config source (store, tunnels file or another node's
 //! API), the listeners, and signals.
 
+use super::store::StoreLocation;
 use super::*;
+use crate::control::cluster::ClusterConfig;
 
 #[derive(Args)]
 pub(super) struct ListenArgs {
@@ -21,6 +23,15 @@ pub(super) struct ListenArgs {
     /// Operator listener: /metrics and /ready; "off" disables it. Keep it off the internet.
     #[arg(long, default_value = "127.0.0.1:9091", value_name = "ADDR|off")]
     admin: String,
+    /// The link to the other edges of a cluster (UDP: QUIC with mutual TLS), which serve the
+    /// tunnels connected here and forward here the ones connected elsewhere
+    /// [default: 0.0.0.0:7845 with --store etcd://…, off otherwise].
+    #[arg(long, value_name = "ADDR|off")]
+    peer: Option<String>,
+    /// Where the other edges reach --peer (HOST:PORT) [default: --peer's address when it names
+    /// one, else the first --advertise host with --peer's port].
+    #[arg(long, value_name = "HOST:PORT")]
+    peer_advertise: Option<String>,
 }
 
 #[derive(Args)]
@@ -131,13 +142,10 @@ pub(super) struct RunArgs {
 
 pub(super) async fn run(args: RunArgs) -> Result<()> {
     let dir = args.store.data_dir();
+    let cluster = cluster_link(&args)?;
     let node_name = args.node_name.unwrap_or_else(host_name);
     let mut names = args.advertised.clone();
     names.push(node_name.clone());
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
-        _ => TlsIdentity::self_signed_in(&dir, &self_signed_names(&names))?,
-    };
     // Uploaded plugins come with a control plane (local store or remote); a tunnels file has
     // only the operator's.
     let plugins = load_plugins(&args.plugins, args.tunnels.is_none().then(|| dir.join("plugins"))).await?;
@@ -145,6 +153,13 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         (Some(file), _) => (Some(TunnelsFile::load(file)?.to_table()?), None),
         (None, Some(_)) => (snapshot_table(&dir, plugins.as_ref()).await?, None),
         (None, None) => open_control_plane(&args.store, plugins.as_ref()).await?,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key, &control) {
+        (Some(cert), Some(key), _) => TlsIdentity::from_pem_files(cert, key)?,
+        (_, _, Some(cp)) if matches!(args.store.location()?, StoreLocation::Etcd(_)) => {
+            crate::control::cluster::edge_identity(cp, &dir, &self_signed_names(&names)).await?
+        }
+        _ => TlsIdentity::self_signed_in(&dir, &self_signed_names(&names))?,
     };
     // No tenant routes a name of this edge itself.
     let control = control.map(|cp| cp.with_own_names(self_signed_names(&names)));
@@ -192,6 +207,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
                 },
             }),
         },
+        cluster,
     };
     let state = EdgeState::with_control(config, table, control);
     let shutdown = CancellationToken::new();
@@ -205,6 +221,44 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(remote_sync::follow_remote(state.clone(), remote, dir, shutdown.clone()));
     }
     crate::run(state, listeners, shutdown).await
+}
+
+/// The inter-edge link of an edge on etcd (`--peer`, `--peer-advertise`).
+fn cluster_link(args: &RunArgs) -> Result<Option<ClusterConfig>> {
+    let on_etcd = matches!(args.store.location()?, StoreLocation::Etcd(_)) && args.tunnels.is_none();
+    let addr = match args.listen.peer.as_deref() {
+        Some("off") => return Ok(None),
+        None if !on_etcd => return Ok(None),
+        None => "0.0.0.0:7845".parse()?,
+        Some(addr) => addr
+            .parse::<SocketAddr>()
+            .with_context(|| format!("--peer {addr:?}: expected IP:PORT or off"))?,
+    };
+    anyhow::ensure!(
+        on_etcd,
+        "--peer links the edges of a cluster: it needs --store etcd://…"
+    );
+    let socket =
+        std::net::UdpSocket::bind(addr).with_context(|| format!("binding --peer {addr} (is another edge running?)"))?;
+    let port = socket.local_addr()?.port();
+    let advertise = match &args.listen.peer_advertise {
+        Some(advertise) => advertise.clone(),
+        None if !addr.ip().is_unspecified() => SocketAddr::new(addr.ip(), port).to_string(),
+        None => {
+            let host = args
+                .advertised
+                .first()
+                .map(|a| burrow_shared::host_port::split(a).0.to_owned())
+                .context(
+                    "--peer listens on every address: say where other edges reach it with --peer-advertise HOST:PORT",
+                )?;
+            format!("{host}:{port}")
+        }
+    };
+    Ok(Some(ClusterConfig {
+        socket: Arc::new(socket),
+        advertise,
+    }))
 }
 
 /// The store, and the table to serve until it has been read: the last snapshot. If the store

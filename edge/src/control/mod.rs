@@ -1,7 +1,7 @@
 //! The control plane: persistent objects in a store, the API that changes them, and how an edge
 //! follows them. Runs off the traffic threads.
 //!
-//! - [`store`]: the key-value store with revisions, watches and leases (SQLite embedded).
+//! - [`store`]: the key-value store with revisions, watches and leases (SQLite embedded, or etcd).
 //! - [`resources`]: accounts, tokens, tunnels, routes, pools, connection records; [`zones`]: who
 //!   routes which hostnames; [`plugin_catalog`]: uploaded plugin versions.
 //! - [`api`]: the `/v1` REST API tenants use.
@@ -9,8 +9,11 @@
 //!   [`remote_sync`]: the same for edge-only nodes following another node's API;
 //!   [`tunnels_file`]: the file provider (no store).
 //! - [`health_monitor`]: the pools' monitors, and this edge's view of their health.
+//! - [`cluster`]: edges on one etcd: the inter-edge link's certificates, node records, who holds
+//!   which tunnel.
 
 pub mod api;
+pub mod cluster;
 pub mod config_sync;
 pub mod health_monitor;
 pub mod plugin_catalog;

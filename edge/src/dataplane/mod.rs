@@ -8,9 +8,11 @@
 //! - [`respond`]: the one place errors become HTTP answers.
 //! - [`registry`]: live tunnel connections per tunnel, and whether each still answers.
 //! - [`tunnel_server`]: the QUIC listener where connectors register.
+//! - [`peers`]: the link to the other edges of a cluster, for tunnels connected elsewhere.
 //! - [`tls`]: the edge's certificate for HTTPS and QUIC.
 
 pub mod listener;
+pub mod peers;
 pub mod proxy;
 pub mod registry;
 pub mod request_checks;

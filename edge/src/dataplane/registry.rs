@@ -376,6 +376,14 @@ impl Registry {
     pub fn connection_count(&self) -> usize {
         self.tunnels.iter().map(|e| e.value().len()).sum()
     }
+
+    /// Requests in flight over every connection: this edge's load, as other edges see it.
+    pub fn in_flight(&self) -> u64 {
+        self.tunnels
+            .iter()
+            .flat_map(|e| e.value().iter().map(|c| c.in_flight() as u64).collect::<Vec<_>>())
+            .sum()
+    }
 }
 
 /// How often [`Registry::check_liveness`] looks at the connections carrying requests.

@@ -8,6 +8,10 @@ use burrow_shared::files::write_private;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+fn self_signed_paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (dir.join("edge-cert.pem"), dir.join("edge-key.pem"))
+}
+
 /// A certificate chain and its key.
 pub struct TlsIdentity {
     pub chain: Vec<CertificateDer<'static>>,
@@ -49,18 +53,33 @@ impl TlsIdentity {
     /// The development identity: a self-signed certificate created once and kept in `dir`, so
     /// that connectors which pinned it keep trusting the edge across restarts.
     pub fn self_signed_in(dir: &Path, names: &[String]) -> Result<Self> {
-        let cert_path = dir.join("edge-cert.pem");
-        let key_path = dir.join("edge-key.pem");
+        let (cert_path, key_path) = self_signed_paths(dir);
         if !cert_path.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let certified = rcgen::generate_simple_self_signed(names.to_vec()).context("generating a certificate")?;
-            write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
-            write_private(&cert_path, certified.cert.pem().as_bytes())?;
+            Self::keep_self_signed(dir, &certified.cert.pem(), &certified.signing_key.serialize_pem())?;
             tracing::info!(cert = %cert_path.display(), "generated a self-signed edge certificate");
         }
         let mut identity = Self::from_pem_files(&cert_path, &key_path)?;
         identity.self_signed_pem = Some(std::fs::read_to_string(&cert_path)?);
         Ok(identity)
+    }
+
+    /// The self-signed identity kept in `dir`, if there is one: (certificate, key) PEM.
+    pub fn read_self_signed(dir: &Path) -> Result<Option<(String, String)>> {
+        let (cert_path, key_path) = self_signed_paths(dir);
+        if !cert_path.exists() {
+            return Ok(None);
+        }
+        let read = |path: &Path| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+        Ok(Some((read(&cert_path)?, read(&key_path)?)))
+    }
+
+    /// Keep `cert_pem` and `key_pem` as the self-signed identity in `dir` (replacing any).
+    pub fn keep_self_signed(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let (cert_path, key_path) = self_signed_paths(dir);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_private(&key_path, key_pem.as_bytes())?;
+        write_private(&cert_path, cert_pem.as_bytes())
     }
 
     /// A fresh self-signed certificate for `names` (kept in memory only).

@@ -267,7 +267,7 @@ impl ControlPlane {
 
     /// Every document under `prefix` by key (what watch events name), and the revision to watch
     /// from.
-    async fn list_keyed<T: for<'de> Deserialize<'de>>(
+    pub(crate) async fn list_keyed<T: for<'de> Deserialize<'de>>(
         &self,
         prefix: &str,
     ) -> Result<(BTreeMap<String, T>, Revision), CpError> {

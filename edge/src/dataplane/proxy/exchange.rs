@@ -19,6 +19,7 @@ use tokio_util::codec::FramedRead;
 
 use super::{RequestBody, ResponseBody, Upstream};
 use crate::EdgeState;
+use crate::dataplane::peers::PeerStream;
 use crate::dataplane::registry::InFlight;
 use crate::dataplane::respond::ProxyError;
 
@@ -44,11 +45,10 @@ pub(super) async fn exchange(
         name: tunnel_name.to_owned(),
         timeout: state.config.origin_timeout,
     };
-    let (in_flight, send, recv) =
+    let (carrier, send, recv) =
         tokio::time::timeout_at(deadline, open_stream(state, tunnel_id, tunnel_name, head_bytes))
             .await
             .map_err(|_| timed_out())??;
-    let connection = in_flight.connection().clone();
 
     // A WebSocket keeps its send half for the raw bytes after the 101.
     let (mut upload, upgrade_send) = match (upstream.on_upgrade.is_some(), upstream.body) {
@@ -73,7 +73,7 @@ pub(super) async fn exchange(
         // No body, or the relay dropped the sender when the body went through: this branch then
         // disables itself.
         Some(stalled) = stalled => return Err(stalled),
-        () = connection.until_suspect(), if hedge => {
+        () = carrier.until_suspect(), if hedge => {
             return Err(stream_failed(tunnel_name, "the tunnel connection stopped answering".into()));
         }
         first = tokio::time::timeout_at(deadline, frames.next()) => first,
@@ -85,13 +85,13 @@ pub(super) async fn exchange(
     let ResponseHead {
         status,
         headers: mut response_headers,
-    } = response_head(state, tunnel_name, first)?;
+    } = response_head(state, (tunnel_id, tunnel_name), first)?;
 
     if let (Some(on_upgrade), Some(send), StatusCode::SWITCHING_PROTOCOLS) = (upstream.on_upgrade, upgrade_send, status)
     {
         // Tunnel the upgraded connection only once the origin agreed (101).
         strip_hop_by_hop(&mut response_headers, true);
-        tokio::spawn(bridge_upgrade(on_upgrade, send, frames, in_flight));
+        tokio::spawn(bridge_upgrade(on_upgrade, send, frames, carrier));
         let mut response = Response::new(Either::Right(Full::default()));
         *response.status_mut() = status;
         *response.headers_mut() = response_headers;
@@ -101,11 +101,31 @@ pub(super) async fn exchange(
     strip_hop_by_hop(&mut response_headers, false);
     let mut response = Response::new(Either::Left(TunnelBody {
         inner: FramedBody::new(frames),
-        _in_flight: in_flight,
+        _carrier: carrier,
     }));
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
     Ok(response)
+}
+
+/// What keeps a request's stream counted while it runs: a connection of this edge, or the link
+/// to the edge the request was forwarded to.
+pub(crate) enum Carrier {
+    Local(InFlight),
+    Peer(PeerStream),
+}
+
+impl Carrier {
+    /// Resolves when the tunnel connection stops answering (a hedged request then moves).
+    async fn until_suspect(&self) {
+        match self {
+            Carrier::Local(in_flight) => in_flight.connection().until_suspect().await,
+            // The other edge watches its own connection; here, only the link to it.
+            Carrier::Peer(stream) => {
+                stream.link.closed().await;
+            }
+        }
+    }
 }
 
 fn stream_failed(tunnel_name: &str, reason: String) -> ProxyError {
@@ -118,7 +138,7 @@ fn stream_failed(tunnel_name: &str, reason: String) -> ProxyError {
 /// The first frame of the answer: the response head, or what the connector says went wrong.
 fn response_head<E: std::fmt::Display>(
     state: &EdgeState,
-    tunnel_name: &str,
+    (tunnel_id, tunnel_name): (TunnelId, &str),
     first: Option<Result<Frame, E>>,
 ) -> Result<ResponseHead, ProxyError> {
     let name = tunnel_name.to_owned();
@@ -132,6 +152,11 @@ fn response_head<E: std::fmt::Display>(
             StreamErrorCode::OriginTimeout => ProxyError::OriginTimeout {
                 name,
                 timeout: state.config.origin_timeout,
+            },
+            // The edge this was forwarded to lost its connection meanwhile: as a local miss.
+            StreamErrorCode::NotServedHere => ProxyError::TunnelUnavailable {
+                name,
+                id: tunnel_id.to_string(),
             },
             _ => ProxyError::ConnectorRefused {
                 name,
@@ -213,7 +238,14 @@ pub(crate) async fn open_stream(
     tunnel: TunnelId,
     tunnel_name: &str,
     head: &[u8],
-) -> Result<(InFlight, quinn::SendStream, quinn::RecvStream), ProxyError> {
+) -> Result<(Carrier, quinn::SendStream, quinn::RecvStream), ProxyError> {
+    if state.registry.pick(&tunnel, None).is_none()
+        && let Some(peers) = state.peers.load_full()
+    {
+        // No connection of the tunnel here: another edge of the cluster may have one.
+        let (stream, send, recv) = peers.open(state, tunnel, tunnel_name, head).await?;
+        return Ok((Carrier::Peer(stream), send, recv));
+    }
     let mut skip = None;
     let mut last_error = String::new();
     for _ in 0..2 {
@@ -227,7 +259,7 @@ pub(crate) async fn open_stream(
             Ok::<_, String>((send, recv))
         };
         match tokio::time::timeout(OPEN_STREAM_TIMEOUT, opened).await {
-            Ok(Ok((send, recv))) => return Ok((in_flight, send, recv)),
+            Ok(Ok((send, recv))) => return Ok((Carrier::Local(in_flight), send, recv)),
             Ok(Err(e)) => last_error = e,
             Err(_) => {
                 // No stream credit (the connector is at its limit) or no answer: try another.
@@ -255,9 +287,9 @@ async fn bridge_upgrade(
     on_upgrade: hyper::upgrade::OnUpgrade,
     mut send: quinn::SendStream,
     frames: FramedRead<quinn::RecvStream, TunnelCodec>,
-    in_flight: InFlight,
+    carrier: Carrier,
 ) {
-    let _in_flight = in_flight;
+    let _carrier = carrier;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
@@ -273,7 +305,7 @@ async fn bridge_upgrade(
 /// A response body relayed from the tunnel; keeps its connection counted as busy until done.
 pub struct TunnelBody {
     inner: FramedBody<quinn::RecvStream>,
-    _in_flight: InFlight,
+    _carrier: Carrier,
 }
 
 impl Body for TunnelBody {
