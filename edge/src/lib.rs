@@ -215,6 +215,24 @@ impl EdgeState {
         })
     }
 
+    /// Where connectors reach this edge (`--advertise`), then the other nodes of its cluster:
+    /// what they are told to spread their connections over.
+    pub fn tunnel_addrs(&self) -> Vec<String> {
+        let mut addrs = self.config.advertised_edges.clone();
+        if let Some(peers) = self.peers.load_full() {
+            let others = peers
+                .view
+                .load()
+                .tunnel_addrs(&self.config.node_name, &self.config.location);
+            for addr in others {
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+        addrs
+    }
+
     /// A tunnel as the store holds it, for a registration the table cannot answer yet.
     pub async fn stored_tunnel(
         &self,

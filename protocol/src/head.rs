@@ -80,9 +80,6 @@ pub enum StreamErrorCode {
     Draining = 4,
     /// Anything else on the connector side.
     Internal = 5,
-    /// Between edges: the edge a request was forwarded to has no live connection of the tunnel
-    /// (the forwarding edge's view of the cluster was stale). Connectors never send it.
-    NotServedHere = 6,
 }
 
 impl StreamErrorCode {
@@ -93,7 +90,6 @@ impl StreamErrorCode {
             3 => Self::Unsupported,
             4 => Self::Draining,
             5 => Self::Internal,
-            6 => Self::NotServedHere,
             _ => return None,
         })
     }

@@ -11,6 +11,7 @@
 
 pub mod edges;
 pub mod etcd;
+pub mod exchanges;
 
 pub use edges::{Ports, cli, edge_process, ok, served, shown_once};
 

@@ -10,10 +10,9 @@ use burrow_tests::*;
 use burrow_tunnel::ingress::Ingress;
 use burrow_tunnel::ingress::RawRule;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{HeaderValue, Response, StatusCode};
+use futures_util::StreamExt;
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use sha2::{Digest, Sha256};
 
 /// One tunnel routed from `app.test`, one connector with `ha` connections to `url`.
 async fn tunnel_to(url: &str, ha: u8) -> (TestEdge, TestConnector, TestTunnel) {
@@ -111,84 +110,25 @@ async fn get_and_post_reach_the_origin_with_forwarding_headers() {
     edge.stop().await;
 }
 
+/// GET, 10 MiB up and down (sha256 identical), SSE event timing, WebSocket echo, HTTP/2
+/// trailers from an h2c origin.
 #[tokio::test]
-async fn ten_mib_upload_and_download_arrive_byte_identical() {
-    const SIZE: usize = 10 * 1024 * 1024;
-    let payload: Bytes = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>().into();
-    let expected = Sha256::digest(&payload);
-    let served = payload.clone();
-    let origin = serve_origin(move |req| {
-        let served = served.clone();
-        async move {
-            if req.uri().path() == "/download" {
-                // Streamed in 64 KiB chunks, like a file.
-                let chunks: Vec<Result<http_body::Frame<Bytes>, BoxError>> = served
-                    .chunks(64 * 1024)
-                    .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
-                    .collect();
-                return Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks))));
-            }
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            Response::new(full(format!("{:x} {}", Sha256::digest(&body), body.len())))
-        }
-    })
-    .await;
-    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
-    let client = http1_client();
+async fn every_kind_of_exchange_crosses_the_tunnel() {
+    init_logging();
+    let origin = exchanges::every_kind_origin("app").await;
+    let tunnel = TestTunnel::new("app");
+    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("app.test", "app")])).await;
+    let raw: Vec<RawRule> = serde_yaml_ng::from_str(&format!(
+        "- path: ^/grpc\n  service: http://{origin}\n  originRequest:\n    http2Origin: true\n\
+         - service: http://{origin}\n"
+    ))
+    .unwrap();
+    let ingress = Ingress::from_raw(&raw, &Default::default()).unwrap();
+    let connector = TestConnector::start(edge.credentials(&tunnel), ingress, 1);
+    connector.wait_ready(1).await;
+    edge.wait_connections(&tunnel, 1).await;
 
-    let upload = send(&client, edge.http, "PUT", "app.test", "/upload", full(payload.clone()))
-        .await
-        .unwrap();
-    assert_eq!(upload.status, StatusCode::OK);
-    assert_eq!(upload.text(), format!("{expected:x} {SIZE}"));
-
-    let download = get(&client, edge.http, "app.test", "/download").await.unwrap();
-    assert_eq!(download.status, StatusCode::OK);
-    assert_eq!(download.body.len(), SIZE);
-    assert_eq!(Sha256::digest(&download.body), expected);
-
-    connector.stop().await.unwrap();
-    edge.stop().await;
-}
-
-#[tokio::test]
-async fn sse_events_reach_the_client_before_the_origin_finishes() {
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let origin = serve_origin(move |_req| {
-        let mut release = release_rx.clone();
-        async move {
-            let events = async_stream(move |tx| async move {
-                tx.send(Bytes::from_static(b"data: first\n\n")).await.unwrap();
-                // The second event waits until the test has seen the first one.
-                let _ = release.wait_for(|released| *released).await;
-                tx.send(Bytes::from_static(b"data: second\n\n")).await.unwrap();
-            });
-            let mut response = Response::new(events);
-            response
-                .headers_mut()
-                .insert("content-type", HeaderValue::from_static("text/event-stream"));
-            response
-        }
-    })
-    .await;
-    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
-    let client = http1_client();
-    let request = http::Request::get(format!("http://{}/events", edge.http))
-        .header("host", "app.test")
-        .body(empty())
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .expect("the first event must arrive while the origin is still holding the stream open")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"data: first\n\n"));
-    release_tx.send(true).unwrap();
-    let rest = body.collect().await.unwrap().to_bytes();
-    assert_eq!(rest, Bytes::from_static(b"data: second\n\n"));
+    exchanges::check_every_kind(edge.http, "app.test", "app").await;
 
     connector.stop().await.unwrap();
     edge.stop().await;
@@ -275,119 +215,6 @@ where
             .map(|data| (Ok::<_, BoxError>(http_body::Frame::data(data)), rx))
     });
     BodyExt::boxed(StreamBody::new(stream))
-}
-
-#[tokio::test]
-async fn websocket_echo_through_the_tunnel() {
-    let origin = serve_origin(|mut req| async move {
-        let key = req.headers().get("sec-websocket-key").cloned().unwrap();
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let upgraded = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
-            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                upgraded,
-                tokio_tungstenite::tungstenite::protocol::Role::Server,
-                None,
-            )
-            .await;
-            while let Some(Ok(message)) = ws.next().await {
-                if message.is_text() || message.is_binary() {
-                    ws.send(message).await.unwrap();
-                }
-            }
-        });
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", accept)
-            .body(empty())
-            .unwrap()
-    })
-    .await;
-    let (edge, connector, _) = tunnel_to(&format!("http://{origin}"), 1).await;
-
-    let stream = tokio::net::TcpStream::connect(edge.http).await.unwrap();
-    let request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request("ws://app.test/socket").unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await.unwrap();
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    for text in ["hello", "through", "the tunnel"] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
-            .await
-            .unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
-    ws.close(None).await.unwrap();
-
-    connector.stop().await.unwrap();
-    edge.stop().await;
-}
-
-#[tokio::test]
-async fn grpc_style_trailers_arrive_over_http2() {
-    // An h2c origin answering like gRPC: body, then `grpc-status` in trailers.
-    let origin = serve_origin(|req| async move {
-        assert_eq!(
-            req.version(),
-            http::Version::HTTP_2,
-            "http2Origin must reach the origin over HTTP/2"
-        );
-        let _ = req.into_body().collect().await;
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        trailers.insert("grpc-message", HeaderValue::from_static("ok"));
-        let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = vec![
-            Ok(http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x05hello"))),
-            Ok(http_body::Frame::trailers(trailers)),
-        ];
-        let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))));
-        response
-            .headers_mut()
-            .insert("content-type", HeaderValue::from_static("application/grpc"));
-        response
-    })
-    .await;
-    init_logging();
-    let tunnel = TestTunnel::new("grpc");
-    let edge = TestEdge::start(&tunnels_file(&[&tunnel], &[("grpc.test", "grpc")])).await;
-    let raw: Vec<RawRule> = serde_yaml_ng::from_str(&format!(
-        "- service: http://{origin}\n  originRequest:\n    http2Origin: true\n"
-    ))
-    .unwrap();
-    let ingress = Ingress::from_raw(&raw, &Default::default()).unwrap();
-    let connector = TestConnector::start(edge.credentials(&tunnel), ingress, 1);
-    connector.wait_ready(1).await;
-    edge.wait_connections(&tunnel, 1).await;
-
-    // HTTP/2 with prior knowledge to the edge; `:authority` names the tunnel's hostname.
-    let tcp = tokio::net::TcpStream::connect(edge.http).await.unwrap();
-    let (mut client, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let request = http::Request::post("http://grpc.test/pkg.Service/Method")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(full(Bytes::from_static(b"\0\0\0\0\x02hi")))
-        .unwrap();
-    let response = client.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let collected = response.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("trailers must cross the tunnel");
-    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
-    assert_eq!(trailers.get("grpc-message").unwrap(), "ok");
-    assert_eq!(collected.to_bytes(), Bytes::from_static(b"\0\0\0\0\x05hello"));
-
-    connector.stop().await.unwrap();
-    edge.stop().await;
 }
 
 #[tokio::test]

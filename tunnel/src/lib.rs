@@ -9,6 +9,7 @@
 //! - [`tls`]: TLS towards the edge (QUIC) and towards origins.
 
 pub mod credentials;
+pub mod edge_list;
 pub mod ingress;
 pub mod origin;
 pub mod tls;

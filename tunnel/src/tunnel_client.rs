@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::credentials::Credentials;
+use crate::edge_list::EdgeList;
 use crate::origin::Origins;
 
 /// How the connector runs its connections.
@@ -89,6 +90,7 @@ pub async fn run(
         "starting tunnel with {} connection(s) on {threads} thread(s)", options.ha_connections
     );
     // Everything that can fail comes before the first connection starts.
+    let edges = Arc::new(EdgeList::new(options.edges.clone()));
     let mut setups = Vec::with_capacity(threads);
     for thread in 0..threads {
         let origins = match thread {
@@ -98,6 +100,7 @@ pub async fn run(
         setups.push(Arc::new(ClientSetup::new(
             &credentials,
             options.clone(),
+            edges.clone(),
             origins,
             status.clone(),
         )?));
@@ -136,6 +139,7 @@ async fn serve_connections(
 struct ClientSetup {
     credentials: Credentials,
     options: TunnelOptions,
+    edges: Arc<EdgeList>,
     quic: quinn::ClientConfig,
     origins: Arc<Origins>,
     status: Arc<Status>,
@@ -150,6 +154,7 @@ impl ClientSetup {
     fn new(
         credentials: &Credentials,
         options: TunnelOptions,
+        edges: Arc<EdgeList>,
         origins: Arc<Origins>,
         status: Arc<Status>,
     ) -> Result<Self> {
@@ -160,6 +165,7 @@ impl ClientSetup {
             credentials: credentials.clone(),
             spread: u16::from_be_bytes([id[0], id[1]]),
             options,
+            edges,
             quic,
             origins,
             status,
@@ -198,8 +204,10 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 enum Ended {
     /// We are shutting down; do not reconnect.
     Shutdown,
-    /// Lost or drained by the edge; reconnect.
+    /// Lost; reconnect.
     Lost(String),
+    /// The edge is going away; reconnect to another.
+    Drained,
     /// The edge closed the connection because the tunnel was deleted or its secret changed:
     /// nothing to reconnect to. Carries the edge's reason.
     Revoked(String),
@@ -219,14 +227,24 @@ impl<E: Into<anyhow::Error>> From<E> for AttemptError {
 
 /// Keep connection `index` up: connect, register, serve, and on loss reconnect with backoff.
 async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: CancellationToken) -> Result<()> {
-    let edges = &client.options.edges;
     let mut attempt: u32 = 0;
+    // The edge the last attempt failed at or that drained this connection: tried last.
+    let mut avoid: Option<String> = None;
     let mut ever_registered = false;
     // Round-trip time of the last registered connection, to size the reconnects' timeouts.
     let mut last_rtt: Option<Duration> = None;
     let mut retryable_refusal = false;
+    if index > 0 {
+        tokio::select! {
+            () = client.edges.wait_learned(LEARN_WAIT) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
     loop {
-        let edge = &edges[(usize::from(index) + attempt as usize) % edges.len()];
+        let picked = client
+            .edges
+            .pick(usize::from(index), attempt as usize, avoid.as_deref());
+        let edge = picked.addr.as_str();
         let mut wait_at_least = Duration::ZERO;
         // Right after a loss the edge is likely restarting: try often, with a short handshake
         // timeout (a packet sent to a closed port is never answered, and quinn waits out its
@@ -260,6 +278,12 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
             Ok(Ended::Lost(reason)) => {
                 tracing::warn!(conn_index = index, edge = %edge, "tunnel connection lost: {reason}; reconnecting");
                 attempt = 0;
+                avoid = None;
+            }
+            Ok(Ended::Drained) => {
+                tracing::debug!(conn_index = index, edge = %edge, "moving to another edge");
+                attempt = 0;
+                avoid = Some(edge.to_owned());
             }
             Err(AttemptError::Rejected(rejected)) => {
                 let fatal =
@@ -279,12 +303,14 @@ async fn connection_loop(client: Arc<ClientSetup>, index: ConnIndex, shutdown: C
                 }
                 wait_at_least = Duration::from_millis(rejected.retry_after_ms.unwrap_or(0));
                 retryable_refusal = true;
+                avoid = Some(edge.to_owned());
             }
             Err(AttemptError::Other(_)) if client.pin_mismatch.seen() && !ever_registered => {
                 anyhow::bail!("edge {edge}: {}", crate::tls::PIN_MISMATCH_HELP);
             }
             Err(AttemptError::Other(e)) => {
                 tracing::warn!(conn_index = index, edge = %edge, "cannot connect to the edge: {e:#}");
+                avoid = Some(edge.to_owned());
             }
         }
         if shutdown.is_cancelled() {
@@ -313,6 +339,9 @@ fn initial_cid(spread: u16) -> quinn::ConnectionId {
     bytes[..2].copy_from_slice(&spread.to_be_bytes());
     quinn::ConnectionId::new(&bytes)
 }
+
+/// Connections after the first wait at most this for the first to learn the cluster's edges.
+const LEARN_WAIT: Duration = Duration::from_secs(3);
 
 /// Handshake timeout of a connection that never registered (its path's round trip is unknown).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -345,6 +374,7 @@ async fn connect_and_serve(
     *ever_registered = true;
     let _ready = ReadyGuard::new(client.status.clone());
     let registered = &session.registered;
+    client.edges.learn(&registered.edges);
     tracing::info!(
         conn_index = index, connection = %registered.connection_id, edge = %edge, node = %registered.edge_node,
         location = %registered.location, "registered tunnel connection"
@@ -465,7 +495,7 @@ async fn serve(
                     tracing::info!(conn_index = index, edge = %edge, "edge is draining this connection");
                     let (conn, endpoint) = (session.conn.clone(), session.endpoint.clone());
                     tokio::spawn(drain(conn, endpoint, streams.clone(), client.options.grace_period));
-                    return Ended::Lost("edge is shutting down".into());
+                    return Ended::Drained;
                 }
                 Some(Ok(other)) => tracing::debug!(conn_index = index, "ignoring control frame {other:?}"),
                 Some(Err(e)) => return Ended::Lost(format!("control stream: {e}")),

@@ -36,6 +36,10 @@ const EDGE_TLS_KEY: &str = "cluster/edge-tls";
 const IDENTITY_WAIT: Duration = Duration::from_secs(10);
 /// How often this node's record (its load) is written again.
 const RECORD_EVERY: Duration = Duration::from_secs(5);
+/// How often the lease is looked at, to write the record soon after it changes.
+const RECORD_CHECK: Duration = Duration::from_millis(100);
+/// A node's link address that does not resolve within this is left out of the view.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How other nodes reach this one.
 #[derive(Debug, Clone)]
@@ -68,7 +72,7 @@ pub async fn run(state: Arc<EdgeState>, config: ClusterConfig, shutdown: Cancell
             }
         }
     };
-    let started = match start_link(&state, &config, &ca, &shutdown) {
+    let (started, link) = match start_link(&state, &config, &ca, &shutdown) {
         Ok(started) => started,
         Err(e) => {
             tracing::error!(
@@ -80,9 +84,16 @@ pub async fn run(state: Arc<EdgeState>, config: ClusterConfig, shutdown: Cancell
     if started.await.is_err() {
         return; // the thread said why
     }
+    // The link's thread finishes the requests it relays before the edge exits.
+    let link = async {
+        if let Err(e) = link.await {
+            tracing::error!("the inter-edge link stopped: {e:#}");
+        }
+    };
     tokio::join!(
         keep_node_record(&state, &cp, &config, &shutdown),
-        follow(&state, &cp, &shutdown)
+        follow(&state, &cp, &shutdown),
+        link
     );
 }
 
@@ -179,13 +190,16 @@ fn node_certificate(ca: &PemPair, node: &str) -> Result<(String, String)> {
 
 /// Start the link's endpoint on a thread of its own (forwarded requests never share a thread
 /// with control work or with a shard's visitors); it is in `state.peers` when the returned
-/// receiver fires.
+/// receiver fires; the returned future ends with the thread.
 fn start_link(
     state: &Arc<EdgeState>,
     config: &ClusterConfig,
     ca: &PemPair,
     shutdown: &CancellationToken,
-) -> Result<tokio::sync::oneshot::Receiver<()>> {
+) -> Result<(
+    tokio::sync::oneshot::Receiver<()>,
+    impl Future<Output = Result<()>> + use<>,
+)> {
     let (cert, key) = node_certificate(ca, &state.config.node_name)?;
     let socket = config.socket.try_clone().context("the inter-edge socket")?;
     let (state, ca_pem, shutdown) = (state.clone(), ca.cert_pem.clone(), shutdown.clone());
@@ -198,21 +212,19 @@ fn start_link(
         Ok(())
     };
     let thread = burrow_shared::threads::spawn("burrow-peers".into(), serve)?;
-    tokio::spawn(async move {
-        if let Err(e) = thread.await {
-            tracing::error!("the inter-edge link stopped: {e:#}");
-        }
-    });
-    Ok(started)
+    Ok((started, thread))
 }
 
-/// Write this node's record under its lease, again when the lease changes and every
-/// [`RECORD_EVERY`] (its load), and take it away on shutdown.
+/// Write this node's record under its lease: as soon as there is one (a node without a record
+/// is not forwarded to), again when the lease changes and every [`RECORD_EVERY`] (its load);
+/// take it away on shutdown.
 async fn keep_node_record(state: &EdgeState, cp: &ControlPlane, config: &ClusterConfig, shutdown: &CancellationToken) {
     let key = format!("nodes/{}", state.config.node_name);
+    let mut written: Option<(u64, tokio::time::Instant)> = None;
     loop {
         let lease = state.node_lease.load(Ordering::Relaxed);
-        if lease != 0 {
+        let due = written.is_none_or(|(under, at)| under != lease || at.elapsed() >= RECORD_EVERY);
+        if lease != 0 && due {
             let record = NodeRecord {
                 name: state.config.node_name.clone(),
                 location: state.config.location.clone(),
@@ -220,15 +232,16 @@ async fn keep_node_record(state: &EdgeState, cp: &ControlPlane, config: &Cluster
                 tunnel_addrs: state.config.advertised_edges.clone(),
                 load: state.registry.in_flight(),
             };
-            if let Err(e) = cp
+            match cp
                 .store()
                 .txn(vec![], vec![Op::leased(key.as_str(), to_json(&record), lease)])
                 .await
             {
-                tracing::debug!("node record not written: {e}");
+                Ok(_) => written = Some((lease, tokio::time::Instant::now())),
+                Err(e) => tracing::debug!("node record not written: {e}"),
             }
         }
-        if pause(shutdown, RECORD_EVERY).await {
+        if pause(shutdown, RECORD_CHECK).await {
             let _ = cp.store().txn(vec![], vec![Op::Delete { key }]).await;
             return;
         }
@@ -255,7 +268,7 @@ async fn follow(state: &EdgeState, cp: &ControlPlane, shutdown: &CancellationTok
                 continue;
             }
         };
-        publish(state, &nodes, &conns);
+        publish(state, &nodes, &conns).await;
         loop {
             let batch = tokio::select! {
                 batch = watch.recv() => batch,
@@ -267,7 +280,7 @@ async fn follow(state: &EdgeState, cp: &ControlPlane, shutdown: &CancellationTok
                 changed |= apply(&mut nodes, "nodes/", &event) | apply(&mut conns, "connections/", &event);
             }
             if changed {
-                publish(state, &nodes, &conns);
+                publish(state, &nodes, &conns).await;
             }
         }
     }
@@ -293,7 +306,7 @@ fn apply<T: for<'de> Deserialize<'de>>(docs: &mut BTreeMap<String, T>, prefix: &
     }
 }
 
-fn publish(state: &EdgeState, nodes: &BTreeMap<String, NodeRecord>, conns: &BTreeMap<String, Connection>) {
+async fn publish(state: &EdgeState, nodes: &BTreeMap<String, NodeRecord>, conns: &BTreeMap<String, Connection>) {
     let Some(peers) = state.peers.load_full() else { return };
     let mut holders: HashMap<TunnelId, HashMap<String, usize>> = HashMap::new();
     for conn in conns.values() {
@@ -303,8 +316,26 @@ fn publish(state: &EdgeState, nodes: &BTreeMap<String, NodeRecord>, conns: &BTre
             .entry(conn.edge_node.clone())
             .or_default() += 1;
     }
+    let old = peers.view.load_full();
+    let mut links = HashMap::new();
+    for node in nodes.values() {
+        let Some(peer) = node.peer.as_deref() else { continue };
+        if let (Some(before), Some(addr)) = (old.nodes.get(&node.name), old.links.get(&node.name))
+            && before.peer == node.peer
+        {
+            links.insert(node.name.clone(), *addr);
+            continue;
+        }
+        let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(peer)).await;
+        match resolved.map(|found| found.map(|mut addrs| addrs.next())) {
+            Ok(Ok(Some(addr))) => {
+                links.insert(node.name.clone(), addr);
+            }
+            _ => tracing::debug!(node = %node.name, %peer, "cannot resolve the node's link address"),
+        }
+    }
     let nodes = nodes.values().map(|n| (n.name.clone(), n.clone())).collect();
-    peers.view.store(Arc::new(ClusterView { nodes, holders }));
+    peers.view.store(Arc::new(ClusterView { nodes, links, holders }));
 }
 
 /// Sleep `d`; `true` when `shutdown` came first.

@@ -27,7 +27,7 @@ use crate::plugins::version::PluginVersion;
 use crate::route_table::RouteTable;
 
 /// How long connection records outlive a silent edge.
-const NODE_LEASE_TTL: Duration = Duration::from_secs(15);
+const NODE_LEASE_TTL: Duration = Duration::from_secs(10);
 
 pub fn snapshot_path(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshot.json")

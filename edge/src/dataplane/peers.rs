@@ -18,12 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use burrow_protocol::{Frame, StreamError, StreamErrorCode, TunnelCodec, TunnelId};
-use bytes::BytesMut;
+use burrow_protocol::TunnelId;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::EdgeState;
 use crate::dataplane::registry::InFlight;
@@ -35,8 +34,14 @@ pub const ALPN: &[u8] = b"burrow-peer/1";
 pub const SERVER_NAME: &str = "burrow-peer";
 /// Starts every forwarded stream, before the tunnel id.
 const MAGIC: &[u8; 4] = b"BPF1";
+/// The receiving edge's first byte: it opened a stream on a connection of the tunnel (the
+/// body may follow), or it has none — the request never left, and another edge is tried.
+const ACCEPTED: u8 = 1;
+const NOT_HERE: u8 = 0;
 /// A peer that does not send its preamble within this is dropped.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An edge that failed a forwarded request is tried after the others for this long.
+const FAILED_FOR: Duration = Duration::from_secs(10);
 /// Dialing another edge gives up after this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -57,6 +62,8 @@ pub struct NodeRecord {
 #[derive(Debug, Default)]
 pub struct ClusterView {
     pub nodes: HashMap<String, NodeRecord>,
+    /// The nodes' link addresses, resolved when the view was made (never on a request's path).
+    pub links: HashMap<String, SocketAddr>,
     /// For each tunnel, the nodes holding connections of it and how many.
     pub holders: HashMap<TunnelId, HashMap<String, usize>>,
 }
@@ -71,25 +78,19 @@ impl ClusterView {
         let mut found: Vec<(&NodeRecord, SocketAddr)> = holders
             .keys()
             .filter(|name| name.as_str() != me)
-            .filter_map(|name| self.nodes.get(name))
-            .filter_map(|node| Some((node, resolve(node.peer.as_deref()?)?)))
+            .filter_map(|name| Some((self.nodes.get(name)?, *self.links.get(name)?)))
             .collect();
         found.sort_by_key(|(node, _)| (node.location != location, node.load, node.name.clone()));
         found
     }
 
-    /// Tunnel addresses of every node, for connectors to spread over.
-    pub fn tunnel_addrs(&self) -> Vec<String> {
-        let mut addrs: Vec<String> = self.nodes.values().flat_map(|n| n.tunnel_addrs.clone()).collect();
-        addrs.sort();
-        addrs.dedup();
-        addrs
+    /// Tunnel addresses of the other nodes, for connectors to spread over: this `location`'s
+    /// first.
+    pub fn tunnel_addrs(&self, me: &str, location: &str) -> Vec<String> {
+        let mut nodes: Vec<&NodeRecord> = self.nodes.values().filter(|n| n.name != me).collect();
+        nodes.sort_by_key(|n| (n.location != location, n.name.clone()));
+        nodes.iter().flat_map(|n| n.tunnel_addrs.iter().cloned()).collect()
     }
-}
-
-fn resolve(addr: &str) -> Option<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs().ok()?.next()
 }
 
 /// This edge's end of the link: its endpoint (dialing out and accepting), the links it has
@@ -99,6 +100,9 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     links: DashMap<SocketAddr, quinn::Connection>,
+    /// Edges that failed a request lately: tried last until [`FAILED_FOR`] has passed (a killed
+    /// edge is in the view until its lease ends, and every try at it costs a timeout).
+    failed: DashMap<SocketAddr, std::time::Instant>,
 }
 
 /// A stream to another edge, held while the request uses it.
@@ -113,6 +117,7 @@ impl Peers {
             endpoint,
             client,
             links: DashMap::new(),
+            failed: DashMap::new(),
         }
     }
 
@@ -125,18 +130,24 @@ impl Peers {
         tunnel_name: &str,
         head: &[u8],
     ) -> Result<(PeerStream, quinn::SendStream, quinn::RecvStream), ProxyError> {
-        let candidates: Vec<(String, SocketAddr)> = {
+        let mut candidates: Vec<(String, SocketAddr)> = {
             let view = self.view.load();
             view.candidates(&tunnel, &state.config.node_name, &state.config.location)
                 .into_iter()
                 .map(|(node, addr)| (node.name.clone(), addr))
                 .collect()
         };
+        let failed_lately = |addr: &SocketAddr| self.failed.get(addr).is_some_and(|at| at.elapsed() < FAILED_FOR);
+        candidates.sort_by_key(|(_, addr)| failed_lately(addr));
         let mut last_error = None;
         for (node, addr) in candidates {
             match self.try_open(addr, tunnel, head).await {
-                Ok(opened) => return Ok(opened),
+                Ok(opened) => {
+                    self.failed.remove(&addr);
+                    return Ok(opened);
+                }
                 Err(e) => {
+                    self.failed.insert(addr, std::time::Instant::now());
                     tracing::debug!(%node, %addr, "forwarding to another edge failed: {e}");
                     last_error = Some(format!("edge {node}: {e}"));
                 }
@@ -161,7 +172,7 @@ impl Peers {
         head: &[u8],
     ) -> Result<(PeerStream, quinn::SendStream, quinn::RecvStream), String> {
         let link = self.link(addr).await?;
-        let (mut send, recv) = match link.open_bi().await {
+        let (mut send, mut recv) = match link.open_bi().await {
             Ok(stream) => stream,
             Err(e) => {
                 self.links.remove_if(&addr, |_, l| l.stable_id() == link.stable_id());
@@ -173,7 +184,13 @@ impl Peers {
         preamble.extend_from_slice(tunnel.0.as_bytes());
         preamble.extend_from_slice(head);
         send.write_all(&preamble).await.map_err(|e| e.to_string())?;
-        Ok((PeerStream { link }, send, recv))
+        let mut answer = [0u8];
+        match tokio::time::timeout(CONNECT_TIMEOUT, recv.read_exact(&mut answer)).await {
+            Ok(Ok(())) if answer[0] == ACCEPTED => Ok((PeerStream { link }, send, recv)),
+            Ok(Ok(())) => Err("it has no live connection of the tunnel (any more)".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+        }
     }
 
     /// The open link to `addr`, or a new one.
@@ -261,11 +278,14 @@ pub fn endpoint(
 }
 
 /// Accept links from the other edges and serve their streams from this edge's own tunnel
-/// connections, until `shutdown`.
+/// connections, until `shutdown`; then the requests being relayed finish (within the grace
+/// period) while new ones are answered "not here", so the other edges send them elsewhere.
 pub async fn serve(state: Arc<EdgeState>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
     if let Ok(addr) = endpoint.local_addr() {
         tracing::info!(%addr, "inter-edge link ready");
     }
+    let relays = TaskTracker::new();
+    let links = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -274,8 +294,8 @@ pub async fn serve(state: Arc<EdgeState>, endpoint: quinn::Endpoint, shutdown: C
             },
             () = shutdown.cancelled() => break,
         };
-        let state = state.clone();
-        tokio::spawn(async move {
+        let (state, relays, shutdown) = (state.clone(), relays.clone(), shutdown.clone());
+        links.spawn(async move {
             let link = match incoming.await {
                 Ok(link) => link,
                 Err(e) => {
@@ -283,22 +303,26 @@ pub async fn serve(state: Arc<EdgeState>, endpoint: quinn::Endpoint, shutdown: C
                     return;
                 }
             };
-            loop {
-                match link.accept_bi().await {
-                    Ok((send, recv)) => {
-                        tokio::spawn(serve_forwarded(state.clone(), send, recv));
-                    }
-                    Err(_) => return,
-                }
+            while let Ok((send, recv)) = link.accept_bi().await {
+                relays.spawn(serve_forwarded(state.clone(), send, recv, shutdown.clone()));
             }
         });
     }
+    relays.close();
+    let _ = tokio::time::timeout(state.config.grace_period, relays.wait()).await;
     endpoint.close(burrow_protocol::error_code::EDGE_SHUTDOWN.into(), b"edge shutting down");
+    links.close();
+    links.wait().await;
 }
 
 /// One forwarded request: read which tunnel, then relay bytes between the other edge and a
 /// stream of one of this edge's connections of that tunnel.
-async fn serve_forwarded(state: Arc<EdgeState>, mut peer_send: quinn::SendStream, mut peer_recv: quinn::RecvStream) {
+async fn serve_forwarded(
+    state: Arc<EdgeState>,
+    mut peer_send: quinn::SendStream,
+    mut peer_recv: quinn::RecvStream,
+    shutdown: CancellationToken,
+) {
     let mut preamble = [0u8; 20];
     match tokio::time::timeout(PREAMBLE_TIMEOUT, peer_recv.read_exact(&mut preamble)).await {
         Ok(Ok(_)) if &preamble[..4] == MAGIC => {}
@@ -310,15 +334,24 @@ async fn serve_forwarded(state: Arc<EdgeState>, mut peer_send: quinn::SendStream
     let mut id = [0u8; 16];
     id.copy_from_slice(&preamble[4..]);
     let tunnel = TunnelId(uuid::Uuid::from_bytes(id));
-    let Some(in_flight) = state.registry.pick(&tunnel, None) else {
-        answer_error(&state, &mut peer_send, "this edge has no live connection of the tunnel").await;
+    let opened = async {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let in_flight = state.registry.pick(&tunnel, None)?;
+        let quic = in_flight.connection().quic.clone();
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, quic.open_bi()).await.ok()?.ok()?;
+        Some((in_flight, stream))
+    };
+    let Some((in_flight, (mut tunnel_send, mut tunnel_recv))) = opened.await else {
+        let _ = peer_send.write_all(&[NOT_HERE]).await;
+        let _ = peer_send.finish();
         return;
     };
-    let opened = tokio::time::timeout(CONNECT_TIMEOUT, in_flight.connection().quic.open_bi()).await;
-    let Ok(Ok((mut tunnel_send, mut tunnel_recv))) = opened else {
-        answer_error(&state, &mut peer_send, "no stream could be opened on the tunnel").await;
+    if peer_send.write_all(&[ACCEPTED]).await.is_err() {
+        let _ = tunnel_send.reset(burrow_protocol::error_code::REQUEST_CANCELLED.into());
         return;
-    };
+    }
     relay(
         in_flight,
         (&mut peer_send, &mut peer_recv),
@@ -355,17 +388,4 @@ async fn relay(
         }
     };
     tokio::join!(up, down);
-}
-
-/// Tell the forwarding edge this one cannot serve the request (its view was stale).
-async fn answer_error(state: &EdgeState, send: &mut quinn::SendStream, message: &str) {
-    let frame = Frame::Error(StreamError {
-        code: StreamErrorCode::NotServedHere,
-        message: message.to_owned(),
-    });
-    let mut bytes = BytesMut::new();
-    if TunnelCodec::new(state.config.limits).encode(frame, &mut bytes).is_ok() {
-        let _ = send.write_all(&bytes).await;
-    }
-    let _ = send.finish();
 }

@@ -286,7 +286,7 @@ async fn register(
         connection_id: info.connection_id,
         edge_node: state.config.node_name.clone(),
         location: state.config.location.clone(),
-        edges: state.config.advertised_edges.clone(),
+        edges: state.tunnel_addrs(),
     };
     write_frame(&mut send, Frame::Control(ControlMessage::Registered(reply)), &limits)
         .await

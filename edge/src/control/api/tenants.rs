@@ -148,7 +148,7 @@ async fn create_tunnel(
         tunnel_id: tunnel.id,
         tunnel_name: tunnel.name.clone(),
         secret,
-        edges: state.config.advertised_edges.clone(),
+        edges: state.tunnel_addrs(),
         edge_ca: state.config.tls.self_signed_pem.clone(),
     };
     let tunnel = Tunnel {

@@ -85,7 +85,7 @@ pub(super) async fn exchange(
     let ResponseHead {
         status,
         headers: mut response_headers,
-    } = response_head(state, (tunnel_id, tunnel_name), first)?;
+    } = response_head(state, tunnel_name, first)?;
 
     if let (Some(on_upgrade), Some(send), StatusCode::SWITCHING_PROTOCOLS) = (upstream.on_upgrade, upgrade_send, status)
     {
@@ -138,7 +138,7 @@ fn stream_failed(tunnel_name: &str, reason: String) -> ProxyError {
 /// The first frame of the answer: the response head, or what the connector says went wrong.
 fn response_head<E: std::fmt::Display>(
     state: &EdgeState,
-    (tunnel_id, tunnel_name): (TunnelId, &str),
+    tunnel_name: &str,
     first: Option<Result<Frame, E>>,
 ) -> Result<ResponseHead, ProxyError> {
     let name = tunnel_name.to_owned();
@@ -152,11 +152,6 @@ fn response_head<E: std::fmt::Display>(
             StreamErrorCode::OriginTimeout => ProxyError::OriginTimeout {
                 name,
                 timeout: state.config.origin_timeout,
-            },
-            // The edge this was forwarded to lost its connection meanwhile: as a local miss.
-            StreamErrorCode::NotServedHere => ProxyError::TunnelUnavailable {
-                name,
-                id: tunnel_id.to_string(),
             },
             _ => ProxyError::ConnectorRefused {
                 name,
