@@ -84,6 +84,13 @@ impl Edges {
             .collect()
     }
 
+    /// `burrow <args>` as `home`, which must succeed; the edges' output tells why not.
+    async fn burrow(&self, home: &Path, args: &[&str]) -> String {
+        let (code, output) = cli(BURROW, home, args).await;
+        assert_eq!(code, Some(0), "{args:?}: {output}\n{}", self.outputs());
+        output
+    }
+
     fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.name == name).unwrap()
     }
@@ -403,4 +410,64 @@ async fn the_tunnel_survives_a_rolling_restart_and_a_killed_edge() {
     })
     .await;
     load.stop().await;
+}
+
+/// Three etcd members. One down: nothing visible changes. Two down (no quorum): both edges
+/// serve every route, a known tunnel connects again, writes answer 503 `store_unavailable`.
+/// Members back: writes work and reach both edges (their watches resumed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_ride_out_an_etcd_outage() {
+    init_logging();
+    let dir = TempDir::new();
+    let mut etcd = EtcdCluster::start(3).await;
+    let edges = Edges::start(&etcd, dir.path(), &["a", "b"]).await;
+    let home = alice(&edges, dir.path(), "a").await;
+    ok(BURROW, &home, &["tunnel", "create", "web"]).await;
+    ok(BURROW, &home, &["tunnel", "route", "dns", "web", "web.test"]).await;
+    let origin = named_origin("web").await;
+    let config = connector_config(dir.path(), origin);
+    let connector = connector(&home, &config, &edges.node("a").ports, "2");
+    let serves = |host: &'static str| {
+        let edges = &edges;
+        async move {
+            for node in &edges.nodes {
+                eventually(
+                    Duration::from_secs(20),
+                    &format!("edge {} to serve {host}", node.name),
+                    || async { served(&node.ports, host).await == Some((StatusCode::OK, "web".into())) },
+                )
+                .await;
+            }
+        }
+    };
+    serves("web.test").await;
+
+    etcd.kill(0);
+    edges
+        .burrow(&home, &["tunnel", "route", "dns", "web", "one-down.test"])
+        .await;
+    serves("one-down.test").await;
+
+    etcd.kill(1);
+    let (code, output) = cli(BURROW, &home, &["tunnel", "route", "dns", "web", "no-quorum.test"]).await;
+    assert_ne!(code, Some(0), "a write without quorum must fail: {output}");
+    assert!(output.contains("store is unavailable"), "{output}");
+    // Serving goes on from the last config, and a known tunnel registers again.
+    connector.kill9().await;
+    let connector = self::connector(&home, &config, &edges.node("b").ports, "2");
+    connector.wait_for_output("registered tunnel connection").await;
+    serves("web.test").await;
+    serves("one-down.test").await;
+
+    etcd.restart(0);
+    etcd.restart(1);
+    etcd.wait_healthy().await;
+    eventually(Duration::from_secs(30), "writes to work again", || async {
+        cli(BURROW, &home, &["tunnel", "route", "dns", "web", "back.test"])
+            .await
+            .0
+            == Some(0)
+    })
+    .await;
+    serves("back.test").await;
 }

@@ -61,7 +61,8 @@ impl From<CpError> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
-                    "the store failed; retry later",
+                    "the control plane's store is unavailable: nothing was changed, and the edges keep \
+                     serving their last config; retry later",
                 )
             }
         }

@@ -43,8 +43,10 @@ use super::{
 /// A call that gets no answer within this is an error (the edge keeps serving its table).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Tries of a call nothing was done for (another member may answer).
-const TRIES: u32 = 3;
+/// Tries of a call that failed for a passing reason (another member may answer, an election
+/// ends): with [`RETRY_PAUSE`] growing linearly, about 2.5 s in all, longer than an election.
+const TRIES: u32 = 6;
+const RETRY_PAUSE: Duration = Duration::from_millis(170);
 /// Bytes of one request we send before splitting bulk writes out (etcd refuses 1.5 MiB).
 const MAX_REQUEST: usize = 1024 * 1024;
 /// Bytes of one answer we accept: listing plugin chunks, or a watch delivering an upload.
@@ -149,24 +151,25 @@ impl EtcdStore {
         self.client.kv_client().max_decoding_message_size(MAX_ANSWER)
     }
 
-    /// Run `call` until it succeeds, fails for a reason a retry cannot fix, or [`TRIES`] tries.
+    /// Run the transaction `call` until it succeeds, fails in a way that may have done something
+    /// (or that no retry fixes), or [`TRIES`] tries.
+    async fn retried_txn<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        retry(what, nothing_done, call).await
+    }
+
+    /// Run the idempotent `call` (a read, a put or delete of a key no one else writes, a lease
+    /// call) until it succeeds, fails for a reason no retry fixes, or [`TRIES`] tries: it rides
+    /// out a leader election.
     async fn retried<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut tried = 0;
-        loop {
-            tried += 1;
-            match call().await {
-                Ok(answer) => return Ok(answer),
-                Err(e) if tried < TRIES && nothing_done(&e) => {
-                    tracing::debug!("etcd {what}: {e}; trying again");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tried))).await;
-                }
-                Err(e) => return Err(error(what, e)),
-            }
-        }
+        retry(what, transient, call).await
     }
 
     /// The revision a prefix range starts and ends at, in etcd keys.
@@ -272,7 +275,7 @@ impl EtcdStore {
             let txn = Txn::new().when(compares.clone()).and_then(ops.clone());
             async move { kv.txn(txn).await }
         };
-        let answer = self.retried("txn", txn).await?;
+        let answer = self.retried_txn("txn", txn).await?;
         Ok(TxnResult {
             succeeded: answer.succeeded(),
             revision: answer.header().map_or(0, |h| revision(h.revision())),
@@ -632,6 +635,38 @@ fn op_size(op: &Op) -> usize {
         Op::Put { key, value, .. } => key.len() + value.len() + 16,
         Op::Delete { key } => key.len() + 16,
         Op::DeletePrefix { prefix } => prefix.len() * 2 + 16,
+    }
+}
+
+async fn retry<T, F, Fut>(what: &str, again: fn(&etcd_client::Error) -> bool, call: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut tried: u32 = 0;
+    loop {
+        tried += 1;
+        match call().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if tried < TRIES && again(&e) => {
+                tracing::debug!("etcd {what}: {e}; trying again");
+                tokio::time::sleep(RETRY_PAUSE * tried).await;
+            }
+            Err(e) => return Err(error(what, e)),
+        }
+    }
+}
+
+/// Whether a failed call may succeed when tried again: the cluster or the way to it, not the
+/// request, was at fault.
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
     }
 }
 
