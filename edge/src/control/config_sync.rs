@@ -12,22 +12,19 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use burrow_shared::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::EdgeState;
-use crate::control::resources::{Connection, ControlPlane, CpError, LiveConfig, Snapshot};
+use crate::control::connection_records;
+use crate::control::resources::{ControlPlane, CpError, LiveConfig, Snapshot};
 use crate::control::store::WatchReceiver;
-use crate::dataplane::registry::{ConnectionInfo, RegistryEvent};
 use crate::plugins::host::PluginHost;
 use crate::plugins::version::PluginVersion;
 use crate::route_table::RouteTable;
-
-/// How long connection records outlive a silent edge.
-const NODE_LEASE_TTL: Duration = Duration::from_secs(10);
 
 pub fn snapshot_path(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshot.json")
@@ -48,11 +45,7 @@ pub fn load_snapshot(data_dir: &Path) -> Result<Option<Snapshot>> {
 /// Follow the local store until `shutdown`: apply every change that affects routing.
 pub async fn follow(state: Arc<EdgeState>, data_dir: PathBuf, shutdown: CancellationToken) {
     let Some(cp) = state.control.clone() else { return };
-    tokio::spawn(keep_node_lease(state.clone(), shutdown.clone()));
-    tokio::spawn(reassert_connections(state.clone(), shutdown.clone()));
-    if let Some(events) = state.registry.subscribe() {
-        tokio::spawn(record_connections(state.clone(), events, shutdown.clone()));
-    }
+    tokio::spawn(connection_records::run(state.clone(), shutdown.clone()));
     tokio::spawn(publish_health(state.clone(), shutdown.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(snapshots(cp.clone(), tx, shutdown));
@@ -154,7 +147,7 @@ async fn next_change(
 }
 
 /// Sleep, or return `true` if shutting down.
-async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
+pub(crate) async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
     tokio::select! {
         () = tokio::time::sleep(duration) => false,
         () = shutdown.cancelled() => true,
@@ -281,83 +274,6 @@ fn write_snapshot(data_dir: &Path, snapshot: &Snapshot) -> Result<()> {
     burrow_shared::files::write_private(&snapshot_path(data_dir), &text)
 }
 
-/// Hold this edge's lease; on a new lease, re-record the live connections under it.
-async fn keep_node_lease(state: Arc<EdgeState>, shutdown: CancellationToken) {
-    let Some(cp) = state.control.clone() else { return };
-    loop {
-        let lease = match cp.store().lease_grant(NODE_LEASE_TTL).await {
-            Ok(lease) => lease,
-            Err(e) => {
-                tracing::warn!("cannot get a store lease: {e}");
-                if pause(&shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        state.node_lease.store(lease, Ordering::Relaxed);
-        for conn in state.registry.all() {
-            record_connection(&state, &conn.info);
-        }
-        loop {
-            if pause(&shutdown, NODE_LEASE_TTL / 3).await {
-                // Our connections go with us.
-                let _ = cp.store().lease_revoke(lease).await;
-                return;
-            }
-            if let Err(e) = cp.store().lease_keep_alive(lease).await {
-                tracing::warn!("store lease lost ({e}); taking a new one");
-                break;
-            }
-        }
-    }
-}
-
-/// Write back the record of a live connection of this edge that someone removed (`burrow tunnel
-/// cleanup` on another edge): `tunnel info` and the delete guard must keep seeing it.
-async fn reassert_connections(state: Arc<EdgeState>, shutdown: CancellationToken) {
-    let Some(cp) = state.control.clone() else { return };
-    loop {
-        let watch = async {
-            let from = cp.store().revision().await?;
-            cp.store().watch("connections/", from).await
-        };
-        let mut watch = match watch.await {
-            Ok(watch) => watch,
-            Err(e) => {
-                tracing::debug!("cannot watch connection records: {e}");
-                if pause(&shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        loop {
-            let batch = tokio::select! {
-                batch = watch.recv() => batch,
-                () = shutdown.cancelled() => return,
-            };
-            let Some(events) = batch else { break };
-            for event in events {
-                let crate::control::store::Event::Delete { key, .. } = event else {
-                    continue;
-                };
-                let mut parts = key.trim_start_matches("connections/").split('/');
-                let (Some(tunnel), Some(id)) = (parts.next(), parts.next()) else {
-                    continue;
-                };
-                let (Ok(tunnel), Ok(id)) = (tunnel.parse(), id.parse()) else {
-                    continue;
-                };
-                if let Some(conn) = state.registry.get(tunnel, id) {
-                    tracing::info!(%tunnel, connection = %id, "connection record removed while live; writing it back");
-                    record_connection(&state, &conn.info);
-                }
-            }
-        }
-    }
-}
-
 /// Keep this edge's pool-health view in the store (for `burrow pool show`).
 async fn publish_health(state: Arc<EdgeState>, shutdown: CancellationToken) {
     let Some(cp) = state.control.clone() else { return };
@@ -379,62 +295,6 @@ async fn publish_health(state: Arc<EdgeState>, shutdown: CancellationToken) {
             }
         }
     }
-}
-
-/// Keep the store's connection records in step with the registry (for `burrow tunnel
-/// list/info`, and the delete guard).
-async fn record_connections(
-    state: Arc<EdgeState>,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<RegistryEvent>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            () = shutdown.cancelled() => return,
-        };
-        match event {
-            Some(RegistryEvent::Added(info)) => record_connection(&state, &info),
-            Some(RegistryEvent::Removed(info)) => remove_connection(&state, &info),
-            None => return,
-        }
-    }
-}
-
-/// Record a registered connection in the store (in the background: registration never waits
-/// for, or fails because of, the control plane).
-pub fn record_connection(state: &Arc<EdgeState>, info: &ConnectionInfo) {
-    let (Some(cp), lease) = (state.control.clone(), state.node_lease.load(Ordering::Relaxed)) else {
-        return;
-    };
-    if lease == 0 {
-        return; // recorded when the lease arrives
-    }
-    let record = Connection {
-        connection_id: info.connection_id,
-        tunnel: info.tunnel,
-        connector: info.connector.to_string(),
-        conn_index: info.conn_index,
-        edge_node: state.config.node_name.clone(),
-        origin_ip: info.origin_addr.ip().to_string(),
-        version: info.version.clone(),
-        since: info.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-    };
-    tokio::spawn(async move {
-        if let Err(e) = cp.record_connection(lease, &record).await {
-            tracing::debug!("connection record not written: {e}");
-        }
-    });
-}
-
-pub fn remove_connection(state: &Arc<EdgeState>, info: &ConnectionInfo) {
-    let Some(cp) = state.control.clone() else { return };
-    let (tunnel, id) = (info.tunnel, info.connection_id);
-    tokio::spawn(async move {
-        if let Err(e) = cp.remove_connection(tunnel, id).await {
-            tracing::debug!("connection record not removed: {e}");
-        }
-    });
 }
 
 #[cfg(test)]

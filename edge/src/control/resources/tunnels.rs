@@ -133,27 +133,6 @@ impl ControlPlane {
         Ok(self.list_all(&format!("connections/{tunnel}/")).await?.0)
     }
 
-    pub async fn record_connection(&self, lease: LeaseId, conn: &Connection) -> Result<(), CpError> {
-        let key = format!("connections/{}/{}", conn.tunnel, conn.connection_id);
-        self.store
-            .txn(
-                vec![],
-                vec![Op::Put {
-                    key,
-                    value: to_json(conn),
-                    lease: Some(lease),
-                }],
-            )
-            .await?;
-        Ok(())
-    }
-
-    pub async fn remove_connection(&self, tunnel: TunnelId, connection_id: Uuid) -> Result<(), CpError> {
-        let key = format!("connections/{tunnel}/{connection_id}");
-        self.store.txn(vec![], vec![Op::Delete { key }]).await?;
-        Ok(())
-    }
-
     /// Drop the connection records of a tunnel whose connections are gone (`burrow tunnel
     /// cleanup`); `live` says which this edge still holds (other edges write theirs back if
     /// they are removed while live). Returns how many were removed.

@@ -227,20 +227,14 @@ impl Upload {
 }
 
 /// Open a stream on the tunnel's least busy connection and write the head. A connection that
-/// fails here has seen nothing of the request, so one other connection is tried.
+/// fails here has seen nothing of the request, so one other connection is tried. With no
+/// connection here, another edge of the cluster that has one carries it.
 pub(crate) async fn open_stream(
     state: &EdgeState,
     tunnel: TunnelId,
     tunnel_name: &str,
     head: &[u8],
 ) -> Result<(Carrier, quinn::SendStream, quinn::RecvStream), ProxyError> {
-    if state.registry.pick(&tunnel, None).is_none()
-        && let Some(peers) = state.peers.load_full()
-    {
-        // No connection of the tunnel here: another edge of the cluster may have one.
-        let (stream, send, recv) = peers.open(state, tunnel, tunnel_name, head).await?;
-        return Ok((Carrier::Peer(stream), send, recv));
-    }
     let mut skip = None;
     let mut last_error = String::new();
     for _ in 0..2 {
@@ -265,6 +259,10 @@ pub(crate) async fn open_stream(
         skip = Some(conn.info.connection_id);
     }
     if last_error.is_empty() {
+        if let Some(peers) = state.peers.load_full() {
+            let (stream, send, recv) = peers.open(state, tunnel, tunnel_name, head).await?;
+            return Ok((Carrier::Peer(stream), send, recv));
+        }
         Err(ProxyError::TunnelUnavailable {
             name: tunnel_name.to_owned(),
             id: tunnel.to_string(),
