@@ -5,7 +5,8 @@
 //! - route change propagation: `PUT /v1/routes/...` on the API until the edge serves the new
 //!   hostname, p50 and p99 over many changes, with those N tunnels in the table.
 //!
-//! `cargo bench -p burrow-tests --bench scale -- 1000 10000` (the tunnel counts; default 1000).
+//! `cargo bench -p burrow-tests --bench scale -- 1000 10000` (the tunnel counts; default 1000);
+//! add `etcd` to run the edge on an etcd member instead of SQLite (needs `etcd` on the PATH).
 //! The tunnels' connections come from this process and cost the edge what a connector's do: a
 //! QUIC connection registered on its control stream and kept alive. All but the few that serve
 //! the route changes share one client endpoint (a full connector per tunnel would need ~2 MiB of
@@ -34,8 +35,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run(tunnels: usize) {
+async fn run(tunnels: usize, on_etcd: bool) {
     let dir = TempDir::new();
+    let etcd = match on_etcd {
+        true => Some(burrow_tests::etcd::EtcdCluster::start(1).await),
+        false => None,
+    };
+    let store = etcd.as_ref().map(|e| e.store_url());
     let (http, tunnel_port, admin, api_port) = (free_tcp_port(), free_udp_port(), free_tcp_port(), free_tcp_port());
     let data = dir.path().join("edge");
     let args = [
@@ -57,6 +63,9 @@ async fn run(tunnels: usize) {
         "--registrations-per-minute",
         "1000000",
     ];
+    let mut args = args.map(String::from).to_vec();
+    args.extend(store.iter().flat_map(|url| ["--store".to_owned(), url.clone()]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let warn = Path::new("warn");
     let edge = Process::spawn(BURROW_EDGE, &args, &[("BURROW_HOME", dir.path()), ("RUST_LOG", warn)]);
     // Nothing is logged at warn when the edge is up: wait for its API instead.
@@ -65,19 +74,9 @@ async fn run(tunnels: usize) {
         get(&http1_client(), api_addr, "localhost", "/ready").await.is_ok()
     })
     .await;
-    let (code, output) = Process::spawn(
-        BURROW_EDGE,
-        &[
-            "account",
-            "create",
-            "scale",
-            "--zone",
-            "test",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[("BURROW_HOME", dir.path())],
-    )
+    let mut account = vec!["account", "create", "scale", "--zone", "test", "--data-dir", data.to_str().unwrap()];
+    account.extend(store.iter().flat_map(|url| ["--store", url.as_str()]));
+    let (code, output) = Process::spawn(BURROW_EDGE, &account, &[("BURROW_HOME", dir.path())])
     .wait(Duration::from_secs(30))
     .await;
     assert_eq!(code, Some(0), "{output}");
@@ -245,6 +244,7 @@ async fn try_register(endpoint: &quinn::Endpoint, edge: std::net::SocketAddr, c:
 
 fn main() {
     let counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let on_etcd = std::env::args().any(|a| a == "etcd");
     let counts = if counts.is_empty() { vec![1000] } else { counts };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -253,6 +253,6 @@ fn main() {
     println!("| tunnels | created (API) | connected | edge RSS | RSS per idle connection | route change p50 | p99 |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for tunnels in counts {
-        runtime.block_on(run(tunnels));
+        runtime.block_on(run(tunnels, on_etcd));
     }
 }

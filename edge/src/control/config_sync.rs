@@ -242,8 +242,13 @@ impl RetryLoad {
 
 /// Keeps the newest applied snapshot on disk, written off the apply path: serializing and
 /// syncing a large config (10k tunnels: megabytes) must not hold up the next change, and a
-/// burst of changes writes only the last one.
+/// burst of changes writes only the last one. After each write it waits a few times as long as
+/// the write took (at most [`SNAPSHOT_PAUSE_MAX`]), so that at 100k routes, changes in a row do
+/// not spend most of the edge's control CPU on writing files; a small config is written at once.
 pub struct SnapshotWriter(tokio::sync::watch::Sender<Option<Arc<Snapshot>>>);
+
+/// The longest pause between two snapshot writes.
+const SNAPSHOT_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 impl SnapshotWriter {
     fn start(data_dir: PathBuf) -> Self {
@@ -254,11 +259,13 @@ impl SnapshotWriter {
                     continue;
                 };
                 let dir = data_dir.clone();
+                let started = std::time::Instant::now();
                 match tokio::task::spawn_blocking(move || write_snapshot(&dir, &snapshot)).await {
                     Ok(Err(e)) => tracing::warn!("could not save the config snapshot: {e:#}"),
                     Err(e) => tracing::warn!("could not save the config snapshot: {e}"),
                     Ok(Ok(())) => {}
                 }
+                tokio::time::sleep((started.elapsed() * 4).min(SNAPSHOT_PAUSE_MAX)).await;
             }
         });
         Self(tx)
