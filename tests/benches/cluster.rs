@@ -47,7 +47,9 @@ async fn run(tunnels: usize) {
     let etcd = EtcdCluster::start(1).await;
     let cp = ControlPlane::new(etcd.store("burrow/").await);
     let (account, token) = cp.create_account("bench").await.unwrap();
-    cp.add_zone(account.id, "bench.test", ZoneSource::Operator).await.unwrap();
+    cp.add_zone(account.id, "bench.test", ZoneSource::Operator)
+        .await
+        .unwrap();
 
     let started = Instant::now();
     let cp = Arc::new(cp);
@@ -82,11 +84,17 @@ async fn run(tunnels: usize) {
     }
     let mut resync = Vec::new();
     for (ports, _, started) in &edges {
-        eventually(Duration::from_secs(600), "an edge to route every hostname", || routes(ports.http(), &last)).await;
+        eventually(Duration::from_secs(600), "an edge to route every hostname", || {
+            routes(ports.http(), &last)
+        })
+        .await;
         resync.push(started.elapsed());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss: Vec<u64> = edges.iter().map(|(_, process, _)| rss_kib(process.pid()) / 1024).collect();
+    let rss: Vec<u64> = edges
+        .iter()
+        .map(|(_, process, _)| rss_kib(process.pid()) / 1024)
+        .collect();
 
     // Route changes through edge 1's API, until all three route the name.
     let api = ApiClient::new(Login {

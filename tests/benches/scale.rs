@@ -9,7 +9,7 @@
 //! add `etcd` to run the edge on an etcd member instead of SQLite (needs `etcd` on the PATH).
 //! The tunnels' connections come from this process and cost the edge what a connector's do: a
 //! QUIC connection registered on its control stream and kept alive. All but the few that serve
-//! the route changes share one client endpoint (a full connector per tunnel would need ~2 MiB of
+//! the route changes share 16 client endpoints (a full connector per tunnel would need ~2 MiB of
 //! socket buffers each here).
 #![allow(clippy::unwrap_used, reason = "a benchmark")]
 
@@ -74,11 +74,19 @@ async fn run(tunnels: usize, on_etcd: bool) {
         get(&http1_client(), api_addr, "localhost", "/ready").await.is_ok()
     })
     .await;
-    let mut account = vec!["account", "create", "scale", "--zone", "test", "--data-dir", data.to_str().unwrap()];
+    let mut account = vec![
+        "account",
+        "create",
+        "scale",
+        "--zone",
+        "test",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
     account.extend(store.iter().flat_map(|url| ["--store", url.as_str()]));
     let (code, output) = Process::spawn(BURROW_EDGE, &account, &[("BURROW_HOME", dir.path())])
-    .wait(Duration::from_secs(30))
-    .await;
+        .wait(Duration::from_secs(30))
+        .await;
     assert_eq!(code, Some(0), "{output}");
     let token = output
         .lines()
@@ -126,11 +134,14 @@ async fn run(tunnels: usize, on_etcd: bool) {
         .iter()
         .map(|c| TestConnector::to_url(c.clone(), &url, 1))
         .collect();
-    let endpoint = idle_endpoint(&credentials[0]);
+    // Connectors have a socket each; a few here, so that one socket's buffer does not drop
+    // the handshakes of 64 at once.
+    let endpoints: Vec<quinn::Endpoint> = (0..16).map(|_| idle_endpoint(&credentials[0])).collect();
     let edge_addr: std::net::SocketAddr = ([127, 0, 0, 1], tunnel_port).into();
     let mut idle = Vec::with_capacity(tunnels);
     for chunk in credentials[serving..].chunks(64) {
-        let registered = chunk.iter().map(|c| register_idle(&endpoint, edge_addr, c));
+        let registered =
+            (chunk.iter().enumerate()).map(|(i, c)| register_idle(&endpoints[i % endpoints.len()], edge_addr, c));
         idle.extend(futures_util::future::join_all(registered).await);
     }
     eventually(Duration::from_secs(60), "every tunnel registered", || async {

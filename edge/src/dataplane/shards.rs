@@ -144,8 +144,16 @@ fn tcp_socket(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Buffers of a tunnel socket. When an edge restarts, its connectors come back at once: a burst
+/// of thousands of 1.2 KB Initials, which the kernel's default 208 KiB would mostly drop (each
+/// drop costs a connector a retransmit timeout). The kernel caps it at `net.core.rmem_max`.
+const TUNNEL_SOCKET_BUFFER: usize = 8 << 20;
+
 fn udp_socket(addr: SocketAddr, shared: bool) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer only costs retransmits.
+    let _ = socket.set_recv_buffer_size(TUNNEL_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(TUNNEL_SOCKET_BUFFER);
     socket.set_reuse_port(shared)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
