@@ -49,8 +49,11 @@ const SCHEMA_VERSION: i64 = 1;
 const KIND_PUT: i64 = 0;
 const KIND_DELETE: i64 = 1;
 
+// IMMEDIATE: a deferred transaction that reads (the IF NOT EXISTS checks) and then writes gets
+// SQLITE_BUSY at once, without waiting out busy_timeout, when another process (a running edge)
+// wrote in between — "database is locked" for a CLI command started beside an edge.
 const SCHEMA: &str = "
-BEGIN;
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL,
     compacted INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (id, revision, compacted) VALUES (1, 0, 0);
@@ -109,7 +112,14 @@ impl Publisher {
             to = head,
             "publishing another process's writes to watchers"
         );
-        match read_history(c, "", published, head)? {
+        self.send_history(read_history(c, "", published, head)?);
+        self.published.store(head, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Send revisions read from the history; `None` (compacted away) closes the watchers.
+    fn send_history(&self, history: Option<Vec<Vec<Event>>>) {
+        match history {
             Some(batches) => batches.into_iter().for_each(|b| {
                 let _ = self.events.send(Arc::new(b));
             }),
@@ -117,8 +127,6 @@ impl Publisher {
                 let _ = self.events.send(Arc::new(Vec::new()));
             }
         }
-        self.published.store(head, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
     }
 }
 
@@ -484,6 +492,14 @@ fn commit(
             other => other,
         })
         .collect();
+    // Another process (a CLI command beside this edge) may have written since this one last
+    // published: its revisions go out first, read in this transaction, or no watcher here would
+    // ever see them (the reaper's catch-up only looks past the newest revision published).
+    let published = sender.published.load(std::sync::atomic::Ordering::Relaxed);
+    let earlier = match published + 1 < rev {
+        true => Some(history_in(&tx, "", published, rev - 1)?),
+        false => None,
+    };
     tx.execute("UPDATE meta SET revision = ?1 WHERE id = 1", [rev])?;
     {
         let mut ins = tx.prepare_cached(
@@ -512,6 +528,9 @@ fn commit(
         tx.execute("UPDATE meta SET compacted = ?1 WHERE id = 1", [cut])?;
     }
     tx.commit()?;
+    if let Some(earlier) = earlier {
+        sender.send_history(earlier);
+    }
     sender.publish(rev, events);
     Ok(())
 }
@@ -603,6 +622,16 @@ fn read_history(
     upto: Revision,
 ) -> Result<Option<Vec<Vec<Event>>>, StoreError> {
     let tx = c.transaction()?;
+    history_in(&tx, prefix, after, upto)
+}
+
+/// [`read_history`] inside a transaction the caller holds.
+fn history_in(
+    tx: &Connection,
+    prefix: &str,
+    after: Revision,
+    upto: Revision,
+) -> Result<Option<Vec<Vec<Event>>>, StoreError> {
     let compacted: Revision = tx.query_row("SELECT compacted FROM meta WHERE id = 1", [], |r| r.get(0))?;
     if compacted > after {
         return Ok(None);
@@ -793,5 +822,19 @@ mod tests {
         assert_eq!(next(&mut rx).await[0].revision(), 6);
         let rows = s.blocking(|c, _, _| Ok(c.query_row("SELECT COUNT(*) FROM history", [], |r| r.get::<_, u64>(0))?));
         assert_eq!(rows.await.unwrap(), 5_u64);
+    }
+
+    /// A write by another process (a CLI command beside the edge) just before this process's
+    /// own write reaches this process's watchers, in order: it used to be skipped for good.
+    #[tokio::test]
+    async fn another_process_write_just_before_ours_reaches_the_watch() {
+        let dir = TempDir::new();
+        let edge = SqliteStore::open(&dir.db()).unwrap();
+        let mut rx = edge.watch("", 0).await.unwrap();
+        let cli = SqliteStore::open(&dir.db()).unwrap();
+        put1(&cli, "from-cli", "1").await;
+        put1(&edge, "from-edge", "2").await;
+        assert_eq!(next(&mut rx).await[0].key(), "from-cli");
+        assert_eq!(next(&mut rx).await[0].key(), "from-edge");
     }
 }
