@@ -392,12 +392,10 @@ async fn the_tunnel_survives_a_rolling_restart_and_a_killed_edge() {
         "the survivors failed requests: {after_failed:#?}"
     );
     assert!(after_ok > 20, "the survivors answered too little: {after_ok}");
-    // What may fail: requests sent to the dead edge before the balancer let go of it, and
-    // requests another edge had forwarded to it (its stream broke mid-way).
+    // What may fail: requests sent to the dead edge before the balancer let go of it. Those
+    // another edge had forwarded to it are GETs: sent again, to another edge.
     assert!(
-        during_failed
-            .iter()
-            .all(|f| f.starts_with(&b_addr.to_string()) || f.contains("tunnel_stream_failed")),
+        during_failed.iter().all(|f| f.starts_with(&b_addr.to_string())),
         "only requests in flight on the dead edge may fail: {during_failed:#?}"
     );
     assert!(

@@ -147,7 +147,7 @@ impl Peers {
                     return Ok(opened);
                 }
                 Err(e) => {
-                    self.failed.insert(addr, std::time::Instant::now());
+                    self.mark_failed(addr);
                     tracing::debug!(%node, %addr, "forwarding to another edge failed: {e}");
                     last_error = Some(format!("edge {node}: {e}"));
                 }
@@ -163,6 +163,11 @@ impl Peers {
                 reason,
             },
         })
+    }
+
+    /// Try the edge at `addr` after the others for a while.
+    pub fn mark_failed(&self, addr: SocketAddr) {
+        self.failed.insert(addr, std::time::Instant::now());
     }
 
     async fn try_open(

@@ -74,6 +74,7 @@ pub(super) async fn exchange(
         // disables itself.
         Some(stalled) = stalled => return Err(stalled),
         () = carrier.until_suspect(), if hedge => {
+            carrier.failed(state);
             return Err(stream_failed(tunnel_name, "the tunnel connection stopped answering".into()));
         }
         first = tokio::time::timeout_at(deadline, frames.next()) => first,
@@ -82,10 +83,14 @@ pub(super) async fn exchange(
     if let Some(upload) = upload {
         let _ = upload.answered.send(());
     }
+    let head = response_head(state, tunnel_name, first);
+    if let Err(ProxyError::TunnelStream { .. }) = &head {
+        carrier.failed(state);
+    }
     let ResponseHead {
         status,
         headers: mut response_headers,
-    } = response_head(state, tunnel_name, first)?;
+    } = head?;
 
     if let (Some(on_upgrade), Some(send), StatusCode::SWITCHING_PROTOCOLS) = (upstream.on_upgrade, upgrade_send, status)
     {
@@ -116,6 +121,14 @@ pub(crate) enum Carrier {
 }
 
 impl Carrier {
+    /// The stream broke before the response head: an edge it was forwarded to is tried after
+    /// the others for a while (it likely died; a retry must not go there first).
+    fn failed(&self, state: &EdgeState) {
+        if let (Carrier::Peer(stream), Some(peers)) = (self, state.peers.load_full()) {
+            peers.mark_failed(stream.link.remote_address());
+        }
+    }
+
     /// Resolves when the tunnel connection stops answering (a hedged request then moves).
     async fn until_suspect(&self) {
         match self {

@@ -158,7 +158,22 @@ async fn forward(
         on_upgrade,
     };
     let response = match route.destination {
-        Destination::Tunnel { id, name } => exchange::exchange(state, id, &name, &head_bytes, upstream, false).await?,
+        Destination::Tunnel { id, name } => {
+            // An idempotent request whose stream broke before any response byte (its connection
+            // or the edge it was forwarded to died) goes once more: to another connection, or
+            // another edge. The first try gives up on a connection that stops answering.
+            let retry = idempotent && !websocket;
+            match exchange::exchange(state, id, &name, &head_bytes, upstream, retry).await {
+                Err(ProxyError::TunnelStream { .. }) if retry => {
+                    let again = Upstream {
+                        body: None,
+                        on_upgrade: None,
+                    };
+                    exchange::exchange(state, id, &name, &head_bytes, again, false).await?
+                }
+                result => result?,
+            }
+        }
         Destination::Pool { table, index } => {
             let retry = idempotent && !websocket;
             // Boxed: with its retry it is twice the tunnel exchange, and it would grow every
