@@ -9,7 +9,15 @@ set -euo pipefail
 BIN=${BURROW_BIN:-target/release}
 WORK=$(mktemp -d)
 export BURROW_HOME="$WORK/home"
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cleanup() {
+    status=$?
+    # On failure, what etcd, the edges and the connector said.
+    [ "$status" = 0 ] || tail -n 20 "$WORK"/*.log >&2 || true
+    kill $(jobs -p) 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 # 1. etcd: one member here; in production three or five, on their own machines.
 etcd --name demo --data-dir "$WORK/etcd" \

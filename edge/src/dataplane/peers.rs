@@ -122,7 +122,8 @@ impl Peers {
     }
 
     /// Open a stream for `tunnel` to another edge holding a connection of it, and write the
-    /// preamble and `head`. Edges that cannot be reached are skipped.
+    /// preamble and `head`. Edges that cannot be reached are skipped. When every edge said it
+    /// has no connection of the tunnel (this one's view was stale), it is the same miss as here.
     pub async fn open(
         &self,
         state: &EdgeState,
@@ -146,7 +147,8 @@ impl Peers {
                     self.failed.remove(&addr);
                     return Ok(opened);
                 }
-                Err(e) => {
+                Err(None) => tracing::debug!(%node, %addr, "that edge has no connection of the tunnel (any more)"),
+                Err(Some(e)) => {
                     self.mark_failed(addr);
                     tracing::debug!(%node, %addr, "forwarding to another edge failed: {e}");
                     last_error = Some(format!("edge {node}: {e}"));
@@ -170,31 +172,33 @@ impl Peers {
         self.failed.insert(addr, std::time::Instant::now());
     }
 
+    /// The stream, or why not: `None` when the edge answered that it has no connection of the
+    /// tunnel.
     async fn try_open(
         &self,
         addr: SocketAddr,
         tunnel: TunnelId,
         head: &[u8],
-    ) -> Result<(PeerStream, quinn::SendStream, quinn::RecvStream), String> {
+    ) -> Result<(PeerStream, quinn::SendStream, quinn::RecvStream), Option<String>> {
         let link = self.link(addr).await?;
         let (mut send, mut recv) = match link.open_bi().await {
             Ok(stream) => stream,
             Err(e) => {
                 self.links.remove_if(&addr, |_, l| l.stable_id() == link.stable_id());
-                return Err(e.to_string());
+                return Err(Some(e.to_string()));
             }
         };
         let mut preamble = Vec::with_capacity(MAGIC.len() + 16 + head.len());
         preamble.extend_from_slice(MAGIC);
         preamble.extend_from_slice(tunnel.0.as_bytes());
         preamble.extend_from_slice(head);
-        send.write_all(&preamble).await.map_err(|e| e.to_string())?;
+        send.write_all(&preamble).await.map_err(|e| Some(e.to_string()))?;
         let mut answer = [0u8];
         match tokio::time::timeout(CONNECT_TIMEOUT, recv.read_exact(&mut answer)).await {
             Ok(Ok(())) if answer[0] == ACCEPTED => Ok((PeerStream { link }, send, recv)),
-            Ok(Ok(())) => Err("it has no live connection of the tunnel (any more)".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+            Ok(Ok(())) => Err(None),
+            Ok(Err(e)) => Err(Some(e.to_string())),
+            Err(_) => Err(Some(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         }
     }
 
