@@ -80,9 +80,10 @@ async fn replicas_share_traffic_and_survive_a_kill_9() {
     edge.stop().await;
 }
 
-/// Requests in flight on a replica killed with kill -9 end within 3 s (502: the origin's answer
-/// is lost with the connector), with the edge's usual 10 s idle timeout: the edge probes the
-/// quiet connection and closes it when nothing answers.
+/// Requests in flight on a replica killed with kill -9 are given up on within 3 s, with the
+/// edge's usual 10 s idle timeout (the edge probes the quiet connection and closes it when
+/// nothing answers), and, being GETs, are sent again to the survivor: every one is answered 200
+/// within those 3 s plus the survivor's origin time.
 #[tokio::test]
 async fn requests_on_a_killed_replica_end_within_3_s() {
     init_logging();
@@ -93,8 +94,9 @@ async fn requests_on_a_killed_replica_end_within_3_s() {
         ..Default::default()
     };
     let edge = TestEdge::start_with(&tunnels_file(&[&tunnel], &[("rep.test", "replicated")]), options).await;
+    const ORIGIN_TIME: Duration = Duration::from_secs(2);
     let slow = serve_origin(|_req| async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(ORIGIN_TIME).await;
         Response::new(full("slow"))
     })
     .await;
@@ -120,14 +122,14 @@ async fn requests_on_a_killed_replica_end_within_3_s() {
         let (status, done) = request.await.unwrap();
         let waited = done.saturating_duration_since(killed);
         assert!(
-            waited <= Duration::from_secs(3),
+            waited <= Duration::from_secs(3) + ORIGIN_TIME,
             "a request ended {waited:?} after the kill ({status})"
         );
         statuses.push(status);
     }
     assert!(
-        statuses.contains(&StatusCode::OK),
-        "the survivor's requests succeed: {statuses:?}"
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "every request is answered, by the survivor if not before the kill: {statuses:?}"
     );
     edge.stop().await;
 }

@@ -161,9 +161,10 @@ async fn forward(
         Destination::Tunnel { id, name } => {
             // An idempotent request whose stream broke before any response byte (its connection
             // or the edge it was forwarded to died) goes once more: to another connection, or
-            // another edge. The first try gives up on a connection that stops answering.
+            // another edge. (Not hedged as pools are: watching for a silent connection costs
+            // every request, and a dead edge's streams break on their own.)
             let retry = idempotent && !websocket;
-            match exchange::exchange(state, id, &name, &head_bytes, upstream, retry).await {
+            match exchange::exchange(state, id, &name, &head_bytes, upstream, false).await {
                 Err(ProxyError::TunnelStream { .. }) if retry => {
                     let again = Upstream {
                         body: None,
