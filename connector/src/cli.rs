@@ -48,8 +48,7 @@ enum Command {
         api_ca: Option<PathBuf>,
     },
     /// Work with named tunnels.
-    #[command(subcommand)]
-    Tunnel(TunnelCommand),
+    Tunnel(TunnelArgs),
     /// Load-balanced pools of tunnels: origins, steering, health checks, fallback.
     #[command(subcommand)]
     Pool(crate::pools::PoolCommand),
@@ -81,6 +80,17 @@ enum ZoneCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Args)]
+struct TunnelArgs {
+    /// Config file with ingress rules, before or after the subcommand (`burrow tunnel --config F
+    /// run`, as with cloudflared) [default: the first config.yml or config.yaml in $BURROW_HOME,
+    /// /etc/burrow, /usr/local/etc/burrow].
+    #[arg(long, env = "BURROW_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: TunnelCommand,
 }
 
 #[derive(Subcommand)]
@@ -151,11 +161,9 @@ enum RouteCommand {
 struct RunArgs {
     /// Tunnel name or UUID (else `tunnel:` from the config file).
     tunnel: Option<String>,
-    /// Config file with ingress rules [default: $BURROW_HOME/config.yml if it exists].
-    #[arg(long, env = "BURROW_CONFIG")]
-    config: Option<PathBuf>,
-    /// Serve every request from this one origin instead of ingress rules (e.g. http://localhost:8000).
-    #[arg(long, conflicts_with = "config")]
+    /// Serve every request from this one origin instead of ingress rules (e.g.
+    /// http://localhost:8000); not with --config.
+    #[arg(long)]
     url: Option<String>,
     /// Tunnel credentials file [default: $BURROW_HOME/<TUNNEL-UUID>.json].
     #[arg(long, env = "BURROW_CREDENTIALS_FILE", conflicts_with = "token")]
@@ -185,16 +193,11 @@ struct RunArgs {
 #[derive(Subcommand)]
 enum IngressCommand {
     /// Validate the ingress rules of a config file and list them.
-    Validate {
-        #[arg(long, env = "BURROW_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Validate,
     /// Show which rule a URL would match.
     Rule {
         /// e.g. https://app.example.com/api/users
         url: String,
-        #[arg(long, env = "BURROW_CONFIG")]
-        config: Option<PathBuf>,
     },
 }
 
@@ -202,31 +205,18 @@ enum IngressCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    if !matches!(cli.command, Command::Tunnel(TunnelCommand::Run(_))) {
+    if !matches!(
+        cli.command,
+        Command::Tunnel(TunnelArgs {
+            command: TunnelCommand::Run(_),
+            ..
+        })
+    ) {
         die_quietly_on_closed_stdout();
     }
     let result = match cli.command {
         Command::Login { api, token, api_ca } => manage::login(api, token, api_ca.as_deref()),
-        Command::Tunnel(TunnelCommand::Create { name }) => manage::create(&name),
-        Command::Tunnel(TunnelCommand::List { output }) => manage::list(output),
-        Command::Tunnel(TunnelCommand::Info { tunnel, output }) => manage::info(&tunnel, output),
-        Command::Tunnel(TunnelCommand::Delete { tunnel, force }) => manage::delete(&tunnel, force),
-        Command::Tunnel(TunnelCommand::Cleanup { tunnel }) => manage::cleanup(&tunnel),
-        Command::Tunnel(TunnelCommand::Token {
-            tunnel,
-            credentials_file,
-        }) => token(tunnel.as_deref(), credentials_file),
-        Command::Tunnel(TunnelCommand::Route(RouteCommand::Dns {
-            tunnel,
-            hostname,
-            overwrite_dns,
-        })) => manage::route_dns(&tunnel, &hostname, overwrite_dns),
-        Command::Tunnel(TunnelCommand::Route(RouteCommand::Lb {
-            tunnel,
-            hostname,
-            pool,
-            overwrite_dns,
-        })) => crate::pools::route_lb(&tunnel, &hostname, &pool, overwrite_dns),
+        Command::Tunnel(TunnelArgs { config, command }) => tunnel(command, config),
         Command::Pool(command) => crate::pools::run(command),
         Command::Plugin(command) => crate::plugins::run(command),
         Command::Route(command) => crate::plugins::run_route(command),
@@ -234,9 +224,6 @@ pub fn main() -> ExitCode {
         Command::Zone(ZoneCommand::Add { zone }) => manage::zone_add(&zone),
         Command::Zone(ZoneCommand::Verify { zone }) => manage::zone_verify(&zone),
         Command::Zone(ZoneCommand::Delete { zone, force }) => manage::zone_delete(&zone, force),
-        Command::Tunnel(TunnelCommand::Run(args)) => run_tunnel(args),
-        Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Validate { config })) => validate(config),
-        Command::Tunnel(TunnelCommand::Ingress(IngressCommand::Rule { url, config })) => rule(&url, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -247,9 +234,41 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_tunnel(args: RunArgs) -> Result<()> {
-    let config = match (&args.config, &args.url) {
-        (Some(path), _) => ConfigFile::load(path)?,
+fn tunnel(command: TunnelCommand, config: Option<PathBuf>) -> Result<()> {
+    match command {
+        TunnelCommand::Run(args) => run_tunnel(args, config),
+        TunnelCommand::Ingress(IngressCommand::Validate) => validate(config),
+        TunnelCommand::Ingress(IngressCommand::Rule { url }) => rule(&url, config),
+        TunnelCommand::Create { name } => manage::create(&name),
+        TunnelCommand::List { output } => manage::list(output),
+        TunnelCommand::Info { tunnel, output } => manage::info(&tunnel, output),
+        TunnelCommand::Delete { tunnel, force } => manage::delete(&tunnel, force),
+        TunnelCommand::Cleanup { tunnel } => manage::cleanup(&tunnel),
+        TunnelCommand::Token {
+            tunnel,
+            credentials_file,
+        } => token(tunnel.as_deref(), credentials_file),
+        TunnelCommand::Route(RouteCommand::Dns {
+            tunnel,
+            hostname,
+            overwrite_dns,
+        }) => manage::route_dns(&tunnel, &hostname, overwrite_dns),
+        TunnelCommand::Route(RouteCommand::Lb {
+            tunnel,
+            hostname,
+            pool,
+            overwrite_dns,
+        }) => crate::pools::route_lb(&tunnel, &hostname, &pool, overwrite_dns),
+    }
+}
+
+fn run_tunnel(args: RunArgs, config: Option<PathBuf>) -> Result<()> {
+    let config = match (&config, &args.url) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--url and --config cannot be used together: --url serves one origin, the config file's \
+             ingress rules say which origin serves which hostname"
+        ),
+        (Some(path), None) => ConfigFile::load(path)?,
         (None, None) => default_config()?.unwrap_or_default(),
         (None, Some(_)) => ConfigFile::default(),
     };
@@ -325,7 +344,6 @@ async fn on_signal(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-/// `$BURROW_HOME/config.yml`, if present.
 /// Half the CPUs, at least one. The connector runs beside its origin, which needs cores too: on
 /// a 2-core machine under load, one worker instead of two took the tunnel's CPU per request
 /// from ~45 to ~39 µs and added throughput (docs/performance.md, "Worker threads").
@@ -333,23 +351,35 @@ fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
+/// Where a config file is looked for without --config, in this order, as cloudflared does
+/// (`BURROW_CONFIG_ROOT` stands for `/`, for tests and chroots).
+fn config_candidates() -> Vec<PathBuf> {
+    let root = std::env::var_os("BURROW_CONFIG_ROOT").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+    let dirs = [
+        burrow_home(),
+        root.join("etc/burrow"),
+        root.join("usr/local/etc/burrow"),
+    ];
+    dirs.iter()
+        .flat_map(|dir| [dir.join("config.yml"), dir.join("config.yaml")])
+        .collect()
+}
+
+/// The first config file of [`config_candidates`] that exists, saying which it is.
 fn default_config() -> Result<Option<ConfigFile>> {
-    let path = burrow_home().join("config.yml");
-    if path.exists() {
-        Ok(Some(ConfigFile::load(&path)?))
-    } else {
-        Ok(None)
-    }
+    let Some(path) = config_candidates().into_iter().find(|p| p.exists()) else {
+        return Ok(None);
+    };
+    tracing::info!(path = %path.display(), "using the config file");
+    Ok(Some(ConfigFile::load(&path)?))
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<ConfigFile> {
     match path {
         Some(path) => Ok(ConfigFile::load(&path)?),
         None => default_config()?.with_context(|| {
-            format!(
-                "no config file: pass --config FILE (or create {})",
-                burrow_home().join("config.yml").display()
-            )
+            let looked: Vec<String> = config_candidates().iter().map(|p| p.display().to_string()).collect();
+            format!("no config file: pass --config FILE (looked for {})", looked.join(", "))
         }),
     }
 }

@@ -402,6 +402,54 @@ async fn edge_restart_connectors_come_back_and_bad_secrets_never_leak() {
     drop(edge);
 }
 
+/// As cloudflared users type it: `--config` before or after the subcommand; without it, the
+/// first config.yml or config.yaml in $BURROW_HOME, /etc/burrow, /usr/local/etc/burrow (under a
+/// fake root here), named in the log; `--url` with `--config` refused.
+#[tokio::test]
+async fn config_files_are_found_as_cloudflared_finds_them() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config.yml");
+    let examples = examples.to_str().unwrap();
+    let dir = TempDir::new();
+    let (home, root) = (dir.path().join("home"), dir.path().join("root"));
+    std::fs::create_dir_all(&home).unwrap();
+    let burrow = |args: &'static [&'static str]| {
+        let env = [("BURROW_HOME", home.as_path()), ("BURROW_CONFIG_ROOT", root.as_path())];
+        Process::spawn(BURROW, args, &env).wait(Duration::from_secs(10))
+    };
+
+    let (code, output) = Process::spawn(BURROW, &["tunnel", "--config", examples, "ingress", "validate"], &[])
+        .wait(Duration::from_secs(10))
+        .await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("OK: 5 ingress rule(s)"), "{output}");
+
+    let (code, output) = burrow(&["tunnel", "ingress", "validate"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    let etc = root.join("etc/burrow");
+    assert!(
+        output.contains(&etc.join("config.yaml").display().to_string()),
+        "says where it looked: {output}"
+    );
+
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::copy(examples, etc.join("config.yaml")).unwrap();
+    let (code, output) = burrow(&["tunnel", "ingress", "validate"]).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("using the config file") && output.contains("etc/burrow/config.yaml"),
+        "{output}"
+    );
+    // $BURROW_HOME comes first.
+    std::fs::write(home.join("config.yml"), "ingress:\n  - service: http_status:204\n").unwrap();
+    let (code, output) = burrow(&["tunnel", "ingress", "validate"]).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("OK: 1 ingress rule(s)"), "{output}");
+
+    let (code, output) = burrow(&["tunnel", "run", "--url", "http://localhost:1", "--config", "x.yml"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("cannot be used together"), "{output}");
+}
+
 #[tokio::test]
 async fn ingress_cli_validates_and_explains_matches() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config.yml");
