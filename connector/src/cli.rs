@@ -146,6 +146,13 @@ enum RouteCommand {
         #[arg(long)]
         overwrite_dns: bool,
     },
+    /// The hostnames you route, and to which tunnel or pool.
+    List {
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Stop routing HOSTNAME (its plugin chain goes with it).
+    Delete { hostname: String },
     /// Route HOSTNAME to POOL and add TUNNEL to the pool (creating the pool if needed).
     Lb {
         tunnel: String,
@@ -253,6 +260,8 @@ fn tunnel(command: TunnelCommand, config: Option<PathBuf>) -> Result<()> {
             hostname,
             overwrite_dns,
         }) => manage::route_dns(&tunnel, &hostname, overwrite_dns),
+        TunnelCommand::Route(RouteCommand::List { output }) => manage::route_list(output),
+        TunnelCommand::Route(RouteCommand::Delete { hostname }) => manage::route_delete(&hostname),
         TunnelCommand::Route(RouteCommand::Lb {
             tunnel,
             hostname,

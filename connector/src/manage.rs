@@ -1,12 +1,12 @@
 //! The CLI verbs that manage persistent objects through the API: login, tunnel create / list /
-//! info / delete / cleanup / route dns. (`tunnel run` is in [`crate::cli`].)
+//! info / delete / cleanup / route dns / list / delete. (`tunnel run` is in [`crate::cli`].)
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use burrow_api::{
-    Account, ClaimZone, Connection, CreateTunnel, CreatedTunnel, Deleted, Page, PutRoute, Removed, Route, Tunnel, Zone,
-    ZoneClaimView, Zones,
+    Account, ClaimZone, Connection, CreateTunnel, CreatedTunnel, Deleted, Items, Page, PutRoute, Removed, Route,
+    Tunnel, Zone, ZoneClaimView, Zones,
 };
 use comfy_table::{Table, presets::NOTHING};
 use http::Method;
@@ -157,6 +157,44 @@ pub fn route_dns(tunnel: &str, hostname: &str, overwrite: bool) -> Result<()> {
     };
     let _: Route = runtime()?.block_on(client()?.send_json(Method::PUT, &path, &body, &[]))?;
     println!("Added route: {hostname} → tunnel {tunnel}");
+    Ok(())
+}
+
+/// `burrow tunnel route list`: every hostname the account routes, and where to.
+pub fn route_list(output: Output) -> Result<()> {
+    let (runtime, client) = (runtime()?, client()?);
+    let routes: Items<Route> = runtime.block_on(client.get("/v1/routes"))?;
+    if !matches!(output, Output::Table) {
+        return print_value(output, &routes);
+    }
+    if routes.items.is_empty() {
+        println!("No routes yet: route a hostname with `burrow tunnel route dns TUNNEL HOSTNAME`");
+        return Ok(());
+    }
+    let tunnels: Page<Tunnel> = runtime.block_on(client.get("/v1/tunnels?limit=1000"))?;
+    let target = |r: &Route| match (&r.tunnel, &r.pool) {
+        (Some(id), _) => match tunnels.items.iter().find(|t| t.id == *id) {
+            Some(t) => format!("tunnel {}", t.name),
+            None => format!("tunnel {id}"),
+        },
+        (None, Some(pool)) => format!("pool {pool}"),
+        (None, None) => "?".to_owned(),
+    };
+    print_items(output, &routes.items, &["HOSTNAME", "TO", "PLUGINS", "CREATED"], |r| {
+        vec![
+            r.hostname.clone(),
+            target(r),
+            r.plugins.len().to_string(),
+            created(r.created),
+        ]
+    })
+}
+
+/// `burrow tunnel route delete HOSTNAME`.
+pub fn route_delete(hostname: &str) -> Result<()> {
+    let path = format!("/v1/routes/{}", path_segment("hostname", hostname)?);
+    let _: Deleted = runtime()?.block_on(client()?.request(Method::DELETE, &path))?;
+    println!("Deleted route {hostname}");
     Ok(())
 }
 

@@ -139,6 +139,24 @@ async fn tunnel_lifecycle_through_the_cli() {
     let info = ok(BURROW, &alice, &["tunnel", "info", "web"]).await;
     assert!(info.contains("CONNECTOR ID") && info.contains("127.0.0.1"), "{info}");
 
+    // Routes: listed with their tunnel's name; a deleted one stops serving, the tunnel stays.
+    ok(BURROW, &alice, &["tunnel", "route", "dns", "web", "more.test"]).await;
+    let routes = ok(BURROW, &alice, &["tunnel", "route", "list"]).await;
+    assert!(
+        routes.contains("web.test") && routes.contains("more.test") && routes.contains("tunnel web"),
+        "{routes}"
+    );
+    ok(BURROW, &alice, &["tunnel", "route", "delete", "more.test"]).await;
+    let routes = ok(BURROW, &alice, &["tunnel", "route", "list", "-o", "json"]).await;
+    assert!(routes.contains("web.test") && !routes.contains("more.test"), "{routes}");
+    eventually(Duration::from_secs(5), "more.test to stop serving", || async {
+        matches!(served(&ports, "more.test").await, Some((StatusCode::NOT_FOUND, _)))
+    })
+    .await;
+    let (code, output) = cli(BURROW, &alice, &["tunnel", "route", "delete", "more.test"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("not found"), "{output}");
+
     let (code, refused) = cli(BURROW, &alice, &["tunnel", "delete", "web"]).await;
     assert_eq!(code, Some(1), "{refused}");
     assert!(refused.contains("live connection"), "{refused}");
@@ -147,6 +165,8 @@ async fn tunnel_lifecycle_through_the_cli() {
         matches!(served(&ports, "web.test").await, Some((StatusCode::NOT_FOUND, _)))
     })
     .await;
+    let routes = ok(BURROW, &alice, &["tunnel", "route", "list"]).await;
+    assert!(routes.contains("No routes yet"), "{routes}");
     let (code, output) = connector.wait(Duration::from_secs(10)).await;
     assert_eq!(code, Some(1), "the connector stops: its tunnel is gone: {output}");
     assert!(output.contains("was deleted"), "{output}");
