@@ -171,22 +171,10 @@ impl ControlPlane {
         let mut ops: Vec<Op> = wasm
             .chunks(CHUNK)
             .enumerate()
-            .map(|(i, chunk)| Op::Put {
-                key: format!("{prefix}{i:03}"),
-                value: chunk.to_vec(),
-                lease: None,
-            })
+            .map(|(i, chunk)| Op::put(format!("{prefix}{i:03}"), chunk.to_vec()))
             .collect();
-        ops.push(Op::Put {
-            key: key_of(&doc),
-            value: to_json(&doc),
-            lease: None,
-        });
-        ops.push(Op::Put {
-            key: counter_key,
-            value: to_json(&doc.version),
-            lease: None,
-        });
+        ops.push(Op::put(key_of(&doc), to_json(&doc)));
+        ops.push(Op::put(counter_key, to_json(&doc.version)));
         if !self.store().txn(vec![compare], ops).await?.succeeded {
             return Err(CpError::Conflict(format!(
                 "another upload of plugin {name:?} happened at the same time; retry"

@@ -176,16 +176,8 @@ impl ControlPlane {
         };
         let key = format!("zones/{zone}");
         let ops = vec![
-            Op::Put {
-                key: key.clone(),
-                value: to_json(&doc),
-                lease: None,
-            },
-            Op::Put {
-                key: GUARD.into(),
-                value: Vec::new(),
-                lease: None,
-            },
+            Op::put(key.clone(), to_json(&doc)),
+            Op::put(GUARD, Vec::new()),
             Op::Delete {
                 key: format!("zone-claims/{account}/{zone}"),
             },
@@ -278,11 +270,7 @@ impl ControlPlane {
             token: format!("{:032x}", rand::random::<u128>()),
             created: now(),
         };
-        let put = Op::Put {
-            key: key.clone(),
-            value: to_json(&claim),
-            lease: None,
-        };
+        let put = Op::put(key.clone(), to_json(&claim));
         self.store().txn(vec![Compare::Missing(key)], vec![put]).await?;
         Ok(claim)
     }

@@ -13,11 +13,7 @@ impl ControlPlane {
         };
         let key = format!("accounts/{}", account.id);
         let (token, token_ops) = self.new_token(account.id, "admin");
-        let mut ops = vec![Op::Put {
-            key: key.clone(),
-            value: to_json(&account),
-            lease: None,
-        }];
+        let mut ops = vec![Op::put(key.clone(), to_json(&account))];
         ops.extend(token_ops);
         self.store.txn(vec![Compare::Missing(key)], ops).await?;
         Ok((account, token))
@@ -170,14 +166,7 @@ impl ControlPlane {
             created: now(),
             node,
         };
-        (
-            token,
-            vec![Op::Put {
-                key: format!("tokens/{id}"),
-                value: to_json(&doc),
-                lease: None,
-            }],
-        )
+        (token, vec![Op::put(format!("tokens/{id}"), to_json(&doc))])
     }
 
     /// The account a bearer token belongs to, or `None` (unknown token, wrong secret, or a node

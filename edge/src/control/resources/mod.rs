@@ -140,11 +140,7 @@ fn references_key(account: AccountId) -> String {
 
 /// The op that marks a write as adding references (see [`references_key`]).
 fn references_written(account: AccountId) -> Op {
-    Op::Put {
-        key: references_key(account),
-        value: Vec::new(),
-        lease: None,
-    }
+    Op::put(references_key(account), Vec::new())
 }
 
 /// Run a delete until its guard holds. An attempt checks that nothing refers to what it deletes
@@ -329,11 +325,7 @@ mod tests {
     }
 
     fn put(key: &str) -> Op {
-        Op::Put {
-            key: key.into(),
-            value: b"{}".to_vec(),
-            lease: None,
-        }
+        Op::put(key, b"{}".to_vec())
     }
 
     impl Store for WriteBetweenPages {

@@ -84,11 +84,7 @@ impl ControlPlane {
             created,
             spec,
         };
-        let put = Op::Put {
-            key,
-            value: to_json(&doc),
-            lease: None,
-        };
+        let put = Op::put(key, to_json(&doc));
         if !self
             .store
             .txn(compares, vec![put, references_written(account)])

@@ -64,17 +64,7 @@ impl ControlPlane {
         compares.extend(bindings_exist(account, &doc.plugins));
         let result = self
             .store
-            .txn(
-                compares,
-                vec![
-                    Op::Put {
-                        key,
-                        value: to_json(&doc),
-                        lease: None,
-                    },
-                    references_written(account),
-                ],
-            )
+            .txn(compares, vec![Op::put(key, to_json(&doc)), references_written(account)])
             .await?;
         if !result.succeeded {
             return Err(CpError::Conflict(format!(
@@ -118,11 +108,7 @@ impl ControlPlane {
         let mut compares = vec![Compare::ModRevision(format!("routes/{}", doc.hostname), revision)];
         compares.extend(bindings_exist(account, &plugins));
         doc.plugins = plugins;
-        let put = Op::Put {
-            key: format!("routes/{}", doc.hostname),
-            value: to_json(&doc),
-            lease: None,
-        };
+        let put = Op::put(format!("routes/{}", doc.hostname), to_json(&doc));
         if !self
             .store
             .txn(compares, vec![put, references_written(account)])

@@ -22,16 +22,8 @@ impl ControlPlane {
         };
         let name_key = format!("tunnel-names/{account}/{name}");
         let ops = vec![
-            Op::Put {
-                key: name_key.clone(),
-                value: to_json(&tunnel.id),
-                lease: None,
-            },
-            Op::Put {
-                key: format!("tunnels/{account}/{}", tunnel.id),
-                value: to_json(&tunnel),
-                lease: None,
-            },
+            Op::put(name_key.clone(), to_json(&tunnel.id)),
+            Op::put(format!("tunnels/{account}/{}", tunnel.id), to_json(&tunnel)),
         ];
         let result = self.store.txn(vec![Compare::Missing(name_key)], ops).await?;
         if !result.succeeded {
