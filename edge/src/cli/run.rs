@@ -142,7 +142,8 @@ pub(super) struct RunArgs {
 
 pub(super) async fn run(args: RunArgs) -> Result<()> {
     let dir = args.store.data_dir();
-    let cluster = cluster_link(&args)?;
+    let on_etcd = matches!(args.store.location()?, StoreLocation::Etcd(_)) && args.tunnels.is_none();
+    let cluster = cluster_link(&args, on_etcd)?;
     let node_name = args.node_name.unwrap_or_else(host_name);
     let mut names = args.advertised.clone();
     names.push(node_name.clone());
@@ -156,7 +157,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     };
     let tls = match (&args.tls_cert, &args.tls_key, &control) {
         (Some(cert), Some(key), _) => TlsIdentity::from_pem_files(cert, key)?,
-        (_, _, Some(cp)) if matches!(args.store.location()?, StoreLocation::Etcd(_)) => {
+        (_, _, Some(cp)) if on_etcd => {
             crate::control::cluster::edge_identity(cp, &dir, &self_signed_names(&names)).await?
         }
         _ => TlsIdentity::self_signed_in(&dir, &self_signed_names(&names))?,
@@ -224,8 +225,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// The inter-edge link of an edge on etcd (`--peer`, `--peer-advertise`).
-fn cluster_link(args: &RunArgs) -> Result<Option<ClusterConfig>> {
-    let on_etcd = matches!(args.store.location()?, StoreLocation::Etcd(_)) && args.tunnels.is_none();
+fn cluster_link(args: &RunArgs, on_etcd: bool) -> Result<Option<ClusterConfig>> {
     let addr = match args.listen.peer.as_deref() {
         Some("off") => return Ok(None),
         None if !on_etcd => return Ok(None),

@@ -381,7 +381,7 @@ impl Registry {
     pub fn in_flight(&self) -> u64 {
         self.tunnels
             .iter()
-            .flat_map(|e| e.value().iter().map(|c| c.in_flight() as u64).collect::<Vec<_>>())
+            .map(|e| e.value().iter().map(|c| c.in_flight() as u64).sum::<u64>())
             .sum()
     }
 }
